@@ -1,0 +1,1 @@
+"""robometa's on-device adaptation runtime: numpy and onnxruntime only."""

@@ -1,0 +1,247 @@
+"""The shared machinery of every robometa robot family.
+
+:class:`RobotEnv` owns one PyBullet client in DIRECT mode, the task API (``sample_tasks``,
+``set_task``, ``get_task``), actuation latency, observation noise, the episode time limit,
+physics blow-up detection and headless ``rgb_array`` rendering. A family subclass supplies the
+world (``_build``), the one place a task is applied to it (``_apply_task``), the state reset,
+the action mapping, the observation and the reward.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pybullet
+import pybullet_data
+from pybullet_utils.bullet_client import BulletClient
+from robometa.envs.dynamics import DynamicsSpace, Split, Task
+
+
+class RobotEnv(gym.Env[np.ndarray, np.int64]):
+    """Base class of a robot family with randomized dynamics (see the subclasses for specs).
+
+    Args:
+        render_mode: ``None`` or ``"rgb_array"`` (headless, works in DIRECT mode).
+        task: the robot configuration to start with (a mapping; missing parameters take their
+            nominal value). Defaults to the nominal robot.
+        dynamics: overrides of the dynamics space's ranges, ``{param: {train: [lo, hi], ...}}``.
+        max_episode_steps: episode length before truncation (defaults to the family's).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
+    dynamics_space: ClassVar[DynamicsSpace]
+    #: parameters whose change needs the world rebuilt (regenerated URDF).
+    geometry_params: ClassVar[tuple[str, ...]] = ()
+    #: parameters that only change the simulation through ``_apply_task``.
+    default_max_episode_steps: ClassVar[int] = 200
+    control_dt: ClassVar[float] = 0.02
+    substeps: ClassVar[int] = 4
+    noop_action: ClassVar[int] = 0
+    #: names of the observation entries, in order (documentation and bundle manifests).
+    observation_names: ClassVar[tuple[str, ...]] = ()
+    #: names of the discrete actions, in order.
+    action_names: ClassVar[tuple[str, ...]] = ()
+    render_size: ClassVar[tuple[int, int]] = (320, 240)
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        task: Mapping[str, float] | None = None,
+        dynamics: Mapping[str, Mapping[str, Any]] | None = None,
+        max_episode_steps: int | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode {render_mode!r} is not supported; allowed: "
+                f"{self.metadata['render_modes']} or None"
+            )
+        self.render_mode = render_mode
+        space = type(self).dynamics_space
+        self.dynamics_space = space.with_overrides(dynamics) if dynamics else space
+        self.max_episode_steps = int(max_episode_steps or self.default_max_episode_steps)
+        if self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self._pending: Task = self.dynamics_space.make_task(task or {})
+        self._task: Task | None = None
+        self._geometry: tuple[float, ...] | None = None
+        self._client: BulletClient | None = BulletClient(connection_mode=pybullet.DIRECT)
+        self._tmpdir: Path | None = None
+        self._actions: deque[int] = deque()
+        self._elapsed = 0
+        self._last_obs: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ task API
+
+    def sample_tasks(self, n: int, seed: int | None = None, split: Split = "train") -> list[Task]:
+        """Draw ``n`` robot configurations from the ``train`` or (wider) ``test`` ranges."""
+        return self.dynamics_space.sample(n, seed=seed, split=split)
+
+    def set_task(self, task: Mapping[str, float]) -> None:
+        """Set the robot configuration; it takes effect at the next ``reset``."""
+        self._pending = self.dynamics_space.make_task(task)
+
+    def get_task(self) -> Task:
+        """The task most recently set (the one the next or current episode uses)."""
+        return self._pending
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        if options and "task" in options:
+            self.set_task(options["task"])
+        task = self._pending
+        client = self._require_client()
+        geometry = tuple(float(task[name]) for name in self.geometry_params)
+        if geometry != self._geometry:
+            client.resetSimulation()
+            client.setGravity(0, 0, -9.81)
+            client.setPhysicsEngineParameter(
+                fixedTimeStep=self.control_dt,
+                numSubSteps=self.substeps,
+                deterministicOverlappingPairs=1,
+            )
+            client.setAdditionalSearchPath(pybullet_data.getDataPath())
+            self._build(client, task)
+            self._geometry = geometry
+        self._task = task
+        self._apply_task(client, task)
+        self._reset_state(client, self.np_random)
+        latency = int(task.get("latency_steps", 0))
+        self._actions = deque([self.noop_action] * latency)
+        self._elapsed = 0
+        obs = self._noisy(self._observe(client))
+        self._last_obs = obs
+        return obs, {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._task is None:
+            raise RuntimeError("call reset() before step()")
+        a = self._check_action(action)
+        client = self._require_client()
+        self._actions.append(a)
+        applied = self._actions.popleft()
+        self._apply_action(client, applied)
+        client.stepSimulation()
+        self._elapsed += 1
+        raw = self._observe(client)
+        info: dict[str, Any] = {"physics_error": False, "applied_action": applied}
+        if not self._state_ok(raw):
+            # A blow-up never leaks NaN or absurd values: end the episode on the last good obs.
+            info["physics_error"] = True
+            return self._last_obs.copy(), 0.0, False, True, info
+        reward, terminated = self._reward(raw, applied)
+        truncated = self._elapsed >= self.max_episode_steps and not terminated
+        obs = self._noisy(raw)
+        self._last_obs = obs
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        client = self._require_client()
+        target, distance, yaw, pitch = self._camera()
+        width, height = self.render_size
+        view = client.computeViewMatrixFromYawPitchRoll(target, distance, yaw, pitch, 0.0, 2)
+        proj = client.computeProjectionMatrixFOV(60, width / height, 0.05, 50.0)
+        _, _, rgba, _, _ = client.getCameraImage(
+            width, height, view, proj, renderer=pybullet.ER_TINY_RENDERER
+        )
+        return np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3].copy()
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.disconnect()
+            except pybullet.error:
+                pass  # already disconnected by PyBullet itself at interpreter shutdown
+            self._client = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def _write_urdf(self, name: str, text: str) -> str:
+        """Write a generated URDF into this env's private temp dir and return its path."""
+        if self._tmpdir is None:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="robometa-"))
+        path = self._tmpdir / f"{name}.urdf"
+        path.write_text(text)
+        return str(path)
+
+    @staticmethod
+    def _disable_motors(client: BulletClient, body: int, joints: list[int]) -> None:
+        """PyBullet's default velocity motors resist torque control until switched off."""
+        for j in joints:
+            client.setJointMotorControl2(body, j, pybullet.VELOCITY_CONTROL, force=0.0)
+
+    def _noisy(self, raw: np.ndarray) -> np.ndarray:
+        std = float(self._task.get("obs_noise", 0.0)) if self._task is not None else 0.0
+        obs = raw
+        if std > 0.0:
+            obs = raw + self.np_random.normal(0.0, std, raw.shape) * self.obs_scale
+        low, high = self.observation_space.low, self.observation_space.high
+        return np.clip(obs, low, high).astype(np.float32)
+
+    def _state_ok(self, raw: np.ndarray) -> bool:
+        return bool(
+            np.all(np.isfinite(raw)) and np.all(np.abs(raw) <= 10.0 * self.observation_space.high)
+        )
+
+    def _check_action(self, action: Any) -> int:
+        try:
+            a = int(action)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"action {action!r} is not an integer in [0, {self.action_space.n - 1}]"
+            ) from None
+        if a != action or not 0 <= a < self.action_space.n:
+            raise ValueError(
+                f"action {action!r} is outside the action space [0, {self.action_space.n - 1}]"
+            )
+        return a
+
+    def _require_client(self) -> BulletClient:
+        if self._client is None:
+            raise RuntimeError("the environment is closed")
+        return self._client
+
+    # ------------------------------------------------------------------ family hooks
+
+    #: typical magnitude of each observation entry; observation noise is ``obs_noise`` times it.
+    obs_scale: np.ndarray
+
+    def _build(self, client: BulletClient, task: Task) -> None:
+        """Load the world for ``task``'s geometry (called after ``resetSimulation``)."""
+        raise NotImplementedError
+
+    def _apply_task(self, client: BulletClient, task: Task) -> None:
+        """Apply every non-geometry parameter of ``task`` to the loaded world."""
+        raise NotImplementedError
+
+    def _reset_state(self, client: BulletClient, rng: np.random.Generator) -> None:
+        raise NotImplementedError
+
+    def _apply_action(self, client: BulletClient, action: int) -> None:
+        raise NotImplementedError
+
+    def _observe(self, client: BulletClient) -> np.ndarray:
+        """The noise-free observation as float64."""
+        raise NotImplementedError
+
+    def _reward(self, raw_obs: np.ndarray, action: int) -> tuple[float, bool]:
+        raise NotImplementedError
+
+    def _camera(self) -> tuple[list[float], float, float, float]:
+        """(target, distance, yaw, pitch) of the render camera."""
+        return [0.0, 0.0, 0.0], 3.0, 0.0, -20.0
