@@ -1,0 +1,106 @@
+"""The Q-network, used functionally: parameters are a dict of tensors.
+
+One module serves every method. Its input is the normalized observation, optionally followed by
+a context vector (CAVIA: the only thing adapted per task) and, for the privileged oracle, the
+normalized dynamics parameters (appended to the observation by the env wrapper). It has two
+heads on a shared body: Q-values per action, and a dynamics head that predicts the normalized
+next-state change for every action (the ``model`` inner loss: no reward needed on the robot).
+
+Normalization constants are buffers, fitted once before training and never adapted; they are
+exported inside the ONNX graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Shape of a Q-network (everything needed to rebuild it from a checkpoint)."""
+
+    obs_dim: int
+    n_actions: int
+    hidden: tuple[int, ...] = (64, 64)
+    context_dim: int = 0
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.obs_dim < 1 or self.n_actions < 1:
+            raise ValueError(f"obs_dim and n_actions must be >= 1, got {self}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(
+                f"hidden sizes must be a non-empty list of positive ints, got {self.hidden}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+
+
+ACTIVATIONS = {"relu": nn.functional.relu, "tanh": torch.tanh, "elu": nn.functional.elu}
+
+
+class QNetwork(nn.Module):
+    """MLP body with a Q head and a dynamics-model head (see module docstring)."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        sizes = [spec.obs_dim + spec.context_dim, *spec.hidden]
+        self.body = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.q_head = nn.Linear(sizes[-1], spec.n_actions)
+        self.model_head = nn.Linear(sizes[-1], spec.n_actions * spec.obs_dim)
+        if spec.context_dim:
+            self.context = nn.Parameter(torch.zeros(spec.context_dim))
+        self.register_buffer("obs_mean", torch.zeros(spec.obs_dim))
+        self.register_buffer("obs_std", torch.ones(spec.obs_dim))
+        self.register_buffer("delta_std", torch.ones(spec.obs_dim))
+        nn.init.uniform_(self.q_head.weight, -1e-3, 1e-3)
+        nn.init.zeros_(self.q_head.bias)
+
+    def features(self, obs: Tensor) -> Tensor:
+        x = (obs - self.obs_mean) / self.obs_std
+        if self.spec.context_dim:
+            x = torch.cat([x, self.context.expand(x.shape[0], -1)], dim=-1)
+        act = ACTIVATIONS[self.spec.activation]
+        for layer in self.body:
+            x = act(layer(x))
+        return x
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Q-values ``(B, A)`` and predicted normalized state change ``(B, A, obs_dim)``."""
+        h = self.features(obs)
+        delta = self.model_head(h).view(obs.shape[0], self.spec.n_actions, self.spec.obs_dim)
+        return self.q_head(h), delta
+
+    def set_normalization(self, obs_mean: Tensor, obs_std: Tensor, delta_std: Tensor) -> None:
+        """Fix the input and model-target scales (from rollouts before training)."""
+        floor = 1e-3
+        self.obs_mean.copy_(obs_mean)
+        self.obs_std.copy_(obs_std.clamp_min(floor))
+        self.delta_std.copy_(delta_std.clamp_min(floor))
+
+    def params(self) -> Params:
+        """A detached copy of the parameters as a plain dict (the functional form)."""
+        return {k: v.detach().clone() for k, v in self.named_parameters()}
+
+
+def q_values(net: QNetwork, params: Params, obs: Tensor) -> Tensor:
+    """Q-values of ``obs`` under ``params`` (a full parameter dict)."""
+    return functional_call(net, params, (obs,))[0]
+
+
+def q_and_delta(net: QNetwork, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
+    return functional_call(net, params, (obs,))
+
+
+def head_names(net: QNetwork) -> tuple[str, ...]:
+    """Parameters of the Q output head (ANIL adapts only these)."""
+    return ("q_head.weight", "q_head.bias")

@@ -1,0 +1,128 @@
+"""A trained policy with everything adaptation needs: what a run hands to eval and export.
+
+Saved as ``policy.pt`` in a run directory. The file holds only tensors, numbers, strings and
+lists (loaded with ``torch.load(weights_only=True)``: no pickled code), plus a format version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robometa import __version__
+from robometa.adaptation import Batch, InnerLoss, adapt
+from robometa.networks import NetworkSpec, Params, QNetwork, q_values
+
+POLICY_FORMAT = 1
+POLICY_FILE = "policy.pt"
+
+
+@dataclass
+class Policy:
+    """Meta-parameters, inner learning rates and inner-loop settings of one trained run.
+
+    ``lrs`` names the parameters that adaptation changes (empty: the method does not adapt);
+    each value is a scalar tensor or, for Meta-SGD, a tensor of the parameter's shape.
+    """
+
+    algorithm: str
+    env_id: str
+    net: QNetwork
+    params: Params
+    lrs: Params
+    inner: InnerLoss
+    adapt_steps: int = 5
+    support_size: int = 200
+    privileged: bool = False
+    dynamics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    # -------------------------------------------------------------- acting and adapting
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """Greedy actions for a batch of observations."""
+        return q_values(self.net, params or self.params, obs).argmax(dim=1)
+
+    def adapted(self, batch: Batch, steps: int | None = None) -> tuple[Params, list[float]]:
+        """Parameters after ``steps`` inner steps on ``batch`` (no outer graph kept)."""
+        steps = self.adapt_steps if steps is None else steps
+        if not self.lrs or steps == 0:
+            return self.params, []
+        with torch.no_grad():
+            return adapt(self.net, self.params, self.lrs, batch, self.inner, steps)
+
+    # -------------------------------------------------------------- persistence
+
+    def state(self) -> dict[str, Any]:
+        buffers = {k: v.detach().clone() for k, v in self.net.named_buffers()}
+        return {
+            "format": POLICY_FORMAT,
+            "robometa_version": __version__,
+            "torch_version": torch.__version__,
+            "algorithm": self.algorithm,
+            "env_id": self.env_id,
+            "spec": json.dumps(asdict(self.net.spec)),
+            "params": {k: v.detach().clone() for k, v in self.params.items()},
+            "buffers": buffers,
+            "lrs": {k: v.detach().clone() for k, v in self.lrs.items()},
+            "inner": json.dumps(asdict(self.inner)),
+            "adapt_steps": self.adapt_steps,
+            "support_size": self.support_size,
+            "privileged": self.privileged,
+            "dynamics": json.dumps(self.dynamics),
+            "config": json.dumps(self.config),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a crash mid-write leaves any previous file intact."""
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / POLICY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state(), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], source: str | Path = "<state>") -> Policy:
+        if state.get("format") != POLICY_FORMAT:
+            raise ValueError(
+                f"{source}: policy format {state.get('format')!r} is not supported "
+                f"(this robometa reads format {POLICY_FORMAT})"
+            )
+        spec = json.loads(state["spec"])
+        spec["hidden"] = tuple(spec["hidden"])
+        net = QNetwork(NetworkSpec(**spec))
+        net.load_state_dict({**state["params"], **state["buffers"]})
+        return cls(
+            algorithm=state["algorithm"],
+            env_id=state["env_id"],
+            net=net,
+            params={k: v.clone() for k, v in state["params"].items()},
+            lrs={k: v.clone() for k, v in state["lrs"].items()},
+            inner=InnerLoss(**json.loads(state["inner"])),
+            adapt_steps=int(state["adapt_steps"]),
+            support_size=int(state["support_size"]),
+            privileged=bool(state["privileged"]),
+            dynamics=json.loads(state["dynamics"]),
+            config=json.loads(state["config"]),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Load ``policy.pt`` (or the one inside a run directory)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / POLICY_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no trained policy at {path} (has the run finished?)")
+        return cls.from_state(torch.load(path, weights_only=True, map_location="cpu"), path)
