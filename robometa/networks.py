@@ -12,6 +12,7 @@ exported inside the ONNX graphs.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -52,9 +53,7 @@ class QNetwork(nn.Module):
         super().__init__()
         self.spec = spec
         sizes = [spec.obs_dim + spec.context_dim, *spec.hidden]
-        self.body = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
-        )
+        self.body = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.q_head = nn.Linear(sizes[-1], spec.n_actions)
         self.model_head = nn.Linear(sizes[-1], spec.n_actions * spec.obs_dim)
         if spec.context_dim:

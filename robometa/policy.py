@@ -64,7 +64,7 @@ class Policy:
         return {
             "format": POLICY_FORMAT,
             "robometa_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "algorithm": self.algorithm,
             "env_id": self.env_id,
             "spec": json.dumps(asdict(self.net.spec)),
