@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
@@ -32,6 +33,24 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or meta-train) a policy from a YAML config into a run directory."""
+    from robometa.config import load_config
+    from robometa.train import train
+
+    if args.resume:
+        train(None, args.resume, resume=True)  # type: ignore[arg-type]
+        print(f"resumed and finished {args.resume}")
+        return 0
+    if args.config is None:
+        raise SystemExit("robometa train: give a CONFIG.yaml (or --resume RUN_DIR)")
+    cfg = load_config(args.config, args.set or (), steps=args.steps, seed=args.seed)
+    out = args.out or f"runs/{args.config.stem}-seed{cfg.seed}"
+    train(cfg, out)
+    print(f"run written to {out} (policy.pt, metrics.csv, learning_curve.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robometa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,12 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=5, help="episodes per family (default 5)")
     p.add_argument("--seed", type=int, default=0, help="task and action seed (default 0)")
     p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    p.add_argument("config", nargs="?", type=Path, help="experiment YAML (see configs/)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>-seed<seed>)")
+    p.add_argument("--steps", type=int, help="override dqn.total_steps (environment steps)")
+    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set dqn.learning_rate=3e-4",
+    )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"robometa {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

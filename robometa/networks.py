@@ -73,9 +73,14 @@ class QNetwork(nn.Module):
             x = act(layer(x))
         return x
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """Q-values ``(B, A)`` and predicted normalized state change ``(B, A, obs_dim)``."""
+    def forward(self, obs: Tensor, with_model: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Q-values ``(B, A)`` and predicted normalized state change ``(B, A, obs_dim)``.
+
+        ``with_model=False`` skips the dynamics head (acting and TD targets do not need it).
+        """
         h = self.features(obs)
+        if not with_model:
+            return self.q_head(h), None
         delta = self.model_head(h).view(obs.shape[0], self.spec.n_actions, self.spec.obs_dim)
         return self.q_head(h), delta
 
@@ -93,7 +98,7 @@ class QNetwork(nn.Module):
 
 def q_values(net: QNetwork, params: Params, obs: Tensor) -> Tensor:
     """Q-values of ``obs`` under ``params`` (a full parameter dict)."""
-    return functional_call(net, params, (obs,))[0]
+    return functional_call(net, params, (obs, False))[0]
 
 
 def q_and_delta(net: QNetwork, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:

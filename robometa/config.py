@@ -1,0 +1,355 @@
+"""Typed experiment configuration, validated before anything runs.
+
+One YAML file per experiment maps onto :class:`Config`. Every field carries its documentation
+and allowed range in ``metadata``, so error messages and the README's config reference are
+generated from the same source. Loading never mutates what the caller passed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ALGORITHMS = ("dqn", "oracle", "maml", "fomaml", "metasgd", "anil", "cavia", "reptile")
+META_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "cavia", "reptile")
+
+
+def _f(
+    default: Any,
+    doc: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: Sequence[Any] | None = None,
+) -> Any:
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": tuple(choices) if choices else None}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The robot family and which robot configurations training sees."""
+
+    id: str = _f(
+        "robometa/CartPole-v0",
+        "registered env id (robometa/CartPole-v0, robometa/Reacher-v0, robometa/ArmReach-v0, robometa/DiffDrive-v0)",
+    )
+    tasks: str = _f(
+        "train",
+        "`train`: a new task from the train split for every episode (domain randomization); `nominal`: the nominal robot only",
+        choices=("train", "nominal"),
+    )
+    dynamics: dict = _f(
+        {}, "overrides of the dynamics ranges, `{param: {train: [lo, hi], test: [lo, hi]}}`"
+    )
+    num_envs: int = _f(4, "environments stepped together while collecting", lo=1, hi=256)
+    max_episode_steps: int = _f(0, "episode length; 0 keeps the family's default", lo=0, hi=100000)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The Q-network (a shared MLP body with a Q head and a dynamics-model head)."""
+
+    hidden: list = _f([64, 64], "hidden layer sizes of the body")
+    activation: str = _f("relu", "activation of the hidden layers", choices=("relu", "tanh", "elu"))
+    context_dim: int = _f(
+        0, "size of the context vector fed to the network (CAVIA adapts only this)", lo=0, hi=1024
+    )
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """Deep Q-learning (also the outer data collection of the meta-learners)."""
+
+    total_steps: int = _f(50000, "environment steps of training (all envs together)", lo=1)
+    learning_rate: float = _f(1e-3, "Adam learning rate", lo=0.0, hi=1.0)
+    batch_size: int = _f(64, "transitions per gradient step", lo=1, hi=65536)
+    buffer_size: int = _f(50000, "replay buffer capacity (transitions)", lo=1)
+    gamma: float = _f(0.99, "discount factor", lo=0.0, hi=1.0)
+    learning_starts: int = _f(1000, "environment steps before the first gradient step", lo=0)
+    train_freq: int = _f(1, "vector steps between gradient updates", lo=1)
+    gradient_steps: int = _f(1, "gradient steps per update", lo=1)
+    target_update_interval: int = _f(
+        500, "gradient steps between hard target-network updates (when tau = 1)", lo=1
+    )
+    tau: float = _f(
+        1.0, "Polyak coefficient of the target update (1: hard copy every interval)", lo=0.0, hi=1.0
+    )
+    exploration_fraction: float = _f(
+        0.2, "fraction of training over which epsilon decays linearly", lo=0.0, hi=1.0
+    )
+    epsilon_start: float = _f(1.0, "initial exploration rate", lo=0.0, hi=1.0)
+    epsilon_end: float = _f(0.05, "final exploration rate", lo=0.0, hi=1.0)
+    max_grad_norm: float = _f(10.0, "gradient-norm clipping threshold", lo=0.0)
+    huber_delta: float = _f(1.0, "Huber loss threshold", lo=0.0)
+
+
+@dataclass(frozen=True)
+class AdaptationConfig:
+    """The inner loop: what adaptation on a new robot does (same in training, eval and deploy)."""
+
+    loss: str = _f(
+        "td",
+        "inner loss: `td`, `model` (predict the next-state change; needs no reward) or `td+model`",
+        choices=("td", "model", "td+model"),
+    )
+    steps: int = _f(5, "gradient steps of adaptation", lo=0, hi=1000)
+    lr: float = _f(0.1, "inner learning rate (initial value for Meta-SGD)", lo=0.0, hi=1000.0)
+    support_size: int = _f(
+        200, "transitions collected on the new robot before adapting", lo=1, hi=1000000
+    )
+    support_epsilon: float = _f(
+        0.3, "exploration rate while collecting support transitions", lo=0.0, hi=1.0
+    )
+    model_weight: float = _f(
+        1.0, "weight of the model term in `td+model` (and in the outer loss)", lo=0.0
+    )
+    fine_tune_lr: float = _f(
+        1e-3,
+        "learning rate for fine-tuning methods that were not meta-trained (dqn)",
+        lo=0.0,
+        hi=1000.0,
+    )
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """Outer loop of the gradient-based meta-learners."""
+
+    meta_batch: int = _f(8, "tasks per outer step", lo=1, hi=1024)
+    task_pool: int = _f(
+        64, "size of the fixed pool of training tasks (0: a fresh task every time)", lo=0
+    )
+    outer_lr: float = _f(1e-3, "Adam learning rate of the meta-parameters", lo=0.0, hi=1.0)
+    collect_steps: int = _f(
+        100, "environment steps collected per sampled task per outer step", lo=0
+    )
+    query_batch: int = _f(128, "query transitions per task in the outer loss", lo=1)
+    reptile_step: float = _f(
+        0.5, "Reptile: fraction of the way to move toward the adapted parameters", lo=0.0, hi=1.0
+    )
+    learn_lrs: bool = _f(
+        False, "learn the inner learning rates (Meta-SGD always does, per parameter)"
+    )
+    first_order: bool = _f(False, "drop the second-order terms (fomaml always does)")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Progress, metrics and checkpoints."""
+
+    log_every: int = _f(1000, "environment steps between metric rows", lo=1)
+    checkpoint_every: int = _f(
+        10000,
+        "environment steps between checkpoints (each one is an episode boundary for every env)",
+        lo=1,
+    )
+    progress: bool = _f(True, "show a progress bar")
+    tensorboard: bool = _f(True, "also write TensorBoard events when tensorboard is installed")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment, read top to bottom."""
+
+    algorithm: str = _f("dqn", "what to train", choices=ALGORITHMS)
+    seed: int = _f(0, "seed of everything (tasks, envs, networks, exploration)", lo=0)
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={"doc": "robot family"})
+    network: NetworkConfig = field(default_factory=NetworkConfig, metadata={"doc": "Q-network"})
+    dqn: DQNConfig = field(default_factory=DQNConfig, metadata={"doc": "deep Q-learning"})
+    adaptation: AdaptationConfig = field(
+        default_factory=AdaptationConfig, metadata={"doc": "inner loop"}
+    )
+    meta: MetaConfig = field(default_factory=MetaConfig, metadata={"doc": "outer loop"})
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "logging"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dump(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return {
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        str: "string",
+        list: "list",
+        dict: "mapping",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any], source: str) -> Any:
+    where = f" in {source}" if source else ""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"config key '{key}': {value!r} is not a {_type_name(tp)}{where}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(
+            f"config key '{key}': {value!r} is not one of {list(meta['choices'])}{where}"
+        )
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if tp in (int, float) and (
+        (lo is not None and value < lo)
+        or (hi is not None and value > hi)
+        or (tp is float and not math.isfinite(value))
+    ):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"config key '{key}': {value!r} is outside the allowed range {rng}{where}")
+    if (
+        tp is list
+        and key.endswith("hidden")
+        and (
+            not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        )
+    ):
+        raise ValueError(
+            f"config key '{key}': {value!r} must be a non-empty list of positive integers{where}"
+        )
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    where = f" in {source}" if source else ""
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"config section '{prefix or '<top>'}' must be a mapping, got {data!r}{where}"
+        )
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            full = f"{prefix}{key}"
+            raise ValueError(
+                f"unknown config key '{full}'{where}; allowed keys"
+                f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(known)}"
+            )
+    kwargs = {}
+    for name, f in known.items():
+        if name not in data:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], f"{prefix}{name}.", source)
+        else:
+            base = typing.get_origin(tp) or tp
+            if base is types.UnionType or base is typing.Union:
+                base = typing.get_args(tp)[0]
+            kwargs[name] = _coerce(data[name], base, f"{prefix}{name}", f.metadata, source)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, raw: str, source: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}={raw}: '{part}' is not a section{source}")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "") -> Config:
+    """Validate a plain mapping into a :class:`Config` (the mapping is not modified)."""
+    cfg = _build(Config, data, "", source)
+    if cfg.dqn.epsilon_end > cfg.dqn.epsilon_start:
+        raise ValueError(
+            f"config key 'dqn.epsilon_end': {cfg.dqn.epsilon_end} must not exceed "
+            f"dqn.epsilon_start = {cfg.dqn.epsilon_start}{' in ' + source if source else ''}"
+        )
+    if cfg.algorithm == "cavia" and cfg.network.context_dim < 1:
+        raise ValueError(
+            f"config key 'network.context_dim': cavia needs a context vector (>= 1), got "
+            f"{cfg.network.context_dim}{' in ' + source if source else ''}"
+        )
+    return cfg
+
+
+def load_config(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    steps: int | None = None,
+    seed: int | None = None,
+) -> Config:
+    """Read ``path`` (YAML), apply ``--set key=value`` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ValueError(f"cannot read config file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path}: the top level must be a mapping")
+    data = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. dqn.learning_rate=3e-4")
+        key, value = item.split("=", 1)
+        _set_path(data, key.strip(), value, f" (config {path})")
+    if steps is not None:
+        data.setdefault("dqn", {})["total_steps"] = steps
+    if seed is not None:
+        data["seed"] = seed
+    return config_from_dict(data, source=str(path))
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def reference_table() -> str:
+    """Markdown table of every config key: type, default and meaning (for the README)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            doc = f.metadata.get("doc", "")
+            if f.metadata.get("choices"):
+                doc += " (one of " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + ")"
+            elif f.metadata.get("lo") is not None or f.metadata.get("hi") is not None:
+                lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+                doc += f" (range [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}])"
+            rows.append(
+                f"| `{prefix}{f.name}` | {_type_name(typing.get_origin(tp) or tp)} | "
+                f"`{default!r}` | {doc} |"
+            )
+
+    walk(Config, "")
+    return "\n".join(rows)
+
+
+Algorithm = Literal["dqn", "oracle", "maml", "fomaml", "metasgd", "anil", "cavia", "reptile"]

@@ -1,0 +1,183 @@
+"""Deep Q-learning over the task distribution: the domain-randomized baseline and the oracle.
+
+Double-DQN targets, Huber loss, a target network (hard copy or Polyak), a replay buffer, a
+linear epsilon schedule, gradient clipping, and collection from several envs at once, each on
+its own robot configuration (a new train task every episode when ``env.tasks = train``). The
+privileged oracle is the same agent whose observation carries the true dynamics parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from robometa.adaptation import InnerLoss, td_loss
+from robometa.config import Config
+from robometa.networks import NetworkSpec, QNetwork
+from robometa.policy import Policy
+from robometa.replay import ReplayBuffer
+from robometa.rollout import fit_normalization, make_env, seed_from
+
+
+def linear_epsilon(step: int, total: int, start: float, end: float, fraction: float) -> float:
+    """Linear decay from ``start`` to ``end`` over the first ``fraction`` of ``total`` steps."""
+    horizon = max(1.0, fraction * total)
+    return end + (start - end) * max(0.0, 1.0 - step / horizon)
+
+
+def build_network(cfg: Config, obs_dim: int, n_actions: int) -> QNetwork:
+    spec = NetworkSpec(
+        obs_dim,
+        n_actions,
+        tuple(cfg.network.hidden),
+        cfg.network.context_dim,
+        cfg.network.activation,
+    )
+    return QNetwork(spec)
+
+
+class DQN:
+    """DQN / domain-randomized DQN / privileged oracle (``algorithm: dqn | oracle``)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.privileged = cfg.algorithm == "oracle"
+        self.rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        e = cfg.env
+        self.envs = [
+            make_env(e.id, e.dynamics, e.max_episode_steps, self.privileged)
+            for _ in range(e.num_envs)
+        ]
+        self.space = self.envs[0].unwrapped.dynamics_space
+        obs_dim = self.envs[0].observation_space.shape[0]
+        self.n_actions = int(self.envs[0].action_space.n)
+        self.net = build_network(cfg, obs_dim, self.n_actions)
+        fit_normalization(self.net, self.envs[0], self._tasks(8), 2000, self.rng)
+        self.target = {k: v.detach().clone() for k, v in self.net.named_parameters()}
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.dqn.learning_rate)
+        self.buffer = ReplayBuffer(cfg.dqn.buffer_size, obs_dim)
+        self.env_steps = 0
+        self.grad_steps = 0
+        self.obs = np.zeros((e.num_envs, obs_dim), np.float32)
+        self.ep_return = np.zeros(e.num_envs)
+        self.boundary()
+
+    # -------------------------------------------------------------- environment side
+
+    def _tasks(self, n: int) -> list:
+        if self.cfg.env.tasks == "nominal":
+            return [self.space.nominal()] * n
+        return self.space.sample(n, seed=seed_from(self.rng), split="train")
+
+    def _reset_env(self, i: int) -> None:
+        env = self.envs[i]
+        env.unwrapped.set_task(self._tasks(1)[0])
+        self.obs[i], _ = env.reset(seed=seed_from(self.rng))
+        self.ep_return[i] = 0.0
+
+    def boundary(self) -> None:
+        """Restart every env: checkpoints are taken here, so a resumed run continues exactly."""
+        for i in range(len(self.envs)):
+            self._reset_env(i)
+
+    def epsilon(self) -> float:
+        d = self.cfg.dqn
+        return linear_epsilon(
+            self.env_steps, d.total_steps, d.epsilon_start, d.epsilon_end, d.exploration_fraction
+        )
+
+    # -------------------------------------------------------------- learning
+
+    def iterate(self) -> dict[str, Any]:
+        """One vector step of every env, then the scheduled gradient updates."""
+        d = self.cfg.dqn
+        eps = self.epsilon()
+        with torch.no_grad():
+            greedy = self.net(torch.from_numpy(self.obs), False)[0].argmax(1).numpy()
+        returns = []
+        for i, env in enumerate(self.envs):
+            a = (
+                int(self.rng.integers(self.n_actions))
+                if self.rng.random() < eps
+                else int(greedy[i])
+            )
+            nxt, r, term, trunc, info = env.step(a)
+            if not info.get("physics_error", False):
+                self.buffer.add(self.obs[i], a, r, nxt, term)
+            self.ep_return[i] += r
+            self.obs[i] = nxt
+            if term or trunc:
+                returns.append(float(self.ep_return[i]))
+                self._reset_env(i)
+        self.env_steps += len(self.envs)
+        losses = []
+        vector_steps = self.env_steps // len(self.envs)
+        if self.env_steps >= d.learning_starts and vector_steps % d.train_freq == 0:
+            for _ in range(d.gradient_steps):
+                losses.append(self._gradient_step())
+        return {"returns": returns, "loss": losses, "epsilon": eps}
+
+    def _gradient_step(self) -> float:
+        d = self.cfg.dqn
+        batch = self.buffer.sample(d.batch_size, self.rng)
+        params = dict(self.net.named_parameters())
+        loss = td_loss(self.net, params, self.target, batch, d.gamma, d.huber_delta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if d.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), d.max_grad_norm)
+        self.optimizer.step()
+        self.grad_steps += 1
+        with torch.no_grad():
+            if d.tau < 1.0:
+                for k, v in self.net.named_parameters():
+                    self.target[k].lerp_(v, d.tau)
+            elif self.grad_steps % d.target_update_interval == 0:
+                for k, v in self.net.named_parameters():
+                    self.target[k].copy_(v)
+        return float(loss)
+
+    # -------------------------------------------------------------- persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "target": {k: v.clone() for k, v in self.target.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "env_steps": self.env_steps,
+            "grad_steps": self.grad_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.target = {k: v.clone() for k, v in state["target"].items()}
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.env_steps = int(state["env_steps"])
+        self.grad_steps = int(state["grad_steps"])
+
+    def policy(self) -> Policy:
+        a = self.cfg.adaptation
+        # Not meta-trained: adaptation is plain TD fine-tuning of every parameter.
+        lrs = {k: torch.tensor(a.fine_tune_lr) for k, _ in self.net.named_parameters()}
+        return Policy(
+            algorithm=self.cfg.algorithm,
+            env_id=self.cfg.env.id,
+            net=self.net,
+            params=self.net.params(),
+            lrs=lrs if not self.privileged else {},
+            inner=InnerLoss("td", self.cfg.dqn.gamma, self.cfg.dqn.huber_delta, a.model_weight),
+            adapt_steps=a.steps if not self.privileged else 0,
+            support_size=a.support_size,
+            privileged=self.privileged,
+            dynamics=dict(self.cfg.env.dynamics),
+            config=self.cfg.to_dict(),
+        )
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
