@@ -1,0 +1,705 @@
+"""The on-device adaptation runtime: act, collect transitions, take guarded gradient steps.
+
+Only numpy, onnxruntime and the standard library. One ``InferenceSession`` per graph, one
+thread each (batch-1 inference gains nothing from a thread pool, and the robot's control loop
+keeps its cores).
+
+``act`` is the hot path: the observation is copied into a preallocated ``(1, obs_dim)`` array
+that is bound to ``policy.onnx`` once with an IOBinding, the outputs are bound to preallocated
+arrays, and the parameters are bound as ``OrtValue``s once (again only after an accepted
+adaptation). A call validates the observation, copies 4 bytes per entry and runs the session.
+
+``adapt`` runs ``adapt.onnx`` (the exported training ``adapt_step``) on the buffered
+transitions under a guard:
+
+* hold-out: a fraction of the buffer (``holdout_fraction``, default 20%, spread evenly over
+  time) is not trained on; the inner loss on it is measured before and after;
+* bounded steps: the global L2 norm of each step's parameter change is clipped to
+  ``max_update_norm`` (default 1.0; ``None`` disables), so one bad gradient cannot throw the
+  parameters far;
+* rollback: if any parameter becomes NaN/inf, or the held-out loss rises by more than
+  ``tolerance`` (relative, default 10%), the step sequence is discarded and the parameters
+  stay what they were before the call. Parameters are only replaced at the end of an accepted
+  call, so nothing can leave them half-updated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+from robometa.deploy.bundle import (
+    ACTION_OUTPUT,
+    ADAPT_GRAPH,
+    BATCH_INPUTS,
+    GAMMA_INPUT,
+    LOSS_OUTPUT,
+    LR_PREFIX,
+    NEW_PREFIX,
+    OBS_INPUT,
+    PARAM_PREFIX,
+    POLICY_GRAPH,
+    Q_OUTPUT,
+    Bundle,
+    BundleError,
+)
+
+#: version of the ``save_state`` file layout.
+STATE_FORMAT = 1
+_ABS_TOLERANCE = 1e-6  # loss noise floor for the rollback test
+_FLOAT32 = np.dtype(np.float32)
+
+
+class StateError(ValueError):
+    """A saved adapter state cannot be loaded (the message names the file and key)."""
+
+
+class Transitions(NamedTuple):
+    """A batch of transitions as numpy arrays, in ``adapt.onnx`` input order."""
+
+    obs: np.ndarray  # (B, obs_dim) float32
+    action: np.ndarray  # (B,) int64
+    reward: np.ndarray  # (B,) float32
+    next_obs: np.ndarray  # (B, obs_dim) float32
+    terminated: np.ndarray  # (B,) float32, 1.0 where the episode really ended
+
+    def take(self, index: np.ndarray) -> Transitions:
+        return Transitions(*(a[index] for a in self))
+
+
+class TransitionBuffer:
+    """Fixed-capacity ring buffer; arrays are allocated once, the oldest entry is overwritten."""
+
+    def __init__(self, capacity: int, obs_dim: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self._data = Transitions(
+            np.zeros((capacity, obs_dim), np.float32),
+            np.zeros(capacity, np.int64),
+            np.zeros(capacity, np.float32),
+            np.zeros((capacity, obs_dim), np.float32),
+            np.zeros(capacity, np.float32),
+        )
+        self._next = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(
+        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: float
+    ) -> None:
+        i = self._next
+        d = self._data
+        d.obs[i], d.action[i], d.reward[i] = obs, action, reward
+        d.next_obs[i], d.terminated[i] = next_obs, terminated
+        self._next = (i + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
+
+    def ordered(self) -> Transitions:
+        """Copies of the stored transitions, oldest first."""
+        start = (self._next - self._size) % self.capacity
+        index = (start + np.arange(self._size)) % self.capacity
+        return self._data.take(index)
+
+    def clear(self) -> None:
+        self._next = 0
+        self._size = 0
+
+
+@dataclass(frozen=True)
+class AdaptReport:
+    """What one ``Adapter.adapt`` call did.
+
+    ``loss_before``/``loss_after`` are the inner loss on the held-out transitions (the guard's
+    criterion; on the training transitions when nothing is held out), ``train_loss_*`` the
+    loss on the transitions stepped on. ``n_rejected``/``rejected`` count the transitions
+    ``observe`` refused since the last ``reset`` (by reason).
+    """
+
+    steps: int
+    accepted: bool
+    rolled_back: bool
+    reason: str
+    loss_before: float
+    loss_after: float
+    train_loss_before: float
+    train_loss_after: float
+    n_transitions: int
+    n_train: int
+    n_holdout: int
+    n_rejected: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    clipped_steps: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """Options for small graphs on a robot: sequential, ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def _check_real(value: Any, what: str) -> np.ndarray:
+    """``value`` as an ndarray of real numbers (ints or floats), else a ``ValueError``."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} is not an array of numbers: {err}") from None
+    if array.dtype.kind not in "fiu":
+        raise ValueError(
+            f"{what} has dtype {array.dtype}, expected real numbers (float32 preferred)"
+        )
+    return array
+
+
+class Adapter:
+    """Acts with, and adapts, the policy of one bundle (see the module docstring).
+
+    Args:
+        bundle: a verified :class:`Bundle` (``Adapter.load(path)`` reads and verifies one).
+        capacity: ring-buffer size; default the bundle's ``support_size``.
+        holdout_fraction: share of the buffer held out for the guard, in [0, 0.5].
+        tolerance: relative rise of the held-out loss that still counts as "not worse".
+        max_update_norm: bound on each step's parameter change (global L2); ``None``: none.
+        min_transitions: fewer buffered transitions than this and ``adapt`` does nothing
+            (reported as not accepted).
+        threads: intra-op threads per session.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        capacity: int | None = None,
+        holdout_fraction: float = 0.2,
+        tolerance: float = 0.1,
+        max_update_norm: float | None = 1.0,
+        min_transitions: int = 10,
+        threads: int = 1,
+    ) -> None:
+        if not 0.0 <= holdout_fraction <= 0.5:
+            raise ValueError(f"holdout_fraction must be in [0, 0.5], got {holdout_fraction}")
+        if not tolerance >= 0.0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        if max_update_norm is not None and not max_update_norm > 0.0:
+            raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm}")
+        if min_transitions < 1:
+            raise ValueError(f"min_transitions must be >= 1, got {min_transitions}")
+        self.bundle = bundle
+        self.holdout_fraction = float(holdout_fraction)
+        self.tolerance = float(tolerance)
+        self.max_update_norm = None if max_update_norm is None else float(max_update_norm)
+        self.min_transitions = int(min_transitions)
+        self.obs_dim = bundle.obs_dim
+        self.n_actions = bundle.n_actions
+        self.obs_low = bundle.obs_low
+        self.obs_high = bundle.obs_high
+        self.obs_names = tuple(bundle.manifest["observation"]["names"])
+        self.adapted = bundle.adapted
+        self.default_steps = int(bundle.manifest["inner"].get("steps", 1))
+        self._obs_shape = (self.obs_dim,)
+        self._meta = {k: _frozen(v) for k, v in bundle.params.items()}
+        self._lrs = {k: _frozen(v) for k, v in bundle.lrs.items()}
+        self._gamma = np.asarray(bundle.discount, np.float32)
+        options = session_options(threads)
+        providers = ["CPUExecutionProvider"]
+        self._policy = _session(bundle, POLICY_GRAPH, options, providers)
+        self._adapt = _session(bundle, ADAPT_GRAPH, options, providers)
+        self._policy_params, self._adapt_params = self._check_graphs()
+        self._adapt_outputs = [NEW_PREFIX + k for k in self.adapted] + [LOSS_OUTPUT]
+        # act(): preallocated input and outputs, bound once.
+        self._obs1 = np.zeros((1, self.obs_dim), np.float32)
+        self._q1 = np.zeros((1, self.n_actions), np.float32)
+        self._a1 = np.zeros(1, np.int64)
+        self._binding = self._policy.io_binding()
+        self._bound: dict[str, ort.OrtValue] = {}
+        for name, array in ((OBS_INPUT, self._obs1),):
+            self._bind_input(name, array)
+        self._binding.bind_ortvalue_output(Q_OUTPUT, ort.OrtValue.ortvalue_from_numpy(self._q1))
+        self._binding.bind_ortvalue_output(
+            ACTION_OUTPUT, ort.OrtValue.ortvalue_from_numpy(self._a1)
+        )
+        self._params: dict[str, np.ndarray] = dict(self._meta)
+        self._bind_params()
+        support = int(bundle.manifest["inner"].get("support_size", 0)) or 1000
+        self.buffer = TransitionBuffer(capacity or support, self.obs_dim)
+        self._rejected: Counter[str] = Counter()
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, **kwargs: Any) -> Adapter:
+        """Read and verify a bundle directory and build an adapter (kwargs: see the class)."""
+        return cls(Bundle.load(bundle_dir), **kwargs)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _check_graphs(self) -> tuple[list[str], list[str]]:
+        """The graphs' parameter inputs, after checking they fit the manifest and arrays."""
+        pol_in = [i.name for i in self._policy.get_inputs()]
+        pol_out = {o.name for o in self._policy.get_outputs()}
+        where = self.bundle.file(POLICY_GRAPH)
+        if OBS_INPUT not in pol_in or not {Q_OUTPUT, ACTION_OUTPUT} <= pol_out:
+            raise BundleError(
+                f"{where}: expected input {OBS_INPUT!r} and outputs {Q_OUTPUT!r}, "
+                f"{ACTION_OUTPUT!r}; found inputs {pol_in}, outputs {sorted(pol_out)}"
+            )
+        policy_params = self._param_inputs(pol_in, {OBS_INPUT}, where)
+        ad_in = [i.name for i in self._adapt.get_inputs()]
+        ad_out = {o.name for o in self._adapt.get_outputs()}
+        where = self.bundle.file(ADAPT_GRAPH)
+        expected_lrs = {LR_PREFIX + k for k in self.adapted}
+        expected_out = {NEW_PREFIX + k for k in self.adapted} | {LOSS_OUTPUT}
+        if not expected_lrs <= set(ad_in) or not expected_out <= ad_out:
+            raise BundleError(
+                f"{where}: inputs {ad_in} / outputs {sorted(ad_out)} do not match the adapted "
+                f"parameters {list(self.adapted)} of the manifest"
+            )
+        plain = {*BATCH_INPUTS, GAMMA_INPUT, *expected_lrs}
+        adapt_params = self._param_inputs(ad_in, plain, where)
+        return policy_params, adapt_params
+
+    def _param_inputs(self, inputs: list[str], plain: set[str], where: Path) -> list[str]:
+        names = []
+        for name in inputs:
+            if name in plain:
+                continue
+            key = name.removeprefix(PARAM_PREFIX)
+            if not name.startswith(PARAM_PREFIX) or key not in self._meta:
+                raise BundleError(f"{where}: unexpected graph input {name!r}")
+            names.append(key)
+        return names
+
+    def _bind_input(self, name: str, array: np.ndarray) -> None:
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        self._bound[name] = value  # keep the OrtValue (and its array) alive
+        self._binding.bind_ortvalue_input(name, value)
+
+    def _bind_params(self) -> None:
+        for k in self._policy_params:
+            self._bind_input(PARAM_PREFIX + k, self._params[k])
+
+    # ------------------------------------------------------------------ acting
+
+    def act(self, obs: Any) -> int:
+        """The greedy action for one observation of shape ``(obs_dim,)``.
+
+        Raises ``ValueError`` naming the problem for a wrong shape, a non-numeric dtype or a
+        NaN/inf entry.
+        """
+        buf = self._obs1[0]
+        if type(obs) is np.ndarray and obs.dtype is _FLOAT32 and obs.shape == self._obs_shape:
+            buf[...] = obs
+        else:
+            buf[...] = self._checked_obs(obs, self._obs_shape, "obs")
+        # A Python-level check: right after an ORT run a numpy ufunc costs ~5 us (cold caches),
+        # a few math.isfinite calls well under 1 us.
+        if not all(map(math.isfinite, buf.tolist())):
+            raise ValueError(self._non_finite_message(buf, "obs"))
+        self._policy.run_with_iobinding(self._binding)
+        return self._a1.item()
+
+    def q_values(self, obs: Any) -> np.ndarray:
+        """Q-values for one observation ``(obs_dim,)`` -> ``(n_actions,)`` or a batch
+        ``(B, obs_dim)`` -> ``(B, n_actions)``."""
+        array = _check_real(obs, "obs")
+        single = array.ndim == 1
+        batch = self._checked_obs(array[None] if single else array, None, "obs")
+        bad = ~np.isfinite(batch).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(self._non_finite_message(batch[row], f"obs[{row}]"))
+        feeds = {PARAM_PREFIX + k: self._params[k] for k in self._policy_params}
+        feeds[OBS_INPUT] = batch
+        q = self._policy.run([Q_OUTPUT], feeds)[0]
+        return q[0] if single else q
+
+    def _checked_obs(self, obs: Any, shape: tuple[int, ...] | None, what: str) -> np.ndarray:
+        """``obs`` as float32 of ``shape`` (``None``: any ``(B, obs_dim)`` with ``B >= 1``)."""
+        array = _check_real(obs, what)
+        ok = (
+            array.shape == shape
+            if shape is not None
+            else array.ndim == 2 and array.shape[0] >= 1 and array.shape[1] == self.obs_dim
+        )
+        if not ok:
+            expected = f"{shape}" if shape is not None else f"(batch, {self.obs_dim})"
+            raise ValueError(
+                f"{what} has shape {array.shape}, expected {expected} ({', '.join(self.obs_names)})"
+            )
+        return array.astype(np.float32, copy=False)
+
+    def _non_finite_message(self, row: np.ndarray, what: str) -> str:
+        i = int(np.argmin(np.isfinite(row)))
+        return f"{what}[{i}] ({self.obs_names[i]}) is {row[i]}; observations must be finite"
+
+    # ------------------------------------------------------------------ collecting
+
+    def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
+        """Store one transition; return False (and count why) if it is rejected.
+
+        Rejected, not stored: a NaN/inf entry in ``obs``/``next_obs``/``reward``, an
+        observation outside the bundle's observation bounds, an action that is not an integer
+        in ``[0, n_actions)``, a ``terminated`` that is not a bool or 0/1. An observation of the
+        wrong shape or a non-numeric type is a wiring error and raises ``ValueError``.
+        """
+        o = self._checked_obs(obs, self._obs_shape, "obs")
+        o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
+        reason = self._rejection(o, action, reward, o2, terminated)
+        if reason:
+            self._rejected[reason] += 1
+            return False
+        self.buffer.add(o, int(action), float(reward), o2, float(terminated))
+        return True
+
+    def _rejection(
+        self, obs: np.ndarray, action: Any, reward: Any, next_obs: np.ndarray, terminated: Any
+    ) -> str:
+        if not (np.isfinite(obs).all() and np.isfinite(next_obs).all()):
+            return "non_finite_obs"
+        low, high = self.obs_low, self.obs_high
+        if not (_within(obs, low, high) and _within(next_obs, low, high)):
+            return "obs_out_of_range"
+        action, reward, terminated = _scalar(action), _scalar(reward), _scalar(terminated)
+        if not _is_whole_number(action):
+            return "action_not_integer"
+        if not 0 <= int(action) < self.n_actions:
+            return "action_out_of_range"
+        if not _is_number(reward):
+            return "reward_not_number"
+        if not math.isfinite(float(reward)):
+            return "non_finite_reward"
+        if not (isinstance(terminated, (bool, np.bool_)) or _is_whole_number(terminated)):
+            return "bad_terminated"
+        if float(terminated) not in (0.0, 1.0):
+            return "bad_terminated"
+        return ""
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Transitions refused by ``observe`` since the last ``reset``, by reason."""
+        return dict(self._rejected)
+
+    # ------------------------------------------------------------------ adapting
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The current parameters (read-only arrays)."""
+        return dict(self._params)
+
+    @property
+    def meta_params(self) -> dict[str, np.ndarray]:
+        return dict(self._meta)
+
+    def split(self, data: Transitions) -> tuple[Transitions, Transitions]:
+        """(train, held-out): every ``1/holdout_fraction``-th transition is held out."""
+        n = len(data.reward)
+        i = np.arange(n)
+        f = self.holdout_fraction
+        held = np.floor((i + 1) * f) > np.floor(i * f)
+        return data.take(~held), data.take(held)
+
+    def step(
+        self, params: dict[str, np.ndarray], batch: Transitions
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """One raw ``adapt.onnx`` step: the adapted parameters' new values and the loss before."""
+        feeds: dict[str, Any] = {PARAM_PREFIX + k: params[k] for k in self._adapt_params}
+        for k, lr in self._lrs.items():
+            feeds[LR_PREFIX + k] = lr
+        feeds.update(zip(BATCH_INPUTS, batch, strict=True))
+        feeds[GAMMA_INPUT] = self._gamma
+        *new, loss = self._adapt.run(self._adapt_outputs, feeds)
+        return dict(zip(self.adapted, new, strict=True)), float(loss)
+
+    def loss(self, params: dict[str, np.ndarray], batch: Transitions) -> float:
+        """The inner loss of ``params`` on ``batch`` (the adapt graph's loss output)."""
+        return self.step(params, batch)[1]
+
+    def adapt(self, steps: int | None = None) -> AdaptReport:
+        """``steps`` guarded gradient steps (default: the bundle's) on the buffered transitions."""
+        steps = self.default_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        start = time.perf_counter()
+        data = self.buffer.ordered()
+        n = len(data.reward)
+        nan = math.nan
+        common = {
+            "steps": steps,
+            "n_transitions": n,
+            "n_rejected": sum(self._rejected.values()),
+            "rejected": dict(self._rejected),
+        }
+        if n < self.min_transitions:
+            return AdaptReport(
+                accepted=False,
+                rolled_back=False,
+                reason=f"only {n} transitions buffered, need at least {self.min_transitions}",
+                loss_before=nan,
+                loss_after=nan,
+                train_loss_before=nan,
+                train_loss_after=nan,
+                n_train=0,
+                n_holdout=0,
+                seconds=time.perf_counter() - start,
+                **common,
+            )
+        train, held = self.split(data)
+        if len(held.reward) == 0:
+            held = train
+        before = self._params
+        held_before = self.loss(before, held)
+        current = dict(before)
+        train_before = nan
+        clipped = 0
+        failure = ""
+        for s in range(steps):
+            new, train_loss = self.step(current, train)
+            if s == 0:
+                train_before = train_loss
+            new, was_clipped, failure = self._bounded(current, new, s + 1)
+            if failure:
+                break
+            clipped += was_clipped
+            current.update(new)
+        train_after = self.loss(current, train) if not failure else nan
+        held_after = self.loss(current, held) if not failure else nan
+        if steps == 0:
+            train_before = train_after
+        if not failure:
+            failure = self._worse(held_before, held_after)
+        accepted = not failure
+        if accepted:
+            self._params = {k: _frozen(v) for k, v in current.items()}
+            self._bind_params()
+        return AdaptReport(
+            accepted=accepted,
+            rolled_back=not accepted,
+            reason=failure or "held-out loss did not get worse beyond the tolerance",
+            loss_before=held_before,
+            loss_after=held_after,
+            train_loss_before=train_before,
+            train_loss_after=train_after,
+            n_train=len(train.reward),
+            n_holdout=len(held.reward) if held is not train else 0,
+            clipped_steps=clipped,
+            seconds=time.perf_counter() - start,
+            **common,
+        )
+
+    def _bounded(
+        self, current: dict[str, np.ndarray], new: dict[str, np.ndarray], step: int
+    ) -> tuple[dict[str, np.ndarray], bool, str]:
+        """Clip the step's update norm; report non-finite parameters as a failure."""
+        sq = 0.0
+        for k, v in new.items():
+            sq += float(np.sum(np.square(v.astype(np.float64) - current[k])))
+        norm = math.sqrt(sq) if math.isfinite(sq) else math.inf
+        if not math.isfinite(norm) or not all(np.isfinite(v).all() for v in new.values()):
+            return new, False, f"parameters became non-finite at step {step}"
+        if self.max_update_norm is None or norm <= self.max_update_norm:
+            return new, False, ""
+        scale = self.max_update_norm / norm
+        clipped = {
+            k: (current[k] + scale * (v - current[k])).astype(np.float32) for k, v in new.items()
+        }
+        return clipped, True, ""
+
+    def _worse(self, before: float, after: float) -> str:
+        if not math.isfinite(after):
+            return f"held-out loss became {after}"
+        limit = before + self.tolerance * abs(before) + _ABS_TOLERANCE
+        if after > limit:
+            return (
+                f"held-out loss rose from {before:.6g} to {after:.6g} "
+                f"(tolerance {self.tolerance:.0%})"
+            )
+        return ""
+
+    def reset(self) -> None:
+        """Back to the meta-parameters, with an empty buffer and no rejection counts."""
+        self._params = dict(self._meta)
+        self._bind_params()
+        self.buffer.clear()
+        self._rejected.clear()
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write the adapted parameters and the buffer to ``path`` (``.npz``) atomically.
+
+        The file is written to a temporary file in the same directory, fsynced, then renamed
+        over ``path``: an interrupted write leaves any previous state file intact.
+        """
+        path = Path(path)
+        data = self.buffer.ordered()
+        arrays: dict[str, np.ndarray] = {
+            "state_format": np.asarray(STATE_FORMAT, np.int64),
+            "bundle_identity": np.asarray(self.bundle.identity),
+        }
+        for k in self.adapted:
+            arrays[PARAM_PREFIX + k] = self._params[k]
+        for name, value in zip(BATCH_INPUTS, data, strict=True):
+            arrays["buffer:" + name] = value
+        for reason, count in self._rejected.items():
+            arrays["rejected:" + reason] = np.asarray(count, np.int64)
+        _atomic_write_npz(path, arrays)
+        return path
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore a state written by ``save_state`` for this same bundle.
+
+        Everything is checked before anything changes: on any error (``StateError`` naming the
+        file and key) the adapter keeps its current parameters and buffer.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: np.asarray(npz[k]) for k in npz.files}
+        except FileNotFoundError:
+            raise StateError(f"{path}: no such state file") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise StateError(f"{path}: not a readable .npz state file ({err})") from None
+        params, data, rejected = self._parse_state(path, arrays)
+        self._params = {**self._meta, **{k: _frozen(v) for k, v in params.items()}}
+        self._bind_params()
+        self.buffer.clear()
+        keep = max(0, len(data.reward) - self.buffer.capacity)
+        for row in zip(*(a[keep:] for a in data), strict=True):
+            self.buffer.add(*row)
+        self._rejected = Counter(rejected)
+
+    def _parse_state(
+        self, path: Path, arrays: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], Transitions, dict[str, int]]:
+        def need(key: str) -> np.ndarray:
+            if key not in arrays:
+                raise StateError(f"{path}: missing key {key!r}")
+            return arrays[key]
+
+        version = need("state_format")
+        if version.shape != () or int(version) != STATE_FORMAT:
+            raise StateError(
+                f"{path}: state_format {version!r} is not supported (expected {STATE_FORMAT})"
+            )
+        if str(need("bundle_identity")) != self.bundle.identity:
+            raise StateError(
+                f"{path}: saved for a different bundle (identity {str(arrays['bundle_identity'])[:12]}..., "
+                f"this bundle {self.bundle.identity[:12]}...)"
+            )
+        params = {}
+        for k in self.adapted:
+            value = need(PARAM_PREFIX + k)
+            meta = self._meta[k]
+            if value.dtype != np.float32 or value.shape != meta.shape:
+                raise StateError(
+                    f"{path}: {PARAM_PREFIX + k} is {value.dtype}{list(value.shape)}, "
+                    f"expected float32{list(meta.shape)}"
+                )
+            if not np.isfinite(value).all():
+                raise StateError(f"{path}: {PARAM_PREFIX + k} contains NaN or inf")
+            params[k] = value
+        dtypes = (np.float32, np.int64, np.float32, np.float32, np.float32)
+        columns = []
+        for name, dtype in zip(BATCH_INPUTS, dtypes, strict=True):
+            value = need("buffer:" + name)
+            if value.dtype != dtype:
+                raise StateError(
+                    f"{path}: buffer:{name} has dtype {value.dtype}, expected {dtype.__name__}"
+                )
+            columns.append(value)
+        data = Transitions(*columns)
+        n = len(data.reward)
+        shapes_ok = (
+            data.obs.shape == (n, self.obs_dim)
+            and data.next_obs.shape == (n, self.obs_dim)
+            and all(a.shape == (n,) for a in (data.action, data.reward, data.terminated))
+        )
+        if not shapes_ok:
+            raise StateError(
+                f"{path}: buffer arrays have inconsistent shapes "
+                f"{[list(a.shape) for a in data]} for obs_dim {self.obs_dim}"
+            )
+        rejected = {}
+        for key, value in arrays.items():
+            if key.startswith("rejected:"):
+                rejected[key.removeprefix("rejected:")] = int(value)
+        return params, data, rejected
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy that cannot be modified in place (it may be bound to ORT)."""
+    out = np.array(array, dtype=np.float32, order="C", copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    """Unwrap a 0-d numpy array into its Python scalar (other values pass through)."""
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def _is_number(value: Any) -> bool:
+    """A real int or float (numpy included), not a bool."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(
+        value, (int, float, np.integer, np.floating)
+    )
+
+
+def _is_whole_number(value: Any) -> bool:
+    if not _is_number(value):
+        return False
+    return isinstance(value, (int, np.integer)) or float(value).is_integer()
+
+
+def _within(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    return bool(np.all(x >= low) and np.all(x <= high))
+
+
+def _session(
+    bundle: Bundle, name: str, options: ort.SessionOptions, providers: list[str]
+) -> ort.InferenceSession:
+    path = bundle.file(name)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise BundleError(f"{path}: onnxruntime cannot load the graph ({err})") from err
+
+
+def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if os.name == "posix":
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
