@@ -8,6 +8,7 @@ generated from the same source. Loading never mutates what the caller passed in.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -205,7 +206,9 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any], source: str)
             pass
     ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
     if not ok:
-        raise ValueError(f"config key '{key}': {value!r} is not a {_type_name(tp)}{where}")
+        name = _type_name(tp)
+        article = "an" if name[0] in "aeiou" else "a"
+        raise ValueError(f"config key '{key}': {value!r} is not {article} {name}{where}")
     if meta.get("choices") and value not in meta["choices"]:
         raise ValueError(
             f"config key '{key}': {value!r} is not one of {list(meta['choices'])}{where}"
@@ -236,15 +239,17 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     where = f" in {source}" if source else ""
     if not isinstance(data, Mapping):
         raise ValueError(
-            f"config section '{prefix or '<top>'}' must be a mapping, got {data!r}{where}"
+            f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {data!r}{where}"
         )
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     for key in data:
         if key not in known:
             full = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ValueError(
-                f"unknown config key '{full}'{where}; allowed keys"
+                f"unknown config key '{full}'{where}{hint}; allowed keys"
                 f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(known)}"
             )
     kwargs = {}
@@ -274,7 +279,9 @@ def _set_path(tree: dict[str, Any], dotted: str, raw: str, source: str) -> None:
 
 def config_from_dict(data: Mapping[str, Any], source: str = "") -> Config:
     """Validate a plain mapping into a :class:`Config` (the mapping is not modified)."""
-    cfg = _build(Config, data, "", source)
+    # A private copy: the config must not share lists or dicts (network.hidden, env.dynamics)
+    # with the caller's mapping, or editing one would silently change the other.
+    cfg = _build(Config, _deep_copy(data), "", source)
     if cfg.dqn.epsilon_end > cfg.dqn.epsilon_start:
         raise ValueError(
             f"config key 'dqn.epsilon_end': {cfg.dqn.epsilon_end} must not exceed "

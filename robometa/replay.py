@@ -88,7 +88,9 @@ class ReplayBuffer:
         if n > self.capacity:
             raise ValueError(f"replay state holds {n} transitions, capacity is {self.capacity}")
         # Stored oldest first; restore the exact ring layout so later writes land where they did.
-        pos = int(state["pos"])
+        # A buffer of another capacity cannot share that layout: oldest first from slot 0.
+        same = int(state.get("capacity", -1)) == self.capacity
+        pos = int(state["pos"]) if same else n % self.capacity
         idx = (pos - n + np.arange(n)) % self.capacity
         self.obs[idx] = state["obs"].numpy()
         self.action[idx] = state["action"].numpy()

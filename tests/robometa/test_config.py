@@ -1,0 +1,208 @@
+"""Config loading: every mistake a user can make gets an error naming key, value and file."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robometa.config import Config, config_from_dict, load_config, reference_table
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+BASE = {
+    "algorithm": "dqn",
+    "env": {"id": "robometa/CartPole-v0", "tasks": "nominal", "num_envs": 2},
+    "network": {"hidden": [32, 32]},
+    "dqn": {"learning_rate": 1.0e-3, "gamma": 0.99, "batch_size": 64},
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def with_change(section: str | None, key: str, value: object) -> dict:
+    data = copy.deepcopy(BASE)
+    (data.setdefault(section, {}) if section else data)[key] = value
+    return data
+
+
+class TestBadConfigErrors:
+    @pytest.mark.parametrize(
+        ("section", "key", "value", "pattern"),
+        [
+            (None, "lerning_rate", 0.1, r"unknown config key 'lerning_rate'"),
+            ("dqn", "learning_rte", 3e-4, r"unknown config key 'dqn\.learning_rte'"),
+            ("env", "num_env", 4, r"unknown config key 'env\.num_env'"),
+            ("dqn", "batch_size", "big", r"'dqn\.batch_size': 'big' is not an integer"),
+            ("dqn", "gamma", "high", r"'dqn\.gamma': 'high' is not a number"),
+            ("logging", "progress", "maybe", r"'logging\.progress': 'maybe' is not a boolean"),
+            ("network", "hidden", [64, 0], r"'network\.hidden': \[64, 0\] must be a non-empty"),
+            (
+                "dqn",
+                "gamma",
+                1.5,
+                r"'dqn\.gamma': 1\.5 is outside the allowed range \[0\.0, 1\.0\]",
+            ),
+            ("env", "num_envs", 0, r"'env\.num_envs': 0 is outside the allowed range \[1, 256\]"),
+            ("dqn", "learning_rate", -1e-3, r"'dqn\.learning_rate': -0\.001 is outside"),
+            (None, "algorithm", "ppo", r"'algorithm': 'ppo' is not one of \['dqn', 'oracle'"),
+            ("env", "tasks", "all", r"'env\.tasks': 'all' is not one of \['train', 'nominal'\]"),
+        ],
+    )
+    def test_error_names_key_value_and_file(
+        self, tmp_path: Path, section: str | None, key: str, value: object, pattern: str
+    ) -> None:
+        path = write(tmp_path, with_change(section, key, value))
+        with pytest.raises(ValueError, match=pattern) as err:
+            load_config(path)
+        assert str(path) in str(err.value)
+
+    def test_unknown_key_suggests_the_near_miss_and_lists_the_section(self, tmp_path: Path) -> None:
+        path = write(tmp_path, with_change("dqn", "learning_rte", 3e-4))
+        with pytest.raises(ValueError) as err:
+            load_config(path)
+        message = str(err.value)
+        assert "did you mean 'dqn.learning_rate'?" in message
+        assert "allowed keys in dqn: total_steps, learning_rate" in message
+
+    def test_section_that_is_not_a_mapping(self, tmp_path: Path) -> None:
+        path = write(tmp_path, {**BASE, "dqn": 5})
+        with pytest.raises(ValueError, match=r"config section 'dqn' must be a mapping, got 5"):
+            load_config(path)
+
+    def test_epsilon_end_above_start(self, tmp_path: Path) -> None:
+        data = with_change("dqn", "epsilon_end", 0.5)
+        data["dqn"]["epsilon_start"] = 0.2
+        path = write(tmp_path, data)
+        with pytest.raises(ValueError, match=r"'dqn\.epsilon_end': 0\.5 must not exceed"):
+            load_config(path)
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match=r"cannot read config file .*nope\.yaml"):
+            load_config(tmp_path / "nope.yaml")
+
+    def test_invalid_yaml(self, tmp_path: Path) -> None:
+        path = tmp_path / "broken.yaml"
+        path.write_text("dqn:\n  gamma: [0.9\n")
+        with pytest.raises(ValueError, match=r"config file .*broken\.yaml is not valid YAML"):
+            load_config(path)
+
+    def test_top_level_must_be_a_mapping(self, tmp_path: Path) -> None:
+        path = tmp_path / "list.yaml"
+        path.write_text("- dqn\n- oracle\n")
+        with pytest.raises(ValueError, match=r"list\.yaml: the top level must be a mapping"):
+            load_config(path)
+
+
+class TestSetOverrides:
+    def test_values_are_parsed_and_typed(self, tmp_path: Path) -> None:
+        path = write(tmp_path, BASE)
+        cfg = load_config(
+            path,
+            [
+                "dqn.learning_rate=3e-4",
+                "dqn.batch_size=128",
+                "network.hidden=[256, 256]",
+                "logging.progress=false",
+                "env.tasks=train",
+            ],
+        )
+        assert isinstance(cfg.dqn.learning_rate, float)
+        assert cfg.dqn.learning_rate == pytest.approx(3e-4)
+        assert cfg.dqn.batch_size == 128 and isinstance(cfg.dqn.batch_size, int)
+        assert cfg.network.hidden == [256, 256]
+        assert cfg.logging.progress is False
+        assert cfg.env.tasks == "train"
+
+    def test_steps_and_seed_shortcuts(self, tmp_path: Path) -> None:
+        cfg = load_config(write(tmp_path, BASE), steps=1234, seed=7)
+        assert (cfg.dqn.total_steps, cfg.seed) == (1234, 7)
+
+    def test_override_creates_a_missing_section(self, tmp_path: Path) -> None:
+        cfg = load_config(write(tmp_path, {"algorithm": "dqn"}), ["meta.meta_batch=4"])
+        assert cfg.meta.meta_batch == 4
+
+    @pytest.mark.parametrize(
+        ("item", "pattern"),
+        [
+            ("dqn.learning_rate", r"--set 'dqn\.learning_rate': expected key=value"),
+            ("dqn.learning_rte=3e-4", r"unknown config key 'dqn\.learning_rte'.*exp\.yaml"),
+            ("dqn.batch_size=big", r"'dqn\.batch_size': 'big' is not an integer.*exp\.yaml"),
+            ("dqn.gamma.x=1", r"--set dqn\.gamma\.x=1: 'gamma' is not a section.*exp\.yaml"),
+            ("dqn.gamma=2", r"'dqn\.gamma': 2\.0 is outside the allowed range"),
+        ],
+    )
+    def test_bad_set(self, tmp_path: Path, item: str, pattern: str) -> None:
+        with pytest.raises(ValueError, match=pattern):
+            load_config(write(tmp_path, BASE), [item])
+
+
+class TestNoMutation:
+    def test_loading_twice_gives_equal_configs_and_leaves_the_file_alone(
+        self, tmp_path: Path
+    ) -> None:
+        path = write(tmp_path, BASE)
+        text = path.read_text()
+        first = load_config(path, ["dqn.gamma=0.5", "network.hidden=[8]"], steps=10, seed=3)
+        second = load_config(path)
+        assert path.read_text() == text
+        assert first.dqn.gamma == 0.5 and second.dqn.gamma == 0.99
+        assert second.network.hidden == [32, 32] and second.seed == 0
+        assert second == load_config(path)
+
+    def test_caller_dict_is_unchanged_and_not_shared(self) -> None:
+        data = copy.deepcopy(BASE)
+        data["env"]["dynamics"] = {"pole_length": {"train": [0.8, 1.2]}}
+        snapshot = copy.deepcopy(data)
+        cfg = config_from_dict(data)
+        assert data == snapshot
+        assert isinstance(cfg.dqn.learning_rate, float)
+        # Editing the caller's dict afterwards must not reach into the config.
+        data["network"]["hidden"].append(999)
+        data["env"]["dynamics"]["pole_length"]["train"][0] = 0.1
+        assert cfg.network.hidden == [32, 32]
+        assert cfg.env.dynamics == {"pole_length": {"train": [0.8, 1.2]}}
+
+    def test_config_is_frozen(self) -> None:
+        cfg = config_from_dict(BASE)
+        with pytest.raises(AttributeError):
+            cfg.dqn.gamma = 0.5  # type: ignore[misc]
+
+    def test_dump_round_trips(self, tmp_path: Path) -> None:
+        cfg = config_from_dict(BASE)
+        cfg.dump(tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_reference_table_documents_every_key() -> None:
+    table = reference_table()
+
+    def keys(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "dynamics":
+                out += keys(v, f"{prefix}{k}.")
+            else:
+                out.append(f"{prefix}{k}")
+        return out
+
+    all_keys = keys(Config().to_dict())
+    assert len(all_keys) > 40
+    for key in all_keys:
+        assert re.search(rf"^\| `{re.escape(key)}` \|", table, re.M), key
+    assert "(range [0.0, 1.0])" in table  # ranges are shown
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.env.id.startswith("robometa/")
+    assert cfg.dqn.total_steps >= 1000
