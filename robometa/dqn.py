@@ -8,12 +8,14 @@ privileged oracle is the same agent whose observation carries the true dynamics 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from robometa.adaptation import InnerLoss, td_loss
+from robometa.adaptation import Batch, InnerLoss, double_dqn_target
 from robometa.config import Config
 from robometa.networks import NetworkSpec, QNetwork
 from robometa.policy import Policy
@@ -56,8 +58,13 @@ class DQN:
         self.n_actions = int(self.envs[0].action_space.n)
         self.net = build_network(cfg, obs_dim, self.n_actions)
         fit_normalization(self.net, self.envs[0], self._tasks(8), 2000, self.rng)
-        self.target = {k: v.detach().clone() for k, v in self.net.named_parameters()}
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.dqn.learning_rate)
+        # The target network is a frozen module copy; ``target`` names its parameter tensors
+        # (updated in place), the functional form ``adaptation.td_loss`` takes.
+        self.target_net = copy.deepcopy(self.net).requires_grad_(False)
+        self.target = dict(self.target_net.named_parameters())
+        self.optimizer = torch.optim.Adam(
+            self.net.parameters(), lr=cfg.dqn.learning_rate, fused=True
+        )
         self.buffer = ReplayBuffer(cfg.dqn.buffer_size, obs_dim)
         self.env_steps = 0
         self.grad_steps = 0
@@ -95,15 +102,16 @@ class DQN:
         """One vector step of every env, then the scheduled gradient updates."""
         d = self.cfg.dqn
         eps = self.epsilon()
-        with torch.no_grad():
-            greedy = self.net(torch.from_numpy(self.obs), False)[0].argmax(1).numpy()
+        greedy = None  # one batched forward, only when some env acts greedily
         returns = []
         for i, env in enumerate(self.envs):
-            a = (
-                int(self.rng.integers(self.n_actions))
-                if self.rng.random() < eps
-                else int(greedy[i])
-            )
+            if self.rng.random() < eps:
+                a = int(self.rng.integers(self.n_actions))
+            else:
+                if greedy is None:
+                    with torch.no_grad():
+                        greedy = self.net(torch.from_numpy(self.obs), False)[0].argmax(1).numpy()
+                a = int(greedy[i])
             nxt, r, term, trunc, info = env.step(a)
             if not info.get("physics_error", False):
                 self.buffer.add(self.obs[i], a, r, nxt, term)
@@ -120,11 +128,27 @@ class DQN:
                 losses.append(self._gradient_step())
         return {"returns": returns, "loss": losses, "epsilon": eps}
 
+    def td_loss(self, batch: Batch) -> Tensor:
+        """``adaptation.td_loss`` of the online and target networks, called as modules.
+
+        The same Double-DQN Huber loss without ``functional_call`` and without the dynamics
+        head: this is the hot path of training (tests check both give the same number).
+        """
+        d = self.cfg.dqn
+        q = self.net(batch.obs, False)[0]
+        q_sa = q.gather(1, batch.action.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            online_next = self.net(batch.next_obs, False)[0]
+            target_next = self.target_net(batch.next_obs, False)[0]
+            target = double_dqn_target(
+                online_next, target_next, batch.reward, batch.terminated, d.gamma
+            )
+        return torch.nn.functional.huber_loss(q_sa, target, delta=d.huber_delta)
+
     def _gradient_step(self) -> float:
         d = self.cfg.dqn
         batch = self.buffer.sample(d.batch_size, self.rng)
-        params = dict(self.net.named_parameters())
-        loss = td_loss(self.net, params, self.target, batch, d.gamma, d.huber_delta)
+        loss = self.td_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if d.max_grad_norm > 0:
@@ -138,14 +162,14 @@ class DQN:
             elif self.grad_steps % d.target_update_interval == 0:
                 for k, v in self.net.named_parameters():
                     self.target[k].copy_(v)
-        return float(loss)
+        return float(loss.detach())
 
     # -------------------------------------------------------------- persistence
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.net.state_dict(),
-            "target": {k: v.clone() for k, v in self.target.items()},
+            "target": {k: v.detach().clone() for k, v in self.target.items()},
             "optimizer": self.optimizer.state_dict(),
             "buffer": self.buffer.state_dict(),
             "env_steps": self.env_steps,
@@ -154,7 +178,8 @@ class DQN:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
-        self.target = {k: v.clone() for k, v in state["target"].items()}
+        # The target module's buffers (input normalization) follow the online network's.
+        self.target_net.load_state_dict({**state["target"], **dict(self.net.named_buffers())})
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer.load_state_dict(state["buffer"])
         self.env_steps = int(state["env_steps"])

@@ -28,6 +28,8 @@ from robometa.config import META_ALGORITHMS, Config, config_from_dict
 from robometa.policy import Policy
 
 CHECKPOINT_FORMAT = 1
+#: files whose presence marks a directory as holding a run (training into it refuses)
+RUN_FILES = ("checkpoint.pt", "policy.pt", "config.yaml", "metrics.csv")
 METRIC_FIELDS = (
     "env_steps",
     "episodes",
@@ -194,10 +196,12 @@ def train(
         cfg = config_from_dict(yaml.safe_load(state["config"]), source=str(ckpt_path))
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.exists():
+        # Also a run killed before its first checkpoint (config.yaml, metrics.csv only).
+        existing = [n for n in RUN_FILES if (run_dir / n).exists()]
+        if existing:
             raise FileExistsError(
-                f"{run_dir} already holds a run (checkpoint.pt); use --resume to continue it "
-                "or choose another --out"
+                f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to "
+                "continue it (needs checkpoint.pt), or choose another --out"
             )
         cfg.dump(run_dir / "config.yaml")
 
@@ -213,6 +217,9 @@ def train(
         alg.boundary()
         log.episodes = int(state["episodes"])
         log.recent.extend(float(x) for x in state["recent_returns"])
+        # Older checkpoints lack these two; they only affect the first row after resuming.
+        log.last_return = float(state.get("last_return", math.nan))
+        log.losses = [float(x) for x in state.get("pending_losses", [])]
 
     total = cfg.dqn.total_steps
     next_log = (alg.env_steps // cfg.logging.log_every + 1) * cfg.logging.log_every
@@ -243,6 +250,10 @@ def train(
             "rng": _rng_state(alg),
             "episodes": log.episodes,
             "recent_returns": list(log.recent),
+            # Losses not yet averaged into a row (checkpoint_every need not be a multiple of
+            # log_every): the resumed run's next row averages the same losses.
+            "last_return": log.last_return,
+            "pending_losses": list(log.losses),
         }
         alg.boundary()
         save_atomic(snapshot, ckpt_path)

@@ -1,0 +1,254 @@
+"""The training harness: same seed same run, kill and resume, run directory, oracle input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from robometa.envs.cartpole import CARTPOLE_DYNAMICS
+
+from robometa.cli import main as cli_main
+from robometa.config import config_from_dict
+from robometa.dqn import DQN
+from robometa.train import train
+
+WALL_CLOCK = ("steps_per_s", "wall_s")
+
+# A small but real run: 1500 env steps, learning from step 200, checkpoints every 500 steps.
+# log_every does not divide checkpoint_every, so a checkpoint falls between metric rows.
+SMALL = {
+    "algorithm": "dqn",
+    "seed": 3,
+    "env": {"id": "robometa/CartPole-v0", "tasks": "train", "num_envs": 2},
+    "network": {"hidden": [32, 32]},
+    "dqn": {
+        "total_steps": 1500,
+        "learning_starts": 200,
+        "buffer_size": 1000,
+        "batch_size": 32,
+        "target_update_interval": 100,
+        "exploration_fraction": 0.5,
+    },
+    "logging": {
+        "log_every": 300,
+        "checkpoint_every": 500,
+        "progress": False,
+        "tensorboard": False,
+    },
+}
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    """metrics.csv without the wall-clock columns (they differ between any two runs)."""
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in csv.DictReader(f)]
+
+
+def policy_tensors(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "policy.pt", weights_only=True)
+    return {**state["params"], **{f"buffer.{k}": v for k, v in state["buffers"].items()}}
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of SMALL, shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    train(config_from_dict(SMALL), run)
+    return run
+
+
+class TestRunDirectory:
+    def test_holds_every_file(self, reference_run: Path) -> None:
+        names = {p.name for p in reference_run.iterdir()}
+        assert {
+            "config.yaml",
+            "metrics.csv",
+            "checkpoint.pt",
+            "policy.pt",
+            "learning_curve.png",
+        } <= names
+        assert not [n for n in names if n.endswith(".tmp")]  # atomic writes leave no temp file
+        png = (reference_run / "learning_curve.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+        assert yaml.safe_load((reference_run / "config.yaml").read_text()) == (
+            config_from_dict(SMALL).to_dict()
+        )
+
+    def test_metrics_rows(self, reference_run: Path) -> None:
+        rows = metrics(reference_run)
+        assert [int(r["env_steps"]) for r in rows] == [300, 600, 900, 1200, 1500]
+        episodes = [int(r["episodes"]) for r in rows]
+        assert episodes == sorted(episodes) and episodes[0] > 0
+        assert all(float(r["loss"]) > 0 for r in rows)  # learning starts at step 200
+        assert float(rows[-1]["epsilon"]) == pytest.approx(0.05)
+
+    def test_checkpoint_loads_without_pickled_code(self, reference_run: Path) -> None:
+        state = torch.load(reference_run / "checkpoint.pt", weights_only=True)
+        assert state["format"] == 1
+        assert state["torch_version"] == str(torch.__version__)
+        alg = state["algorithm"]
+        assert alg["env_steps"] == 1500
+        assert alg["grad_steps"] == (1500 - 200) // 2 + 1  # one update per vector step
+        assert len(alg["buffer"]["action"]) == 1000  # full: capacity 1000
+        assert set(alg["net"]) >= {"body.0.weight", "q_head.weight", "obs_mean"}
+        assert alg["optimizer"]["state"]  # Adam moments travel with the run
+        assert set(state["rng"]) == {"torch", "numpy"}
+        assert yaml.safe_load(state["config"])["seed"] == 3
+
+    def test_training_into_an_existing_run_refuses(self, reference_run: Path) -> None:
+        before = (reference_run / "metrics.csv").read_text()
+        with pytest.raises(FileExistsError, match=r"already holds a run .*--resume"):
+            train(config_from_dict(SMALL), reference_run)
+        assert (reference_run / "metrics.csv").read_text() == before
+
+    def test_training_into_a_run_killed_before_its_first_checkpoint_refuses(
+        self, tmp_path: Path
+    ) -> None:
+        (tmp_path / "config.yaml").write_text("algorithm: dqn\n")
+        with pytest.raises(FileExistsError, match=r"already holds a run \(config\.yaml\)"):
+            train(config_from_dict(SMALL), tmp_path)
+
+
+def test_same_seed_same_run(reference_run: Path, tmp_path: Path) -> None:
+    train(config_from_dict(SMALL), tmp_path / "again")
+    assert metrics(tmp_path / "again") == metrics(reference_run)
+    assert_same_tensors(policy_tensors(tmp_path / "again"), policy_tensors(reference_run))
+
+
+def test_another_seed_another_run(reference_run: Path, tmp_path: Path) -> None:
+    cfg = config_from_dict({**SMALL, "seed": 4})
+    train(cfg, tmp_path / "other", stop_after=600)
+    assert metrics(tmp_path / "other")[:2] != metrics(reference_run)[:2]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robometa.cli", "train", str(config), "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    try:
+        # Kill between the first (500) and second (1000) checkpoints, after the 600-step row:
+        # the resumed run must replay steps 500..600 and rewrite that row identically.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            rows = metrics(run) if (run / "metrics.csv").exists() else []
+            if (run / "checkpoint.pt").exists() and rows and int(rows[-1]["env_steps"]) >= 600:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"run ended before it was killed: {proc.stderr.read()!r}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "policy.pt").exists()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["algorithm"]["env_steps"] == 500
+
+    assert cli_main(["train", "--resume", str(run)]) == 0
+
+    assert metrics(run) == metrics(reference_run)
+    assert_same_tensors(policy_tensors(run), policy_tensors(reference_run))
+    final = torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]
+    expected = torch.load(reference_run / "checkpoint.pt", weights_only=True)["algorithm"]
+    assert_same_tensors(final["target"], expected["target"])
+    assert final["grad_steps"] == expected["grad_steps"]
+
+
+def test_resume_in_process_after_stop_after(reference_run: Path, tmp_path: Path) -> None:
+    """``stop_after`` between checkpoints, then resume: also the uninterrupted result."""
+    run = tmp_path / "run"
+    train(config_from_dict(SMALL), run, stop_after=1100)
+    train(None, run, resume=True)  # type: ignore[arg-type]
+    assert metrics(run) == metrics(reference_run)
+    assert_same_tensors(policy_tensors(run), policy_tensors(reference_run))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(FileNotFoundError, match=r"cannot resume: no checkpoint at .*checkpoint"):
+        train(None, tmp_path, resume=True)  # type: ignore[arg-type]
+    assert cli_main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "cannot resume: no checkpoint at" in capsys.readouterr().err
+
+
+class TestOracle:
+    def test_observation_carries_the_dynamics_parameters(self) -> None:
+        cfg = config_from_dict({**SMALL, "algorithm": "oracle"})
+        agent = DQN(cfg)
+        try:
+            space = agent.space
+            base_dim = agent.envs[0].unwrapped.observation_space.shape[0]
+            assert base_dim == 4 and len(space) == 10
+            assert agent.net.spec.obs_dim == base_dim + len(space)
+            assert agent.obs.shape == (2, base_dim + len(space))
+            for i, env in enumerate(agent.envs):
+                expected = space.normalized(env.unwrapped.get_task())
+                np.testing.assert_allclose(agent.obs[i, base_dim:], expected, atol=1e-6)
+            # Two envs, two different robots (domain randomization per env and episode).
+            assert not np.array_equal(agent.obs[0, base_dim:], agent.obs[1, base_dim:])
+            policy = agent.policy()
+            assert policy.privileged and policy.lrs == {} and policy.adapt_steps == 0
+        finally:
+            agent.close()
+
+    def test_trained_oracle_policy_file(self, tmp_path: Path) -> None:
+        cfg = config_from_dict(
+            {**SMALL, "algorithm": "oracle", "dqn": {**SMALL["dqn"], "total_steps": 400}}
+        )
+        train(cfg, tmp_path / "oracle")
+        state = torch.load(tmp_path / "oracle" / "policy.pt", weights_only=True)
+        assert state["privileged"] is True
+        assert state["algorithm"] == "oracle"
+        assert state["params"]["body.0.weight"].shape == (32, 4 + 10)
+
+
+class TestTaskSampling:
+    @staticmethod
+    def tasks_seen(tasks: str, steps: int = 400) -> list:
+        agent = DQN(config_from_dict({**SMALL, "env": {**SMALL["env"], "tasks": tasks}}))
+        seen = [env.unwrapped.get_task() for env in agent.envs]
+        try:
+            for _ in range(steps // 2):
+                agent.iterate()
+                seen += [env.unwrapped.get_task() for env in agent.envs]
+        finally:
+            agent.close()
+        return seen
+
+    def test_domain_randomization_draws_a_new_train_task_per_episode(self) -> None:
+        seen = self.tasks_seen("train")
+        distinct = set(seen)
+        assert len(distinct) > 10  # random-policy cart-pole episodes last ~20 steps
+        lo, hi = CARTPOLE_DYNAMICS["pole_length"].train
+        assert all(lo <= t["pole_length"] <= hi for t in distinct)
+
+    def test_nominal_keeps_the_nominal_robot(self) -> None:
+        seen = set(self.tasks_seen("nominal", steps=100))
+        assert seen == {CARTPOLE_DYNAMICS.nominal()}
