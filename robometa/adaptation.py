@@ -157,17 +157,12 @@ def adapt_step(
             net, {**params, **dict(zip(names, values, strict=True))}, batch, inner, gamma
         )
 
-    if torch.is_grad_enabled() and any(v.requires_grad for v in adapted):
-        loss = loss_of(*adapted)
-        grads = torch.autograd.grad(loss, adapted, create_graph=not first_order)
-    else:
-        # No outer graph to keep (evaluation, export): torch.func traces cleanly.
-        grads_and_loss = torch.func.grad_and_value(loss_of, argnums=tuple(range(len(names))))
-        grads, loss = grads_and_loss(*adapted)
+    # torch.func.grad composes with the outer autograd (second-order MAML differentiates
+    # through it), with vmap over tasks, and with make_fx tracing for the ONNX export.
+    grads, loss = torch.func.grad_and_value(loss_of, argnums=tuple(range(len(names))))(*adapted)
     new = dict(params)
     for k, value, grad in zip(names, adapted, grads, strict=True):
-        g = grad.detach() if first_order else grad
-        new[k] = value - lrs[k] * g
+        new[k] = value - lrs[k] * (grad.detach() if first_order else grad)
     return new, loss
 
 

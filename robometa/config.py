@@ -136,6 +136,10 @@ class MetaConfig:
         100, "environment steps collected per sampled task per outer step", lo=0
     )
     query_batch: int = _f(128, "query transitions per task in the outer loss", lo=1)
+    target_update_interval: int = _f(100, "outer steps between target-network copies", lo=1)
+    updates_per_collect: int = _f(
+        10, "outer steps per round of collection (replay makes the data reusable)", lo=1
+    )
     reptile_step: float = _f(
         0.5, "Reptile: fraction of the way to move toward the adapted parameters", lo=0.0, hi=1.0
     )
