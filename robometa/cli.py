@@ -51,6 +51,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate trained runs on held-out robots: adaptation curves and normalized scores."""
+    from robometa.evaluate import run_evaluation
+
+    steps = [int(k) for k in args.curve.split(",")] if args.curve else None
+    run_evaluation(
+        args.runs,
+        tasks=args.tasks,
+        n_tasks=args.n_tasks,
+        episodes=args.episodes,
+        steps=steps,
+        out=args.out,
+        fine_tune=not args.no_fine_tune,
+    )
+    print(f"wrote {args.out}/results.md, results.json, adaptation.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robometa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)
+    p.add_argument("runs", nargs="+", help="run directories (several seeds of a method pool)")
+    p.add_argument(
+        "--tasks",
+        default="test",
+        help="'test' (held-out in-distribution + out-of-distribution tasks) or a "
+        "task file (YAML/JSON with a 'tasks' list)",
+    )
+    p.add_argument("--n-tasks", type=int, default=10, help="tasks per group with --tasks test")
+    p.add_argument("--episodes", type=int, default=2, help="greedy episodes per task and step")
+    p.add_argument(
+        "--curve",
+        help="adaptation steps to evaluate, e.g. 0,1,2,5 "
+        "(default: 0,1,2,3 and each run's configured steps)",
+    )
+    p.add_argument("--no-fine-tune", action="store_true", help="skip the DR + fine-tuning baseline")
+    p.add_argument("--out", default="eval", help="report directory (default: eval)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

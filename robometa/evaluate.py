@@ -1,0 +1,422 @@
+"""The adaptation evaluation harness: held-out robots, adaptation curves, normalized scores.
+
+Protocol, for every method and held-out task: collect ``support_size`` transitions with the
+method's initial policy (epsilon-greedy at ``support_epsilon``), adapt for ``k`` steps for each
+``k`` in the curve, and measure the greedy return. Methods that do not adapt are evaluated the
+same way with ``k = 0``. Scores are normalized per task,
+``(R - R_random) / (R_oracle - R_random)``, with 95% bootstrap confidence intervals over
+(task, training seed) pairs, separately for in-distribution held-out tasks (``id``: train
+ranges, unseen seeds) and out-of-distribution ones (``ood``: the wider test ranges).
+
+Any method that maps support transitions to a policy plugs in through :class:`Method`:
+gradient steps (:class:`PolicyMethod`) or inference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from robometa.adaptation import Batch
+from robometa.envs import Task, load_tasks
+from robometa.policy import Policy
+from robometa.rollout import ActFn, collect, episode_return, greedy_act_fn, make_env
+
+EVAL_SEED = 10_000  # task and episode seeds of held-out evaluation (training never uses these)
+FINE_TUNE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+class Method(Protocol):
+    """What the harness evaluates: an initial policy and a support-set -> policy map."""
+
+    name: str
+    env_id: str
+    privileged: bool
+    support_size: int
+    support_epsilon: float
+
+    def initial_actor(self) -> ActFn: ...
+
+    def adapted_actors(self, support: Batch, steps: Sequence[int]) -> list[ActFn]:
+        """One greedy actor per entry of ``steps`` (adaptation steps taken on ``support``)."""
+        ...
+
+
+@dataclass
+class PolicyMethod:
+    """A trained :class:`Policy` adapted with ``adapt_step`` (``lrs`` may be overridden)."""
+
+    name: str
+    policy: Policy
+    support_epsilon: float = 0.3
+    lrs: dict[str, torch.Tensor] | None = None
+
+    @property
+    def env_id(self) -> str:
+        return self.policy.env_id
+
+    @property
+    def privileged(self) -> bool:
+        return self.policy.privileged
+
+    @property
+    def support_size(self) -> int:
+        return self.policy.support_size
+
+    def initial_actor(self) -> ActFn:
+        return greedy_act_fn(self.policy.net, self.policy.params)
+
+    def adapted_actors(self, support: Batch, steps: Sequence[int]) -> list[ActFn]:
+        from robometa.adaptation import adapt_step
+
+        lrs = self.policy.lrs if self.lrs is None else self.lrs
+        params, done, actors = self.policy.params, 0, []
+        with torch.no_grad():
+            for k in steps:
+                while done < k and lrs:
+                    params, _ = adapt_step(self.policy.net, params, lrs, support, self.policy.inner)
+                    done += 1
+                actors.append(greedy_act_fn(self.policy.net, params))
+        return actors
+
+
+@dataclass
+class TaskSet:
+    name: str
+    tasks: list[Task]
+
+
+@dataclass
+class MethodResult:
+    name: str
+    steps: list[int]
+    # returns[group][task_index][seed_index][k_index]
+    returns: dict[str, list[list[list[float]]]] = field(default_factory=dict)
+
+
+def task_sets(spec: str, env_id: str, n: int, dynamics: dict | None = None) -> list[TaskSet]:
+    """``test`` -> held-out in-distribution and out-of-distribution sets; else a task file."""
+    env = make_env(env_id, dynamics)
+    space = env.unwrapped.dynamics_space
+    env.close()
+    if spec == "test":
+        return [
+            TaskSet("id", space.sample(n, seed=EVAL_SEED, split="train")),
+            TaskSet("ood", space.sample(n, seed=EVAL_SEED, split="test")),
+        ]
+    path = Path(spec)
+    return [TaskSet(path.stem, load_tasks(path, space))]
+
+
+def _returns(env: Any, act: ActFn, task: Task, episodes: int, seed: int) -> float:
+    return float(np.mean([episode_return(env, act, task, seed + e) for e in range(episodes)]))
+
+
+def random_returns(
+    env_id: str, sets: list[TaskSet], episodes: int, dynamics: dict | None = None
+) -> dict[str, list[float]]:
+    env = make_env(env_id, dynamics)
+    rng = np.random.default_rng(EVAL_SEED)
+    n = env.action_space.n
+    out = {
+        s.name: [
+            _returns(env, lambda _o: int(rng.integers(n)), t, episodes, EVAL_SEED + i)
+            for i, t in enumerate(s.tasks)
+        ]
+        for s in sets
+    }
+    env.close()
+    return out
+
+
+def evaluate_method(
+    method: Method,
+    sets: list[TaskSet],
+    steps: Sequence[int],
+    episodes: int,
+    dynamics: dict | None = None,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, list[list[float]]]:
+    """Greedy return per task and adaptation step count: ``{group: [[R_k for k], ...]}``."""
+    env = make_env(method.env_id, dynamics, privileged=method.privileged)
+    out: dict[str, list[list[float]]] = {}
+    for s in sets:
+        rows = []
+        for i, task in enumerate(s.tasks):
+            seed = EVAL_SEED + i
+            rng = np.random.default_rng(seed)
+            support = collect(
+                env, method.initial_actor(), task, method.support_size, method.support_epsilon, rng
+            ).all()
+            actors = method.adapted_actors(support, steps)
+            rows.append([_returns(env, act, task, episodes, seed) for act in actors])
+            if progress is not None:
+                progress()
+        out[s.name] = rows
+    env.close()
+    return out
+
+
+def tune_fine_tune_lr(
+    policy: Policy,
+    steps: int,
+    episodes: int = 1,
+    n_tasks: int = 6,
+    grid: Sequence[float] = FINE_TUNE_GRID,
+    support_epsilon: float = 0.3,
+) -> tuple[float, dict[float, float]]:
+    """Pick the fine-tuning learning rate on *training* tasks (never on held-out ones)."""
+    env = make_env(policy.env_id, policy.dynamics)
+    tasks = env.unwrapped.sample_tasks(n_tasks, seed=EVAL_SEED + 1, split="train")
+    env.close()
+    scores = {}
+    for lr in grid:
+        lrs = {k: torch.tensor(lr) for k in policy.params}
+        m = PolicyMethod("tune", policy, support_epsilon, lrs)
+        res = evaluate_method(m, [TaskSet("tune", tasks)], [steps], episodes, policy.dynamics)
+        scores[lr] = float(np.mean([r[0] for r in res["tune"]]))
+    best = max(grid, key=lambda lr: scores[lr])
+    return best, scores
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), float(v[0]), float(v[0])
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def normalized(r: float, r_random: float, r_oracle: float) -> float:
+    """``(R - R_random) / (R_oracle - R_random)``; NaN where the oracle is no better than random."""
+    gap = r_oracle - r_random
+    return (r - r_random) / gap if gap > 1e-6 else math.nan
+
+
+def summarize(
+    methods: dict[str, list[dict[str, list[list[float]]]]],
+    steps: Sequence[int],
+    rand: dict[str, list[float]],
+    oracle: dict[str, list[float]] | None,
+) -> list[dict[str, Any]]:
+    """One row per (method, group, k): mean return and normalized score with 95% CI.
+
+    ``methods[name]`` holds one result per training seed.
+    """
+    rows = []
+    for name, per_seed in methods.items():
+        for group in rand:
+            for ki, k in enumerate(steps):
+                raw, scores = [], []
+                for res in per_seed:
+                    for ti, task_returns in enumerate(res[group]):
+                        if ki >= len(task_returns):
+                            continue
+                        r = task_returns[ki]
+                        raw.append(r)
+                        if oracle is not None:
+                            scores.append(normalized(r, rand[group][ti], oracle[group][ti]))
+                if not raw:
+                    continue
+                scores = [s for s in scores if not math.isnan(s)]
+                mean, lo, hi = bootstrap_ci(scores)
+                rmean, rlo, rhi = bootstrap_ci(raw)
+                rows.append(
+                    {
+                        "method": name,
+                        "group": group,
+                        "steps": k,
+                        "n": len(raw),
+                        "score": mean,
+                        "score_lo": lo,
+                        "score_hi": hi,
+                        "return": rmean,
+                        "return_lo": rlo,
+                        "return_hi": rhi,
+                    }
+                )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], final_only: bool = True) -> str:
+    """Results table: the last adaptation step of every method (or every step)."""
+    lines = [
+        "| method | tasks | steps | normalized score [95% CI] | return [95% CI] | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    last: dict[tuple[str, str], int] = {}
+    for r in rows:
+        last[(r["method"], r["group"])] = max(last.get((r["method"], r["group"]), 0), r["steps"])
+    for r in rows:
+        if final_only and r["steps"] != last[(r["method"], r["group"])]:
+            continue
+        score = (
+            "n/a"
+            if math.isnan(r["score"])
+            else f"{r['score']:.2f} [{r['score_lo']:.2f}, {r['score_hi']:.2f}]"
+        )
+        lines.append(
+            f"| {r['method']} | {r['group']} | {r['steps']} | {score} | "
+            f"{r['return']:.1f} [{r['return_lo']:.1f}, {r['return_hi']:.1f}] | {r['n']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_adaptation(rows: list[dict[str, Any]], path: Path, use_score: bool = True) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({r["group"] for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    key = "score" if use_score and any(not math.isnan(r["score"]) for r in rows) else "return"
+    for ax, group in zip(axes[0], groups, strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            rs = sorted(
+                (r for r in rows if r["method"] == method and r["group"] == group),
+                key=lambda r: r["steps"],
+            )
+            if not rs:
+                continue
+            x = [r["steps"] for r in rs]
+            y = [r[key] for r in rs]
+            ax.plot(x, y, marker="o", label=method)
+            ax.fill_between(
+                x, [r[f"{key}_lo"] for r in rs], [r[f"{key}_hi"] for r in rs], alpha=0.15
+            )
+        ax.set(
+            title=f"{group} tasks",
+            xlabel="adaptation steps",
+            ylabel="normalized score" if key == "score" else "greedy return",
+        )
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_evaluation(
+    run_dirs: Sequence[str | Path],
+    tasks: str = "test",
+    n_tasks: int = 10,
+    episodes: int = 2,
+    steps: Sequence[int] | None = None,
+    out: str | Path = "eval",
+    fine_tune: bool = True,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate trained runs (grouped by method over training seeds); write the reports."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    policies = [(Path(d), Policy.load(d)) for d in run_dirs]
+    if not policies:
+        raise ValueError("give at least one run directory to evaluate")
+    env_ids = {p.env_id for _, p in policies}
+    if len(env_ids) != 1:
+        raise ValueError(
+            f"runs of different robot families cannot share a table: {sorted(env_ids)}"
+        )
+    env_id = env_ids.pop()
+    first = policies[0][1]
+    dynamics = first.dynamics
+    max_k = max((p.adapt_steps for _, p in policies), default=0)
+    steps = list(steps) if steps is not None else sorted({0, 1, 2, 3, max_k} - {-1})
+    steps = [k for k in steps if k <= max(max_k, 0)] or [0]
+    sets = task_sets(tasks, env_id, n_tasks, dynamics)
+
+    methods: dict[str, list[Method]] = {}
+    tuned: dict[str, Any] = {}
+    for run_dir, pol in policies:
+        eps = float(pol.config.get("adaptation", {}).get("support_epsilon", 0.3))
+        if pol.algorithm in ("dqn", "oracle"):
+            label = (
+                "dr"
+                if pol.algorithm == "dqn"
+                and pol.config.get("env", {}).get("tasks", "train") == "train"
+                else pol.algorithm
+            )
+            methods.setdefault(label, []).append(PolicyMethod(label, pol, eps, lrs={}))
+            if pol.algorithm == "dqn" and fine_tune and max_k > 0:
+                lr, grid = tune_fine_tune_lr(pol, max_k, support_epsilon=eps)
+                tuned[str(run_dir)] = {"fine_tune_lr": lr, "grid_returns": grid}
+                lrs = {k: torch.tensor(lr) for k in pol.params}
+                methods.setdefault(f"{label}+finetune", []).append(
+                    PolicyMethod(f"{label}+finetune", pol, eps, lrs=lrs)
+                )
+        else:
+            methods.setdefault(pol.algorithm, []).append(PolicyMethod(pol.algorithm, pol, eps))
+
+    total = sum(len(ms) for ms in methods.values()) * sum(len(s.tasks) for s in sets)
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="task", desc="eval", mininterval=1.0)
+    tick = bar.update if bar is not None else None
+    results: dict[str, list[dict[str, list[list[float]]]]] = {}
+    for name, ms in methods.items():
+        for m in ms:
+            k_list = steps if name not in ("dr", "oracle", "dqn") else [0]
+            results.setdefault(name, []).append(
+                evaluate_method(m, sets, k_list, episodes, dynamics, tick)
+            )
+    if bar is not None:
+        bar.close()
+    rand = random_returns(env_id, sets, episodes, dynamics)
+    oracle = None
+    if "oracle" in results:
+        per_seed = results["oracle"]
+        oracle = {
+            g: [
+                float(np.mean([res[g][ti][0] for res in per_seed]))
+                for ti in range(len(per_seed[0][g]))
+            ]
+            for g in rand
+        }
+    rows = summarize(results, steps, rand, oracle)
+    table = markdown_table(rows)
+    report = {
+        "env_id": env_id,
+        "tasks": tasks,
+        "n_tasks": {s.name: len(s.tasks) for s in sets},
+        "episodes": episodes,
+        "steps": steps,
+        "runs": [str(d) for d, _ in policies],
+        "task_values": {s.name: [dict(t) for t in s.tasks] for s in sets},
+        "random_returns": rand,
+        "oracle_returns": oracle,
+        "fine_tune": tuned,
+        "returns": results,
+        "summary": rows,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    (out / "results.md").write_text(
+        f"# Adaptation results on {env_id}\n\n{table}\n\n"
+        f"Normalized score: (R - R_random) / (R_oracle - R_random) per task; "
+        f"95% bootstrap CI over tasks x training seeds. Support: transitions collected with "
+        f"each method's initial policy; steps: gradient steps on them.\n"
+    )
+    plot_adaptation(rows, out / "adaptation.png")
+    print(table)
+    return report
