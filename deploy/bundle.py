@@ -83,6 +83,10 @@ def _bounds(values: list[Any], unbounded: float, what: str, where: Path) -> np.n
         raise BundleError(f"{where}: {what} must be a list of numbers or null") from None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _get(manifest: Mapping[str, Any], dotted: str, where: Path) -> Any:
     node: Any = manifest
     for part in dotted.split("."):
@@ -172,7 +176,7 @@ class Bundle:
         if not isinstance(manifest, dict):
             raise BundleError(f"{manifest_path}: expected a JSON object at the top")
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if not _is_int(version) or version != FORMAT_VERSION:
             raise BundleError(
                 f"{manifest_path}: format_version {version!r} is not supported "
                 f"(this runtime reads format {FORMAT_VERSION}); re-export the bundle with a "
@@ -183,7 +187,7 @@ class Bundle:
         _verify_files(root, manifest)
         params = _load_arrays(root / PARAMS_FILE)
         lrs = _load_arrays(root / LRS_FILE)
-        _check_arrays(root, manifest, params, lrs)
+        _check_contents(root, manifest, params, lrs)
         return cls(root, manifest, params, lrs)
 
 
@@ -212,7 +216,7 @@ def _verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
             )
 
 
-def _check_arrays(
+def _check_contents(
     root: Path,
     manifest: Mapping[str, Any],
     params: dict[str, np.ndarray],
@@ -240,7 +244,8 @@ def _check_arrays(
         if not np.all(np.isfinite(value)):
             raise BundleError(f"{root / PARAMS_FILE}: {name} contains NaN or inf")
     adapted = _get(manifest, "inner.adapted", where)
-    if not isinstance(adapted, list) or set(adapted) != set(lrs):
+    names_ok = isinstance(adapted, list) and all(isinstance(a, str) for a in adapted)
+    if not names_ok or len(set(adapted)) != len(adapted) or set(adapted) != set(lrs):
         raise BundleError(
             f"{root / LRS_FILE}: learning rates for {sorted(lrs)} do not match the adapted "
             f"parameters {adapted!r} in the manifest"
@@ -256,15 +261,29 @@ def _check_arrays(
         if not np.all(np.isfinite(lr)):
             raise BundleError(f"{root / LRS_FILE}: {name} contains NaN or inf")
     shape = _get(manifest, "observation.shape", where)
-    if not (isinstance(shape, list) and len(shape) == 1 and int(shape[0]) >= 1):
+    if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0]) and shape[0] >= 1):
         raise BundleError(f"{where}: observation.shape must be [obs_dim], got {shape!r}")
     for key in ("low", "high", "names"):
         values = _get(manifest, f"observation.{key}", where)
         if not isinstance(values, list) or len(values) != int(shape[0]):
             raise BundleError(f"{where}: observation.{key} must be a list of {shape[0]} entries")
+    for key in ("env_id", "algorithm"):
+        if not isinstance(manifest[key], str) or not manifest[key]:
+            raise BundleError(f"{where}: {key} must be a non-empty string, got {manifest[key]!r}")
+    if not isinstance(manifest["privileged"], bool):
+        raise BundleError(f"{where}: privileged must be true or false")
+    for key in ("low", "high"):
+        _bounds(manifest["observation"][key], 0.0, f"observation.{key}", where)
     n = _get(manifest, "action.n", where)
-    if not isinstance(n, int) or n < 1:
+    if not _is_int(n) or n < 1:
         raise BundleError(f"{where}: action.n must be a positive integer, got {n!r}")
+    names = _get(manifest, "action.names", where)
+    if not isinstance(names, list) or len(names) != n:
+        raise BundleError(f"{where}: action.names must be a list of {n} names")
+    for key in ("inner.steps", "inner.support_size"):
+        value = _get(manifest, key, where)
+        if not _is_int(value) or value < 0:
+            raise BundleError(f"{where}: {key} must be a non-negative integer, got {value!r}")
     gamma = _get(manifest, "discount", where)
-    if not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
         raise BundleError(f"{where}: discount must be a number in [0, 1], got {gamma!r}")

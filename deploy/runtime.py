@@ -56,6 +56,8 @@ from robometa.deploy.bundle import (
 
 #: version of the ``save_state`` file layout.
 STATE_FORMAT = 1
+#: buffer size when neither ``capacity`` nor the bundle's support size says.
+DEFAULT_CAPACITY = 1000
 _ABS_TOLERANCE = 1e-6  # loss noise floor for the rollback test
 _FLOAT32 = np.dtype(np.float32)
 
@@ -177,7 +179,8 @@ class Adapter:
 
     Args:
         bundle: a verified :class:`Bundle` (``Adapter.load(path)`` reads and verifies one).
-        capacity: ring-buffer size; default the bundle's ``support_size``.
+        capacity: ring-buffer size; default the bundle's ``support_size`` (adaptation uses
+            the whole buffer, so this is the support set of the next ``adapt``).
         holdout_fraction: share of the buffer held out for the guard, in [0, 0.5].
         tolerance: relative rise of the held-out loss that still counts as "not worse".
         max_update_norm: bound on each step's parameter change (global L2); ``None``: none.
@@ -216,7 +219,7 @@ class Adapter:
         self.obs_high = bundle.obs_high
         self.obs_names = tuple(bundle.manifest["observation"]["names"])
         self.adapted = bundle.adapted
-        self.default_steps = int(bundle.manifest["inner"].get("steps", 1))
+        self.default_steps = int(bundle.manifest["inner"]["steps"])
         self._obs_shape = (self.obs_dim,)
         self._meta = {k: _frozen(v) for k, v in bundle.params.items()}
         self._lrs = {k: _frozen(v) for k, v in bundle.lrs.items()}
@@ -241,7 +244,7 @@ class Adapter:
         )
         self._params: dict[str, np.ndarray] = dict(self._meta)
         self._bind_params()
-        support = int(bundle.manifest["inner"].get("support_size", 0)) or 1000
+        support = int(bundle.manifest["inner"]["support_size"]) or DEFAULT_CAPACITY
         self.buffer = TransitionBuffer(capacity or support, self.obs_dim)
         self._rejected: Counter[str] = Counter()
 
@@ -345,11 +348,15 @@ class Adapter:
             raise ValueError(
                 f"{what} has shape {array.shape}, expected {expected} ({', '.join(self.obs_names)})"
             )
-        return array.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # beyond float32 range becomes inf, reported below
+            return array.astype(np.float32, copy=False)
 
     def _non_finite_message(self, row: np.ndarray, what: str) -> str:
         i = int(np.argmin(np.isfinite(row)))
-        return f"{what}[{i}] ({self.obs_names[i]}) is {row[i]}; observations must be finite"
+        return (
+            f"{what}[{i}] ({self.obs_names[i]}) is {row[i]} as float32; observations must be "
+            "finite float32 values"
+        )
 
     # ------------------------------------------------------------------ collecting
 

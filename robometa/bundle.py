@@ -146,14 +146,13 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 def _write(policy: Policy, root: Path, run_dir: Path | None) -> None:
     lrs, inner, fine_tune = adaptation_of(policy)
     params = {k: v.detach().float() for k, v in policy.params.items()}
-    net = policy.net
-    export_policy_graph(net, params, root / POLICY_GRAPH)
-    export_adapt_graph(net, params, lrs, inner, root / ADAPT_GRAPH)
+    manifest = build_manifest(policy, params, lrs, inner, fine_tune)  # first: it checks shapes
+    export_policy_graph(policy.net, params, root / POLICY_GRAPH)
+    export_adapt_graph(policy.net, params, lrs, inner, root / ADAPT_GRAPH)
     np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
     np.savez(root / LRS_FILE, **{k: v.numpy().astype(np.float32) for k, v in lrs.items()})
     if run_dir is not None and (run_dir / CONFIG_FILE).is_file():
         shutil.copyfile(run_dir / CONFIG_FILE, root / CONFIG_FILE)
-    manifest = build_manifest(policy, params, lrs, inner, fine_tune)
     for name in (POLICY_GRAPH, ADAPT_GRAPH):
         _finish_graph(root / name, manifest, name)
     manifest["graphs"] = {

@@ -1,0 +1,195 @@
+"""The ``robometa-deploy`` command line: inspect a bundle, run the adaptation loop.
+
+``robometa-deploy adapt`` runs :func:`robometa.deploy.loop.run_rounds` against a simulated new
+robot configuration (a task file or a sampled test task of the bundle's robot family). The
+simulator needs gymnasium and PyBullet on this host; they are imported inside the command,
+never by the runtime. For a real robot, use the loop from Python (see
+:mod:`robometa.deploy.loop`).
+
+Example::
+
+    robometa-deploy adapt --bundle bundles/cartpole --sample-test-task 3 \\
+        --rounds 3 --support 200 --steps 5 --save-state cartpole-state.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from robometa.deploy.bundle import Bundle, BundleError
+from robometa.deploy.loop import TABLE_HEADER, RoundResult, format_row, run_rounds
+from robometa.deploy.runtime import Adapter
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Verify a bundle and print what it holds."""
+    bundle = Bundle.load(args.bundle)
+    m = bundle.manifest
+    inner = m["inner"]
+    print(f"bundle      {bundle.path} (format {m['format_version']}, verified)")
+    print(f"robot       {m['env_id']}  algorithm {m['algorithm']}  privileged {m['privileged']}")
+    print(f"observation {m['observation']['shape']} {', '.join(m['observation']['names'])}")
+    print(f"actions     {m['action']['n']}: {', '.join(m['action']['names'])}")
+    print(
+        f"inner loop  {inner['kind']}, {inner['steps']} steps on {inner['support_size']} "
+        f"transitions, adapts {', '.join(inner['adapted'])}"
+        f"{' (fine-tuning)' if inner.get('fine_tune') else ''}"
+    )
+    print(f"discount    {m['discount']}")
+    return 0
+
+
+def _make_robot(bundle: Bundle, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The simulated robot (a gymnasium env set to the chosen task), the task, an obs map."""
+    import gymnasium as gym
+    import robometa.envs
+
+    env_id = args.env or bundle.env_id
+    overrides = bundle.manifest.get("dynamics", {}).get("overrides") or {}
+    env = gym.make(env_id, **({"dynamics": overrides} if overrides else {}))
+    base = env.unwrapped
+    if args.task is not None:
+        tasks = robometa.envs.load_tasks(args.task, base.dynamics_space)
+        if not 0 <= args.task_index < len(tasks):
+            raise ValueError(
+                f"--task-index {args.task_index} is outside [0, {len(tasks) - 1}] "
+                f"({len(tasks)} tasks in {args.task})"
+            )
+        task = tasks[args.task_index]
+    else:
+        task = base.sample_tasks(1, seed=args.sample_test_task, split="test")[0]
+    base.set_task(task)
+    obs_fn = None
+    if bundle.manifest.get("privileged"):
+        # The oracle sees the true dynamics, normalized, appended to the observation.
+        dyn = base.dynamics_space.normalized(task)
+
+        def obs_fn(obs: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.asarray(obs, np.float32), dyn])
+
+    dim = env.observation_space.shape[0] + (len(base.dynamics_space) if obs_fn else 0)
+    if dim != bundle.obs_dim or env.action_space.n != bundle.n_actions:
+        env.close()
+        raise ValueError(
+            f"{env_id} has obs_dim {dim} and {env.action_space.n} actions, the bundle "
+            f"{bundle.path} expects {bundle.obs_dim} and {bundle.n_actions}"
+        )
+    return env, task, obs_fn
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """Adapt a bundle's policy to a simulated new robot configuration, round by round."""
+    bundle = Bundle.load(args.bundle)
+    support = args.support or int(bundle.manifest["inner"]["support_size"])
+    adapter = Adapter(bundle, capacity=args.capacity or support)
+    env, task, obs_fn = _make_robot(bundle, args)
+    inner = bundle.manifest["inner"]
+    print(
+        f"bundle {bundle.path}: {bundle.manifest['algorithm']} on {bundle.env_id}, "
+        f"inner {inner['kind']} on {', '.join(inner['adapted'])}"
+    )
+    print("task   " + ", ".join(f"{k}={v:g}" for k, v in task.items()))
+    print(TABLE_HEADER)
+
+    def show(result: RoundResult) -> None:
+        print(format_row(result), flush=True)
+
+    try:
+        results = run_rounds(
+            adapter,
+            env,
+            rounds=args.rounds,
+            support=support,
+            steps=args.steps,
+            epsilon=args.epsilon,
+            eval_episodes=args.eval_episodes,
+            seed=args.seed,
+            obs_fn=obs_fn,
+            on_round=show,
+        )
+    finally:
+        env.close()
+    for r in results:
+        if r.report is not None and not r.report.accepted:
+            print(f"round {r.round}: {r.report.reason}")
+    if args.save_state:
+        print(f"saved adapter state to {adapter.save_state(args.save_state)}")
+    if args.json:
+        doc = {
+            "bundle": str(bundle.path),
+            "task": dict(task),
+            "rounds": [r.to_dict() for r in results],
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robometa-deploy", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help=cmd_info.__doc__, description=cmd_info.__doc__)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("adapt", help=cmd_adapt.__doc__, description=cmd_adapt.__doc__)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory")
+    p.add_argument("--env", default=None, help="robot family id (default: the bundle's)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", type=Path, help="task file (YAML/JSON, `tasks: [...]`)")
+    which.add_argument(
+        "--sample-test-task",
+        type=int,
+        metavar="SEED",
+        help="draw one robot configuration from the test (out-of-distribution) ranges",
+    )
+    p.add_argument("--task-index", type=int, default=0, help="which task of --task (default 0)")
+    p.add_argument("--rounds", type=int, default=3, help="collect/adapt rounds (default 3)")
+    p.add_argument(
+        "--support",
+        type=int,
+        default=None,
+        help="transitions collected per round (default: the bundle's support size)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="gradient steps per round (default: the bundle's)"
+    )
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="transition buffer size; adaptation uses the newest this many (default: --support)",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.1,
+        help="random-action probability while collecting (default 0.1; 0 = greedy)",
+    )
+    p.add_argument(
+        "--eval-episodes", type=int, default=3, help="greedy episodes per evaluation (default 3)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="episode and exploration seed (default 0)")
+    p.add_argument("--save-state", type=Path, default=None, help="write the adapted state here")
+    p.add_argument("--json", type=Path, default=None, help="also write the rounds as JSON here")
+    p.set_defaults(func=cmd_adapt)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (BundleError, ValueError, FileNotFoundError) as err:
+        print(f"robometa-deploy: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
