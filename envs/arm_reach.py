@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -127,13 +126,6 @@ ARM_REACH_DYNAMICS = DynamicsSpace(
 )
 
 _ZEROS7 = [0.0] * 7
-_STEP_CALLS = (
-    "getJointStates",
-    "calculateJacobian",
-    "setJointMotorControlArray",
-    "calculateInverseDynamics",
-    "getLinkState",
-)
 _ONES7 = [1.0] * 7
 _ORIGIN = [0.0, 0.0, 0.0]
 
@@ -274,14 +266,11 @@ class ArmReachEnv(RobotEnv):
         self._damping = 0.0
         self._friction = [0.0, 0.0, 0.0]
         self._limits = [SERVO_TORQUE[j] for j in ARM]
-        self._calls = SimpleNamespace()
         self._payload = 0.0
 
     # ------------------------------------------------------------------ world and task
 
     def _build(self, client: BulletClient, task: Task) -> None:
-        # Bind the per-step calls once (BulletClient builds a new partial on every access).
-        self._calls = SimpleNamespace(**{name: getattr(client, name) for name in _STEP_CALLS})
         client.loadURDF("plane.urdf")
         self._body = client.loadURDF(
             URDF, useFixedBase=True, flags=pybullet.URDF_USE_INERTIA_FROM_FILE
@@ -327,15 +316,14 @@ class ArmReachEnv(RobotEnv):
 
     def _apply_action(self, client: BulletClient, action: int) -> None:
         # Plain Python on 3x3 matrices: numpy's per-call overhead would dominate the step.
-        call = self._calls
         body = self._body
-        states = call.getJointStates(body, JOINTS)
+        states = client.getJointStates(body, JOINTS)
         q = [s[0] for s in states]
-        jac = call.calculateJacobian(body, EE_LINK, _ORIGIN, q, _ZEROS7, _ZEROS7)[0]
+        jac = client.calculateJacobian(body, EE_LINK, _ORIGIN, q, _ZEROS7, _ZEROS7)[0]
         velocities = [0.0] * 7
         if action != self.noop_action:
             velocities = self._joint_velocities(jac, action)
-        call.setJointMotorControlArray(
+        client.setJointMotorControlArray(
             body,
             JOINTS,
             pybullet.POSITION_CONTROL,
@@ -346,7 +334,7 @@ class ArmReachEnv(RobotEnv):
             velocityGains=_ONES7,
         )
         # Gravity compensation of the arm's own links (the payload is an unknown load).
-        torque = list(call.calculateInverseDynamics(body, q, _ZEROS7, _ZEROS7))
+        torque = list(client.calculateInverseDynamics(body, q, _ZEROS7, _ZEROS7))
         if self._payload:
             weight = self._payload * GRAVITY
             torque = [t - weight * jz for t, jz in zip(torque, jac[2], strict=True)]
@@ -360,7 +348,7 @@ class ArmReachEnv(RobotEnv):
             if w != 0.0:
                 loss = min(c * abs(w) + self._friction[i], self._limits[i])
                 torque[j] -= loss if w > 0.0 else -loss
-        call.setJointMotorControlArray(body, JOINTS, pybullet.TORQUE_CONTROL, forces=torque)
+        client.setJointMotorControlArray(body, JOINTS, pybullet.TORQUE_CONTROL, forces=torque)
 
     def _joint_velocities(self, jac, action: int) -> list[float]:
         """Damped least-squares joint velocities of A1, A2, A4 for one Cartesian direction."""
@@ -390,7 +378,7 @@ class ArmReachEnv(RobotEnv):
         return velocities
 
     def _observe(self, client: BulletClient) -> np.ndarray:
-        state = self._calls.getLinkState(self._body, EE_LINK, computeLinkVelocity=1)
+        state = client.getLinkState(self._body, EE_LINK, computeLinkVelocity=1)
         pos, vel = state[0], state[6]
         t = self._target
         return np.array([*pos, *vel, t[0] - pos[0], t[1] - pos[1], t[2] - pos[2]], dtype=np.float64)
