@@ -36,10 +36,10 @@ from robometa.adaptation import Batch, InnerLoss, adapt_step, model_loss, td_los
 from robometa.config import Config
 from robometa.dqn import build_network, linear_epsilon
 from robometa.envs import Task
-from robometa.networks import Params, q_values
+from robometa.networks import Params
 from robometa.policy import Policy
 from robometa.replay import ReplayBuffer
-from robometa.rollout import fit_normalization, make_env, seed_from
+from robometa.rollout import fit_normalization, greedy_act_fn, make_env, seed_from
 
 REPLAY_PER_TASK = 5000
 LR_FLOOR = 1e-6
@@ -148,12 +148,13 @@ class MetaLearner:
         returns: list[float],
     ) -> None:
         env = slot.env
+        greedy = greedy_act_fn(self.net, params)
         with torch.no_grad():
             for _ in range(n):
                 if self.rng.random() < epsilon:
                     act = int(self.rng.integers(self.n_actions))
                 else:
-                    act = int(q_values(self.net, params, torch.from_numpy(slot.obs)[None]).argmax())
+                    act = greedy(slot.obs)
                 nxt, r, term, trunc, info = env.step(act)
                 if not info.get("physics_error", False):
                     slot.replay.add(slot.obs, act, r, nxt, term)

@@ -12,7 +12,7 @@ import torch
 import robometa.envs
 from robometa.envs import Task
 from robometa.envs.wrappers import PrivilegedObservation
-from robometa.networks import Params, QNetwork, q_values
+from robometa.networks import Params, QNetwork
 from robometa.replay import ReplayBuffer
 
 ActFn = Callable[[np.ndarray], int]
@@ -43,10 +43,40 @@ def seed_from(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 
 
+_NUMPY_ACTIVATIONS = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "tanh": np.tanh,
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+}
+
+
 def greedy_act_fn(net: QNetwork, params: Params) -> ActFn:
+    """Greedy single-observation actor: the Q path of ``net`` under ``params``, in numpy.
+
+    Acting runs once per environment step, where torch's per-call overhead would dominate; the
+    weights are copied once, and the result equals ``q_values(net, params, obs).argmax()``.
+    """
+    spec = net.spec
+    layers = [
+        (
+            params[f"body.{i}.weight"].detach().numpy().T.copy(),
+            params[f"body.{i}.bias"].detach().numpy().copy(),
+        )
+        for i in range(len(spec.hidden))
+    ]
+    w_q = params["q_head.weight"].detach().numpy().T.copy()
+    b_q = params["q_head.bias"].detach().numpy().copy()
+    mean, std = net.obs_mean.numpy().copy(), net.obs_std.numpy().copy()
+    context = params["context"].detach().numpy().copy() if spec.context_dim else None
+    activation = _NUMPY_ACTIVATIONS[spec.activation]
+
     def act(obs: np.ndarray) -> int:
-        with torch.no_grad():
-            return int(q_values(net, params, torch.as_tensor(obs).unsqueeze(0)).argmax())
+        x = (np.asarray(obs, np.float32) - mean) / std
+        if context is not None:
+            x = np.concatenate([x, context])
+        for w, b in layers:
+            x = activation(x @ w + b)
+        return int(np.argmax(x @ w_q + b_q))
 
     return act
 
