@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fine-tune", action="store_true", help="skip the DR + fine-tuning baseline")
     p.add_argument("--out", default="eval", help="report directory (default: eval)")
     p.set_defaults(func=cmd_eval)
+
+    from robometa.export import add_export_command
+
+    add_export_command(sub)
     return parser
 
 
