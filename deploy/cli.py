@@ -46,12 +46,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _make_robot(bundle: Bundle, args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The simulated robot (a gymnasium env set to the chosen task), the task, an obs map."""
-    import gymnasium as gym
-    import robometa.envs
+    try:
+        import gymnasium as gym
+        import robometa.envs
+    except ImportError as err:
+        raise ValueError(
+            f"the simulated robots need gymnasium and PyBullet ({err}); install robometa on "
+            "this host, or drive a real robot from Python with robometa.deploy.loop"
+        ) from None
 
     env_id = args.env or bundle.env_id
     overrides = bundle.manifest.get("dynamics", {}).get("overrides") or {}
-    env = gym.make(env_id, **({"dynamics": overrides} if overrides else {}))
+    try:
+        env = gym.make(env_id, **({"dynamics": overrides} if overrides else {}))
+    except gym.error.Error as err:
+        raise ValueError(
+            f"cannot make robot family {env_id!r}: {err} (known: {', '.join(robometa.envs.FAMILIES)})"
+        ) from None
     base = env.unwrapped
     if args.task is not None:
         tasks = robometa.envs.load_tasks(args.task, base.dynamics_space)
