@@ -238,7 +238,8 @@ class CartPoleEnv(RobotEnv):
             0,
             pybullet.VELOCITY_CONTROL,
             targetVelocity=0.0,
-            force=task["lateral_friction"] * total * 9.81,
+            # PyBullet scales a motor force limit by the substep count: divide it back out.
+            force=task["lateral_friction"] * total * 9.81 / self.substeps,
         )
         client.changeDynamics(self._body, 1, jointDamping=task["joint_damping"])
         client.changeDynamics(self._body, 0, jointDamping=0.0)

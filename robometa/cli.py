@@ -69,6 +69,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Meta-train, evaluate, export and adapt on held-out robots through the runtime."""
+    from robometa.quickstart import run_quickstart
+
+    run_quickstart(
+        args.out,
+        meta_steps=args.meta_steps,
+        baseline_steps=args.baseline_steps,
+        eval_tasks=args.eval_tasks,
+        seed=args.seed,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robometa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=5, help="episodes per family (default 5)")
     p.add_argument("--seed", type=int, default=0, help="task and action seed (default 0)")
     p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser(
+        "quickstart", help=cmd_quickstart.__doc__, description=cmd_quickstart.__doc__
+    )
+    p.add_argument("--out", default="quickstart", help="output directory (default: quickstart)")
+    p.add_argument(
+        "--meta-steps",
+        type=int,
+        default=30000,
+        help="env steps of CAVIA meta-training (default 30000)",
+    )
+    p.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=30000,
+        help="env steps of the domain-randomized DQN baseline (default 30000)",
+    )
+    p.add_argument(
+        "--eval-tasks",
+        type=int,
+        default=5,
+        help="held-out tasks per group in the evaluation (default 5)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     p.add_argument("config", nargs="?", type=Path, help="experiment YAML (see configs/)")
