@@ -291,6 +291,12 @@ def config_from_dict(data: Mapping[str, Any], source: str = "") -> Config:
             f"config key 'dqn.epsilon_end': {cfg.dqn.epsilon_end} must not exceed "
             f"dqn.epsilon_start = {cfg.dqn.epsilon_start}{' in ' + source if source else ''}"
         )
+    if cfg.algorithm == "reptile" and cfg.adaptation.loss == "model":
+        # Checked here, not only by MetaLearner: train() writes the run directory first.
+        raise ValueError(
+            "config key 'adaptation.loss': reptile learns Q only through its inner loop, so it "
+            f"needs 'td' or 'td+model', got 'model'{' in ' + source if source else ''}"
+        )
     if cfg.algorithm == "cavia" and cfg.network.context_dim < 1:
         raise ValueError(
             f"config key 'network.context_dim': cavia needs a context vector (>= 1), got "

@@ -1,0 +1,196 @@
+"""MetaLearner through the training harness, every algorithm on a tiny budget: the run
+directory, the adapted parameters its policy names, same seed same run, checkpoint + resume."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from robometa.cli import main as cli_main
+from robometa.config import ALGORITHMS, META_ALGORITHMS, load_config
+from robometa.meta import MetaLearner
+from robometa.policy import Policy
+from robometa.replay import ReplayBuffer
+from robometa.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+CAVIA_YAML = ROOT / "configs" / "cartpole_cavia.yaml"
+CARTPOLE_CONFIGS = sorted((ROOT / "configs").glob("cartpole_*.yaml"))
+
+# 4 tasks in the pool, 2 per round; a round collects 2 x (10 support + 10 query) = 40 env steps
+# and takes 2 outer steps. 120 steps = 3 rounds, a checkpoint after the second.
+TINY = [
+    "dqn.total_steps=120",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "logging.log_every=40",
+    "logging.checkpoint_every=80",
+    "network.hidden=[16, 16]",
+    "meta.task_pool=4",
+    "meta.meta_batch=2",
+    "meta.collect_steps=10",
+    "meta.updates_per_collect=2",
+    "meta.query_batch=16",
+    "meta.target_update_interval=3",
+    "adaptation.support_size=20",
+    "adaptation.steps=2",
+]
+HEADS = ["q_head.weight", "q_head.bias", "model_head.weight", "model_head.bias"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(algorithm: str, *extra: str):
+    # td+model for all of them: reptile refuses the pure model loss (tested below).
+    return load_config(
+        CAVIA_YAML, [f"algorithm={algorithm}", "adaptation.loss=td+model", *TINY, *extra]
+    )
+
+
+def policy_state(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "policy.pt", weights_only=True)
+    return {
+        **{f"param.{k}": v for k, v in state["params"].items()},
+        **{f"buffer.{k}": v for k, v in state["buffers"].items()},
+        **{f"lr.{k}": v for k, v in state["lrs"].items()},
+    }
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    """metrics.csv rows without the wall-clock columns."""
+    with open(run / "metrics.csv", newline="") as f:
+        return [
+            {k: v for k, v in r.items() if k not in ("steps_per_s", "wall_s")}
+            for r in csv.DictReader(f)
+        ]
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module", params=META_ALGORITHMS)
+def reference(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, Path]:
+    """One uninterrupted tiny run per algorithm, shared by the tests that only read it."""
+    torch.set_num_threads(1)
+    algorithm = request.param
+    run = tmp_path_factory.mktemp(algorithm) / "run"
+    train(tiny_config(algorithm), run)
+    return algorithm, run
+
+
+def test_run_completes_and_writes_a_policy(reference: tuple[str, Path]) -> None:
+    algorithm, run = reference
+    for name in ("policy.pt", "checkpoint.pt", "config.yaml", "metrics.csv"):
+        assert (run / name).exists(), name
+    policy = Policy.load(run)
+    assert policy.algorithm == algorithm
+    assert policy.adapt_steps == 2 and policy.support_size == 20
+    assert policy.inner.kind == "td+model"
+    assert all(torch.isfinite(v).all() for v in policy.params.values())
+
+    names = list(policy.params)
+    if algorithm == "cavia":
+        assert list(policy.lrs) == ["context"]
+        assert "context" in names and policy.net.spec.context_dim == 4
+    elif algorithm == "anil":
+        assert sorted(policy.lrs) == sorted(HEADS)
+    else:
+        assert sorted(policy.lrs) == sorted(n for n in names if n != "context")
+    for k, lr in policy.lrs.items():
+        if algorithm == "metasgd":
+            assert lr.shape == policy.params[k].shape, k  # one learning rate per entry
+            assert bool((lr > 0).all())
+        else:
+            assert lr.shape == (), k
+            assert float(lr) == 1.0  # the config's adaptation.lr, not learned
+    if algorithm == "metasgd":  # learned: they moved away from their initial value 1.0
+        assert any(not torch.equal(lr, torch.ones_like(lr)) for lr in policy.lrs.values())
+    if algorithm != "cavia":
+        assert "context" not in policy.lrs
+
+
+def test_policy_adapts_and_acts(reference: tuple[str, Path]) -> None:
+    """The saved policy runs its adaptation on a batch and stays finite."""
+    _, run = reference
+    policy = Policy.load(run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    buf = ReplayBuffer(20, policy.net.spec.obs_dim)
+    slots = state["algorithm"]["slots"]
+    buf.load_state_dict(max(slots, key=lambda s: len(s["support"]["obs"]))["support"])
+    assert len(buf) > 0
+    params, losses = policy.adapted(buf.all())
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    changed = [k for k in params if not torch.equal(params[k], policy.params[k])]
+    assert sorted(changed) == sorted(policy.lrs)
+    assert policy.act(buf.all().obs, params).shape == (len(buf),)
+
+
+def test_same_seed_same_policy(reference: tuple[str, Path], tmp_path: Path) -> None:
+    algorithm, run = reference
+    train(tiny_config(algorithm), tmp_path / "again")
+    assert_same(policy_state(run), policy_state(tmp_path / "again"))
+    assert metrics(run) == metrics(tmp_path / "again")
+
+
+def test_resume_equals_uninterrupted(reference: tuple[str, Path], tmp_path: Path) -> None:
+    algorithm, run = reference
+    stopped = tmp_path / "stopped"
+    train(tiny_config(algorithm), stopped, stop_after=80)
+    assert (stopped / "checkpoint.pt").exists() and not (stopped / "policy.pt").exists()
+    assert torch.load(stopped / "checkpoint.pt", weights_only=True)["algorithm"]["env_steps"] == 80
+    train(None, stopped, resume=True)  # type: ignore[arg-type]
+    assert_same(policy_state(run), policy_state(stopped))
+    assert metrics(run) == metrics(stopped)
+
+
+def test_different_seed_different_policy(tmp_path: Path) -> None:
+    train(tiny_config("cavia", "seed=1", "dqn.total_steps=40"), tmp_path / "a")
+    train(tiny_config("cavia", "seed=2", "dqn.total_steps=40"), tmp_path / "b")
+    a, b = policy_state(tmp_path / "a"), policy_state(tmp_path / "b")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("param."))
+
+
+def test_reptile_with_the_model_loss_is_rejected(tmp_path: Path) -> None:
+    # At load time, before any run directory exists (a retry into the same --out works).
+    with pytest.raises(ValueError, match=r"adaptation\.loss.*reptile.*'model'.*cartpole_cavia"):
+        load_config(CAVIA_YAML, ["algorithm=reptile", "adaptation.loss=model", *TINY])
+    code = cli_main(
+        ["train", str(CAVIA_YAML), "--out", str(tmp_path / "run"), "--set", "algorithm=reptile"]
+    )
+    assert code == 2 and not (tmp_path / "run").exists()
+    # The learner refuses it too when handed such a config directly.
+    cfg = tiny_config("reptile")
+    bad = dataclasses.replace(cfg, adaptation=dataclasses.replace(cfg.adaptation, loss="model"))
+    with pytest.raises(ValueError, match=r"adaptation\.loss.*reptile"):
+        MetaLearner(bad)
+
+
+def test_cavia_needs_a_context_vector() -> None:
+    with pytest.raises(ValueError, match="network.context_dim"):
+        load_config(CAVIA_YAML, ["network.context_dim=0"])
+
+
+@pytest.mark.parametrize("path", CARTPOLE_CONFIGS, ids=[p.stem for p in CARTPOLE_CONFIGS])
+def test_shipped_cartpole_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.env.id == "robometa/CartPole-v0"
+    suffix = path.stem.removeprefix("cartpole_")
+    if suffix in ALGORITHMS:
+        assert cfg.algorithm == suffix, f"{path.name} trains {cfg.algorithm}"
+    if cfg.algorithm == "reptile":
+        assert cfg.adaptation.loss != "model"
