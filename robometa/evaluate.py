@@ -342,7 +342,8 @@ def run_evaluation(
     dynamics = first.dynamics
     max_k = max((p.adapt_steps for _, p in policies), default=0)
     steps = list(steps) if steps is not None else sorted({0, 1, 2, 3, max_k} - {-1})
-    steps = [k for k in steps if k <= max(max_k, 0)] or [0]
+    # Sorted, and always from 0: the unadapted methods' single return is the k = 0 entry.
+    steps = sorted({0, *(k for k in steps if 0 <= k <= max_k)})
     sets = task_sets(tasks, env_id, n_tasks, dynamics)
 
     methods: dict[str, list[Method]] = {}

@@ -1,0 +1,321 @@
+"""The evaluation harness: normalized scores and CIs on known inputs, the table, any Method
+plugging into evaluate_method, task files, and `robometa eval` on tiny trained runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robometa.adaptation import Batch
+from robometa.cli import main as cli_main
+from robometa.config import config_from_dict
+from robometa.evaluate import (
+    Method,
+    TaskSet,
+    bootstrap_ci,
+    evaluate_method,
+    markdown_table,
+    normalized,
+    run_evaluation,
+    summarize,
+    task_sets,
+)
+from robometa.rollout import ActFn, make_env
+from robometa.train import train
+
+CARTPOLE = "robometa/CartPole-v0"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------ statistics
+
+
+def test_normalized_score_by_hand() -> None:
+    assert normalized(60.0, 10.0, 110.0) == pytest.approx(0.5)
+    assert normalized(110.0, 10.0, 110.0) == pytest.approx(1.0)
+    assert normalized(10.0, 10.0, 110.0) == pytest.approx(0.0)
+    assert normalized(0.0, 10.0, 110.0) == pytest.approx(-0.1)  # worse than random
+    assert normalized(160.0, 10.0, 110.0) == pytest.approx(1.5)  # better than the oracle
+    assert math.isnan(normalized(50.0, 10.0, 10.0))  # oracle no better than random
+    assert math.isnan(normalized(50.0, 20.0, 10.0))
+
+
+def test_bootstrap_ci_is_deterministic_and_contains_the_mean() -> None:
+    values = [0.1, 0.4, 0.35, 0.9, 0.2, 0.6, 0.55]
+    a, b = bootstrap_ci(values), bootstrap_ci(values)
+    assert a == b
+    mean, lo, hi = a
+    assert mean == pytest.approx(np.mean(values))
+    assert lo < mean < hi
+    assert min(values) <= lo and hi <= max(values)
+    assert bootstrap_ci(values, seed=1) != a  # the seed is what fixes it
+    assert bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+
+
+def test_summarize_known_inputs() -> None:
+    # One method, two training seeds, group "g" with two tasks, curve k = 0, 1.
+    # R_random = [10, 20], R_oracle = [110, 60].
+    seed0 = {"g": [[60.0, 110.0], [20.0, 60.0]]}  # scores k0: 0.5, 0.0   k1: 1.0, 1.0
+    seed1 = {"g": [[35.0, 85.0], [40.0, 40.0]]}  # scores k0: 0.25, 0.5  k1: 0.75, 0.5
+    rand = {"g": [10.0, 20.0]}
+    oracle = {"g": [110.0, 60.0]}
+    rows = summarize({"m": [seed0, seed1]}, [0, 1], rand, oracle)
+    assert [(r["method"], r["group"], r["steps"], r["n"]) for r in rows] == [
+        ("m", "g", 0, 4),
+        ("m", "g", 1, 4),
+    ]
+    r0, r1 = rows
+    assert r0["score"] == pytest.approx((0.5 + 0.0 + 0.25 + 0.5) / 4)
+    assert r1["score"] == pytest.approx((1.0 + 1.0 + 0.75 + 0.5) / 4)
+    assert r0["return"] == pytest.approx((60 + 20 + 35 + 40) / 4)
+    for r in rows:
+        assert r["score_lo"] <= r["score"] <= r["score_hi"]
+        assert r["return_lo"] <= r["return"] <= r["return_hi"]
+    # Without an oracle there is no normalized score, only returns.
+    no_oracle = summarize({"m": [seed0]}, [0, 1], rand, None)
+    assert all(math.isnan(r["score"]) for r in no_oracle)
+    assert no_oracle[1]["return"] == pytest.approx(85.0)
+
+
+def test_summarize_skips_tasks_where_the_oracle_is_no_better_than_random() -> None:
+    rows = summarize({"m": [{"g": [[60.0], [30.0]]}]}, [0], {"g": [10.0, 50.0]}, {"g": [110, 50]})
+    assert rows[0]["score"] == pytest.approx(0.5)  # task 1 has no scale: left out of the score
+    assert rows[0]["n"] == 2 and rows[0]["return"] == pytest.approx(45.0)
+
+
+def test_markdown_table_has_a_row_per_method_and_group() -> None:
+    res = {"id": [[20.0, 60.0]], "ood": [[15.0, 30.0]]}
+    rand, oracle = {"id": [10.0], "ood": [10.0]}, {"id": [110.0], "ood": [110.0]}
+    rows = summarize(
+        {"cavia": [res], "dr": [{"id": [[40.0]], "ood": [[20.0]]}]}, [0, 5], rand, oracle
+    )
+    table = markdown_table(rows)
+    lines = table.splitlines()
+    assert lines[0].startswith("| method | tasks | steps | normalized score")
+    body = [line for line in lines[2:]]
+    assert len(body) == 4  # final step of (cavia, id), (cavia, ood), (dr, id), (dr, ood)
+    assert "| cavia | id | 5 | 0.50 [0.50, 0.50] |" in table
+    assert "| cavia | ood | 5 | 0.20 [0.20, 0.20] |" in table
+    assert "| dr | id | 0 | 0.30 [0.30, 0.30] |" in table
+    assert "| dr | ood | 0 | 0.10 [0.10, 0.10] |" in table
+    assert len(markdown_table(rows, final_only=False).splitlines()) == 2 + 6
+    no_score = markdown_table(summarize({"dr": [{"id": [[40.0]]}]}, [0], {"id": [10.0]}, None))
+    assert "| dr | id | 0 | n/a | 40.0 [40.0, 40.0] | 1 |" in no_score
+
+
+# ------------------------------------------------------------------ any Method plugs in
+
+
+class MotorSignProbe:
+    """A scripted method, no torch training: a hand-written balancing controller that assumes
+    the motor is mounted normally, and after "adaptation" reads the motor sign off the support
+    transitions (does pushing right raise or lower the cart velocity?)."""
+
+    name = "probe"
+    env_id = CARTPOLE
+    privileged = False
+    support_size = 60
+    support_epsilon = 1.0  # random pushes: the clearest evidence of the motor sign
+
+    def __init__(self) -> None:
+        self.supports: list[Batch] = []
+
+    @staticmethod
+    def controller(sign: int) -> ActFn:
+        def act(obs: np.ndarray) -> int:
+            lean_right = obs[2] + 0.5 * obs[3] + 0.05 * obs[1] > 0
+            return 2 if lean_right == (sign > 0) else 0
+
+        return act
+
+    def initial_actor(self) -> ActFn:
+        return self.controller(+1)
+
+    def adapted_actors(self, support: Batch, steps: Sequence[int]) -> list[ActFn]:
+        self.supports.append(support)
+        push = support.action.float() - 1.0  # -1 left, 0 none, +1 right
+        dv = support.next_obs[:, 1] - support.obs[:, 1]
+        sign = 1 if float((push * dv).sum()) >= 0 else -1
+        return [self.controller(+1 if k == 0 else sign) for k in steps]
+
+
+def test_a_scripted_method_plugs_into_evaluate_method() -> None:
+    method = MotorSignProbe()
+    _: Method = method  # a Protocol: structural, nothing to inherit
+    env = make_env(CARTPOLE)
+    space = env.unwrapped.dynamics_space
+    env.close()
+    tasks = [space.nominal(), space.make_task({"motor_sign": -1})]
+    res = evaluate_method(method, [TaskSet("pair", tasks)], [0, 1], episodes=2)
+    ((normal, reversed_),) = [res["pair"]]
+    assert normal[0] == normal[1] == 200.0  # balances the nominal robot before and after
+    assert reversed_[0] < 30.0  # the reversed motor knocks the pole over ...
+    assert reversed_[1] == 200.0  # ... until the support data reveals the sign
+    # The support the harness handed over: support_size transitions of the task, as tensors.
+    assert len(method.supports) == 2
+    for batch in method.supports:
+        assert batch.obs.shape == (60, 4) and batch.action.dtype == torch.int64
+    # Deterministic: the same method evaluated again gives the same numbers.
+    assert evaluate_method(MotorSignProbe(), [TaskSet("pair", tasks)], [0, 1], 2) == res
+
+
+# -------------------------------------------------------------------------- task files
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("tasks: [{motor_sign: 1}, {motor_sign: 3}]", "motor_sign"),  # outside [-1, 1]
+        ("tasks: [{cart_mass: -1.0}]", "cart_mass"),  # out of range
+        ("tasks: [{wheel_radius: 0.1}]", "wheel_radius"),  # no such parameter
+        ("robots: [{motor_sign: -1}]", "tasks"),  # wrong top-level key
+        ("tasks: []", "tasks"),  # empty
+        ("tasks: [motor_sign]", ""),  # a task that is not a mapping
+        ("tasks: [{motor_sign: -1}", ""),  # not valid YAML
+        ("", ""),  # empty file
+    ],
+)
+def test_malformed_task_file_names_the_file(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "my_robots.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="my_robots.yaml") as err:
+        task_sets(str(path), CARTPOLE, 3)
+    assert needle in str(err.value)
+
+
+def test_missing_task_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nowhere.yaml"):
+        task_sets(str(tmp_path / "nowhere.yaml"), CARTPOLE, 3)
+
+
+def test_task_file_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text("tasks:\n  - {motor_sign: -1, cart_mass: 1.5}\n  - {}\n")
+    (only,) = task_sets(str(path), CARTPOLE, 3)
+    assert only.name == "two"
+    assert [t["motor_sign"] for t in only.tasks] == [-1, 1]
+    assert only.tasks[0]["cart_mass"] == 1.5
+    # 'test' gives the held-out in- and out-of-distribution groups, the same every time.
+    sets = task_sets("test", CARTPOLE, 3)
+    assert [s.name for s in sets] == ["id", "ood"]
+    assert [dict(t) for t in sets[0].tasks] == [
+        dict(t) for t in task_sets("test", CARTPOLE, 3)[0].tasks
+    ]
+
+
+# -------------------------------------------------------------------- robometa eval CLI
+
+
+def tiny_dqn(algorithm: str) -> dict:
+    return {
+        "algorithm": algorithm,
+        "seed": 5,
+        "env": {"id": CARTPOLE, "tasks": "train", "num_envs": 1},
+        "network": {"hidden": [16, 16]},
+        "dqn": {"total_steps": 300, "learning_starts": 100, "batch_size": 16, "buffer_size": 300},
+        "adaptation": {"steps": 2, "support_size": 50},
+        "logging": {
+            "log_every": 100,
+            "checkpoint_every": 1000,
+            "progress": False,
+            "tensorboard": False,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval_runs")
+    train(config_from_dict(tiny_dqn("dqn")), root / "dqn")
+    train(config_from_dict(tiny_dqn("oracle")), root / "oracle")
+    return root / "dqn", root / "oracle"
+
+
+def test_eval_cli_writes_the_reports(tiny_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    dqn, oracle = tiny_runs
+    out = tmp_path / "eval"
+    code = cli_main(
+        ["eval", str(dqn), str(oracle), "--n-tasks", "2", "--episodes", "1", "--out", str(out)]
+    )
+    assert code == 0
+    for name in ("results.md", "results.json", "adaptation.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "results.json").read_text())
+    assert report["env_id"] == CARTPOLE
+    assert report["n_tasks"] == {"id": 2, "ood": 2}
+    assert report["steps"] == [0, 1, 2]
+    assert set(report["returns"]) == {"dr", "dr+finetune", "oracle"}
+    assert report["fine_tune"][str(dqn)]["fine_tune_lr"] > 0  # tuned on training tasks
+    rows = report["summary"]
+    seen = {(r["method"], r["group"], r["steps"]) for r in rows}
+    assert {("dr", g, 0) for g in ("id", "ood")} <= seen
+    assert {("dr+finetune", g, k) for g in ("id", "ood") for k in (0, 1, 2)} <= seen
+    for r in rows:
+        assert math.isfinite(r["score"]), r  # normalized against the oracle run
+        assert r["score_lo"] <= r["score"] <= r["score_hi"]
+        if r["method"] == "oracle":
+            assert r["score"] == pytest.approx(1.0)
+    # The normalized score in the JSON is the one the formula gives on the JSON's own returns.
+    dr = report["returns"]["dr"][0]["id"]
+    expected = np.mean(
+        [
+            normalized(
+                dr[t][0], report["random_returns"]["id"][t], report["oracle_returns"]["id"][t]
+            )
+            for t in range(2)
+            if report["oracle_returns"]["id"][t] - report["random_returns"]["id"][t] > 1e-6
+        ]
+    )
+    (dr_id,) = [r for r in rows if r["method"] == "dr" and r["group"] == "id"]
+    assert dr_id["score"] == pytest.approx(expected)
+    md = (out / "results.md").read_text()
+    for method in ("dr", "dr+finetune", "oracle"):
+        for group in ("id", "ood"):
+            assert f"| {method} | {group} |" in md
+
+
+def test_eval_cli_errors_are_clear(tiny_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    dqn, _ = tiny_runs
+    bad = tmp_path / "robots.yaml"
+    bad.write_text("tasks: [{motor_sign: 3}]")
+    code = cli_main(["eval", str(dqn), "--tasks", str(bad), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "robots.yaml" in capsys.readouterr().err
+    code = cli_main(["eval", str(tmp_path / "no_run"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "no trained policy" in capsys.readouterr().err
+
+
+def test_non_adapting_rows_are_labelled_zero_steps(
+    tiny_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A curve without 0 must not relabel the unadapted baseline's return as k > 0."""
+    dqn, _ = tiny_runs
+    report = run_evaluation(
+        [dqn],
+        n_tasks=1,
+        episodes=1,
+        steps=[2],
+        out=tmp_path,
+        fine_tune=False,
+        show_progress=False,
+    )
+    for r in report["summary"]:
+        if r["method"] == "dr":
+            assert r["steps"] == 0, r
