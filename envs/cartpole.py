@@ -9,7 +9,14 @@ import numpy as np
 import pybullet
 from pybullet_utils.bullet_client import BulletClient
 from robometa.envs.base import RobotEnv
-from robometa.envs.dynamics import DynamicsSpace, Param, Task
+from robometa.envs.dynamics import (
+    LATENCY_STEPS,
+    OBS_NOISE,
+    DynamicsSpace,
+    Param,
+    Task,
+    motor_sign_param,
+)
 
 FORCE_NEWTONS = 10.0
 THETA_LIMIT = 12.0 * 2.0 * math.pi / 360.0
@@ -70,38 +77,9 @@ CARTPOLE_DYNAMICS = DynamicsSpace(
             (0.0, 100.0),
             doc="multiplies the 10 N push",
         ),
-        Param(
-            "motor_sign",
-            "-",
-            1.0,
-            (1.0, -1.0),
-            (1.0, -1.0),
-            "choice",
-            (-1.0, 1.0),
-            integer=True,
-            doc="-1: the motor is mounted reversed (push right moves left)",
-        ),
-        Param(
-            "latency_steps",
-            "steps",
-            0,
-            (0, 1),
-            (0, 1, 2, 3),
-            "choice",
-            (0, 20),
-            integer=True,
-            doc="control steps between choosing an action and applying it",
-        ),
-        Param(
-            "obs_noise",
-            "x obs scale",
-            0.0,
-            (0.0, 0.02),
-            (0.0, 0.05),
-            "uniform",
-            (0.0, 1.0),
-            doc="Gaussian observation noise std, relative to each entry's typical scale",
-        ),
+        motor_sign_param("-1: the motor is mounted reversed (push right moves left)"),
+        LATENCY_STEPS,
+        OBS_NOISE,
     ),
 )
 

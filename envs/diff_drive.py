@@ -10,7 +10,14 @@ import numpy as np
 import pybullet
 from pybullet_utils.bullet_client import BulletClient
 from robometa.envs.base import RobotEnv
-from robometa.envs.dynamics import DynamicsSpace, Param, Task
+from robometa.envs.dynamics import (
+    LATENCY_STEPS,
+    OBS_NOISE,
+    DynamicsSpace,
+    Param,
+    Task,
+    motor_sign_param,
+)
 
 #: wheel speed (rad/s) of a "forward" command at ``actuator_gain = 1``.
 WHEEL_SPEED = 10.0
@@ -105,38 +112,9 @@ DIFF_DRIVE_DYNAMICS = DynamicsSpace(
             (0.01, 100.0),
             doc="left / right wheel speed ratio for the same command ('forward' curves)",
         ),
-        Param(
-            "motor_sign",
-            "-",
-            1.0,
-            (1.0, -1.0),
-            (1.0, -1.0),
-            "choice",
-            (-1.0, 1.0),
-            integer=True,
-            doc="-1: the left wheel motor is mounted reversed",
-        ),
-        Param(
-            "latency_steps",
-            "steps",
-            0,
-            (0, 1),
-            (0, 1, 2, 3),
-            "choice",
-            (0, 20),
-            integer=True,
-            doc="control steps between choosing an action and applying it",
-        ),
-        Param(
-            "obs_noise",
-            "x obs scale",
-            0.0,
-            (0.0, 0.02),
-            (0.0, 0.05),
-            "uniform",
-            (0.0, 1.0),
-            doc="Gaussian observation noise std, relative to each entry's typical scale",
-        ),
+        motor_sign_param("-1: the left wheel motor is mounted reversed"),
+        LATENCY_STEPS,
+        OBS_NOISE,
     ),
 )
 

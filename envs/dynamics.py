@@ -124,6 +124,47 @@ class Param:
         )
 
 
+def motor_sign_param(doc: str) -> Param:
+    """The reversed-motor parameter every family has: -1 mounts one motor backwards."""
+    return Param(
+        "motor_sign",
+        "-",
+        1.0,
+        (1.0, -1.0),
+        (1.0, -1.0),
+        "choice",
+        (-1.0, 1.0),
+        integer=True,
+        doc=doc,
+    )
+
+
+#: actuation latency, shared by every family (applied by ``RobotEnv`` itself).
+LATENCY_STEPS = Param(
+    "latency_steps",
+    "steps",
+    0,
+    (0, 1),
+    (0, 1, 2, 3),
+    "choice",
+    (0, 20),
+    integer=True,
+    doc="control steps between choosing an action and applying it",
+)
+
+#: observation noise, shared by every family (applied by ``RobotEnv`` via ``obs_scale``).
+OBS_NOISE = Param(
+    "obs_noise",
+    "x obs scale",
+    0.0,
+    (0.0, 0.02),
+    (0.0, 0.05),
+    "uniform",
+    (0.0, 1.0),
+    doc="Gaussian observation noise std, relative to each entry's typical scale",
+)
+
+
 class Task(Mapping[str, float]):
     """An immutable, hashable mapping of dynamics parameter -> value (one robot configuration)."""
 
