@@ -97,7 +97,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     """Adapt a bundle's policy to a simulated new robot configuration, round by round."""
     bundle = Bundle.load(args.bundle)
     support = args.support or int(bundle.manifest["inner"]["support_size"])
-    adapter = Adapter(bundle, capacity=args.capacity or support)
+    adapter = Adapter(
+        bundle,
+        capacity=args.capacity or support,
+        holdout_fraction=args.holdout_fraction,
+        tolerance=args.tolerance,
+        max_update_norm=args.max_update_norm or None,
+    )
     env, task, obs_fn = _make_robot(bundle, args)
     inner = bundle.manifest["inner"]
     print(
@@ -187,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-episodes", type=int, default=3, help="greedy episodes per evaluation (default 3)"
     )
     p.add_argument("--seed", type=int, default=0, help="episode and exploration seed (default 0)")
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.2,
+        help="share of the buffer the guard holds out (default 0.2; 0: guard on the training data)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.1,
+        help="relative rise of the held-out loss tolerated before rolling back (default 0.1)",
+    )
+    p.add_argument(
+        "--max-update-norm",
+        type=float,
+        default=1.0,
+        help="bound on each step's parameter change, global L2 (default 1.0; 0: no bound)",
+    )
     p.add_argument("--save-state", type=Path, default=None, help="write the adapted state here")
     p.add_argument("--json", type=Path, default=None, help="also write the rounds as JSON here")
     p.set_defaults(func=cmd_adapt)

@@ -15,7 +15,7 @@ The layout, file names, graph input/output names and the format version are defi
 | ``discount`` | the ``gamma`` fed to ``adapt.onnx`` |
 | ``normalization`` | ``obs_mean``, ``obs_std``, ``delta_std`` (already inside the graphs; informational) |
 | ``network`` | the network spec (hidden sizes, context size, activation) |
-| ``inner`` | ``kind`` (td, model, td+model), ``huber_delta``, ``model_weight``, ``steps``, ``support_size``, ``adapted`` (parameter names), ``lr`` (per adapted parameter: a number, or ``{per_parameter, shape, min, max, mean}`` for Meta-SGD), ``fine_tune`` (true when the method does not adapt and the bundle fine-tunes every parameter with ``fine_tune_lr``) |
+| ``inner`` | ``kind`` (td, model, td+model), ``huber_delta``, ``model_weight``, ``steps``, ``support_size``, ``adapted`` (parameter names), ``lr`` (per adapted parameter: a number, or ``{per_parameter, shape, min, max, mean}`` for Meta-SGD), ``fine_tune`` (true when the policy had no learning rates and the export added plain fine-tuning) |
 | ``parameters`` | name -> ``shape``, ``adapted`` |
 | ``graphs`` | per graph: file, inputs, outputs, opset |
 | ``dynamics`` | ``family``, ``overrides`` (the run's range overrides) and ``params`` (the dynamics space, overrides applied) |
@@ -23,10 +23,11 @@ The layout, file names, graph input/output names and the format version are defi
 | ``producer`` | versions of robometa, torch, onnx, onnxruntime, python |
 | ``files`` | name -> ``sha256``, ``bytes`` for every other file |
 
-Methods that do not adapt (empty ``policy.lrs``: domain-randomized DQN, the oracle) still get
-an ``adapt.onnx``: plain fine-tuning of every parameter with the TD inner loss and the learning
-rate ``policy.config["fine_tune_lr"]`` (default 1e-3), so they can be fine-tuned on the robot
-like the fine-tuning baseline.
+Methods that do not adapt (empty ``policy.lrs``, e.g. the privileged oracle) still get an
+``adapt.onnx``: plain fine-tuning of every parameter with the TD inner loss and the learning
+rate ``adaptation.fine_tune_lr`` of the run config (default 1e-3), and ``inner.fine_tune`` is
+true in the manifest. Their ``inner.steps`` stays the policy's (0 for the oracle), so
+``adapt()`` needs an explicit step count.
 """
 
 from __future__ import annotations
@@ -70,18 +71,29 @@ Q_TOLERANCE = 1e-5
 PARAM_TOLERANCE = 1e-4
 
 
+def fine_tune_lr(config: dict[str, Any]) -> float:
+    """``adaptation.fine_tune_lr`` of a run config (or a top-level ``fine_tune_lr``)."""
+    adaptation = config.get("adaptation")
+    value = config.get("fine_tune_lr", DEFAULT_FINE_TUNE_LR)
+    if isinstance(adaptation, dict) and "fine_tune_lr" in adaptation:
+        value = adaptation["fine_tune_lr"]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"config fine_tune_lr must be a positive number, got {value!r}")
+    return float(value)
+
+
 def adaptation_of(policy: Policy) -> tuple[Params, InnerLoss, bool]:
     """The learning rates and inner loss the bundle exports, and whether it is fine-tuning.
 
-    A method with learning rates exports them as trained. A method without (``lrs`` empty)
-    exports fine-tuning of every parameter with the TD loss at ``fine_tune_lr``.
+    A method with learning rates exports them as trained (the trainer's DQN policies already
+    carry plain fine-tuning rates). A method without (``lrs`` empty, e.g. the oracle) exports
+    fine-tuning of every parameter with the TD loss at the config's ``fine_tune_lr``.
     """
     if policy.lrs:
         lrs = {k: v.detach().float() for k, v in policy.lrs.items()}
         return lrs, policy.inner, False
-    lr = float(policy.config.get("fine_tune_lr", DEFAULT_FINE_TUNE_LR))
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"config fine_tune_lr must be a positive number, got {lr!r}")
+    lr = fine_tune_lr(policy.config)
     inner = InnerLoss(
         kind="td",
         gamma=policy.inner.gamma,

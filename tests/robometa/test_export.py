@@ -63,7 +63,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[
             method, inner, privileged = CASES[case]
             policy = random_policy(method, inner, hidden=(16, 16), privileged=privileged, seed=7)
             if method == "dqn":
-                policy.config["fine_tune_lr"] = 0.005
+                policy.config["adaptation"] = {"fine_tune_lr": 0.005}  # as the trainer nests it
             run, out = root / "runs" / case, root / "bundles" / case
             policy.save(run)
             if case == "cavia-td+model":
