@@ -187,6 +187,8 @@ class Adapter:
         min_transitions: fewer buffered transitions than this and ``adapt`` does nothing
             (reported as not accepted).
         threads: intra-op threads per session.
+
+    One adapter serves one control loop: it is not safe to call from several threads at once.
     """
 
     def __init__(
@@ -235,13 +237,11 @@ class Adapter:
         self._q1 = np.zeros((1, self.n_actions), np.float32)
         self._a1 = np.zeros(1, np.int64)
         self._binding = self._policy.io_binding()
-        self._bound: dict[str, ort.OrtValue] = {}
-        for name, array in ((OBS_INPUT, self._obs1),):
-            self._bind_input(name, array)
-        self._binding.bind_ortvalue_output(Q_OUTPUT, ort.OrtValue.ortvalue_from_numpy(self._q1))
-        self._binding.bind_ortvalue_output(
-            ACTION_OUTPUT, ort.OrtValue.ortvalue_from_numpy(self._a1)
-        )
+        self._bound: dict[str, ort.OrtValue] = {}  # keeps every bound OrtValue alive
+        self._bind_input(OBS_INPUT, self._obs1)
+        for name, array in ((Q_OUTPUT, self._q1), (ACTION_OUTPUT, self._a1)):
+            self._bound[name] = ort.OrtValue.ortvalue_from_numpy(array)
+            self._binding.bind_ortvalue_output(name, self._bound[name])
         self._params: dict[str, np.ndarray] = dict(self._meta)
         self._bind_params()
         support = int(bundle.manifest["inner"]["support_size"]) or DEFAULT_CAPACITY
