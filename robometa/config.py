@@ -159,6 +159,13 @@ class LoggingConfig:
         "environment steps between checkpoints (each one is an episode boundary for every env)",
         lo=1,
     )
+    eval_every: int = _f(
+        0,
+        "environment steps between model-selection evaluations on training tasks; policy.pt "
+        "keeps the best (0: keep the final policy)",
+        lo=0,
+    )
+    eval_tasks: int = _f(8, "training-split tasks of each model-selection evaluation", lo=1)
     progress: bool = _f(True, "show a progress bar")
     tensorboard: bool = _f(True, "also write TensorBoard events when tensorboard is installed")
 

@@ -3,9 +3,9 @@
 Protocol, for every method and held-out task: collect ``support_size`` transitions with the
 method's initial policy (epsilon-greedy at ``support_epsilon``), adapt for ``k`` steps for each
 ``k`` in the curve, and measure the greedy return. Methods that do not adapt are evaluated the
-same way with ``k = 0``. Scores are normalized per task,
-``(R - R_random) / (R_oracle - R_random)``, with 95% bootstrap confidence intervals over
-(task, training seed) pairs, separately for in-distribution held-out tasks (``id``: train
+same way with ``k = 0``. Scores are normalized,
+``(R - R_random) / (R_oracle - R_random)`` with the returns pooled over (task, training seed)
+pairs before dividing, with 95% bootstrap confidence intervals over those pairs, separately for in-distribution held-out tasks (``id``: train
 ranges, unseen seeds) and out-of-distribution ones (``ood``: the wider test ranges).
 
 Any method that maps support transitions to a policy plugs in through :class:`Method`:
@@ -211,6 +211,35 @@ def normalized(r: float, r_random: float, r_oracle: float) -> float:
     return (r - r_random) / gap if gap > 1e-6 else math.nan
 
 
+def normalized_ci(
+    returns: Sequence[float],
+    rand: Sequence[float],
+    oracle: Sequence[float],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Normalized score of a set of (task, seed) results, with a 95% bootstrap interval.
+
+    ``(mean R - mean R_random) / (mean R_oracle - mean R_random)`` over the pairs: pooling
+    before dividing keeps a task on which the oracle is barely better than random from
+    dominating (per-task ratios explode there). The interval resamples the pairs.
+    """
+    r, rr, ro = (np.asarray(x, np.float64) for x in (returns, rand, oracle))
+    if r.size == 0:
+        return math.nan, math.nan, math.nan
+    point = normalized(r.mean(), rr.mean(), ro.mean())
+    if r.size == 1 or math.isnan(point):
+        return point, point, point
+    idx = np.random.default_rng(seed).integers(0, r.size, size=(n_boot, r.size))
+    gap = ro[idx].mean(1) - rr[idx].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boots = np.where(gap > 1e-6, (r[idx].mean(1) - rr[idx].mean(1)) / gap, np.nan)
+    boots = boots[np.isfinite(boots)]
+    if boots.size == 0:
+        return point, math.nan, math.nan
+    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
 def summarize(
     methods: dict[str, list[dict[str, list[list[float]]]]],
     steps: Sequence[int],
@@ -219,25 +248,27 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """One row per (method, group, k): mean return and normalized score with 95% CI.
 
-    ``methods[name]`` holds one result per training seed.
+    ``methods[name]`` holds one result per training seed; the pairs (task, seed) are pooled.
     """
     rows = []
     for name, per_seed in methods.items():
         for group in rand:
             for ki, k in enumerate(steps):
-                raw, scores = [], []
+                raw, r_rand, r_oracle = [], [], []
                 for res in per_seed:
                     for ti, task_returns in enumerate(res[group]):
                         if ki >= len(task_returns):
                             continue
-                        r = task_returns[ki]
-                        raw.append(r)
+                        raw.append(task_returns[ki])
+                        r_rand.append(rand[group][ti])
                         if oracle is not None:
-                            scores.append(normalized(r, rand[group][ti], oracle[group][ti]))
+                            r_oracle.append(oracle[group][ti])
                 if not raw:
                     continue
-                scores = [s for s in scores if not math.isnan(s)]
-                mean, lo, hi = bootstrap_ci(scores)
+                if oracle is not None:
+                    mean, lo, hi = normalized_ci(raw, r_rand, r_oracle)
+                else:
+                    mean = lo = hi = math.nan
                 rmean, rlo, rhi = bootstrap_ci(raw)
                 rows.append(
                     {

@@ -169,6 +169,48 @@ def plot_learning_curve(run_dir: Path) -> Path:
     return out
 
 
+SELECTION_SEED = 5_000  # training-split tasks for model selection (eval uses other seeds)
+
+
+def selection_return(policy: Policy, cfg: Config) -> float:
+    """Mean greedy return on fixed *training* tasks, after adaptation for the meta-learners.
+
+    The same protocol as evaluation (support set, adapt, greedy episode) on tasks drawn from
+    the train split, so choosing the best policy never looks at held-out robots.
+    """
+    from robometa.evaluate import PolicyMethod, TaskSet, evaluate_method
+    from robometa.rollout import make_env
+
+    env = make_env(cfg.env.id, cfg.env.dynamics)
+    space = env.unwrapped.dynamics_space
+    env.close()
+    n = cfg.logging.eval_tasks
+    if cfg.env.tasks == "nominal":
+        tasks = [space.nominal()] * n
+    else:
+        tasks = space.sample(n, seed=SELECTION_SEED, split="train")
+    adapts = cfg.algorithm in META_ALGORITHMS
+    method = PolicyMethod(
+        "selection", policy, cfg.adaptation.support_epsilon, lrs=None if adapts else {}
+    )
+    res = evaluate_method(
+        method,
+        [TaskSet("selection", tasks)],
+        [policy.adapt_steps if adapts else 0],
+        1,
+        cfg.env.dynamics,
+    )
+    return float(np.mean([r[0] for r in res["selection"]]))
+
+
+def _truncate_selection(path: Path, env_steps: int) -> None:
+    """Drop selection rows a killed run wrote after its last checkpoint."""
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= env_steps]
+        path.write_text("".join(keep))
+
+
 def _rng_state(alg: Algorithm) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": alg.rng.bit_generator.state}
 
@@ -211,6 +253,7 @@ def train(
         run_dir, state["algorithm"]["env_steps"] if state else None, cfg.logging.tensorboard
     )
     if state is not None:
+        _truncate_selection(run_dir / "selection.csv", int(state["algorithm"]["env_steps"]))
         alg.load_state_dict(state["algorithm"])
         torch.set_rng_state(state["rng"]["torch"])
         alg.rng.bit_generator.state = state["rng"]["numpy"]
@@ -238,6 +281,24 @@ def train(
         )
     t0 = time.perf_counter()
     last_t, last_steps, epsilon = t0, alg.env_steps, math.nan
+    every = cfg.logging.eval_every
+    next_eval = (alg.env_steps // every + 1) * every if every else math.inf
+    best = float(state.get("best_selection", -math.inf)) if state else -math.inf
+
+    def select() -> None:
+        """Evaluate on training tasks; ``policy.pt`` keeps the best policy so far."""
+        nonlocal best
+        policy = alg.policy()
+        score = selection_return(policy, cfg)
+        path = run_dir / "selection.csv"
+        new_file = not path.exists()
+        with open(path, "a") as f:
+            if new_file:
+                f.write("env_steps,train_task_return,best\n")
+            f.write(f"{alg.env_steps},{score},{max(best, score)}\n")
+        if score > best:
+            best = score
+            policy.save(run_dir)
 
     def checkpoint() -> None:
         # The state (RNG included) is taken just before the boundary, which a resume replays.
@@ -254,6 +315,7 @@ def train(
             # log_every): the resumed run's next row averages the same losses.
             "last_return": log.last_return,
             "pending_losses": list(log.losses),
+            "best_selection": best,
         }
         alg.boundary()
         save_atomic(snapshot, ckpt_path)
@@ -280,14 +342,21 @@ def train(
                         sps=f"{sps:.0f}",
                         refresh=False,
                     )
+            if alg.env_steps >= next_eval and alg.env_steps < total:
+                select()
+                next_eval += every
             if alg.env_steps >= next_ckpt and alg.env_steps < total:
                 checkpoint()
                 next_ckpt += cfg.logging.checkpoint_every
             if stop_after is not None and alg.env_steps >= stop_after:
                 return alg.policy()
+        if every:
+            select()  # the final policy competes too; policy.pt holds the best
+            policy = Policy.load(run_dir)
+        else:
+            policy = alg.policy()
+            policy.save(run_dir)
         checkpoint()
-        policy = alg.policy()
-        policy.save(run_dir)
     finally:
         if bar is not None:
             bar.close()

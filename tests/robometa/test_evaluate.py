@@ -80,8 +80,9 @@ def test_summarize_known_inputs() -> None:
         ("m", "g", 1, 4),
     ]
     r0, r1 = rows
-    assert r0["score"] == pytest.approx((0.5 + 0.0 + 0.25 + 0.5) / 4)
-    assert r1["score"] == pytest.approx((1.0 + 1.0 + 0.75 + 0.5) / 4)
+    # Pooled over the four (task, seed) pairs: mean R_random 15, mean R_oracle 85.
+    assert r0["score"] == pytest.approx(((60 + 20 + 35 + 40) / 4 - 15) / (85 - 15))
+    assert r1["score"] == pytest.approx(((110 + 60 + 85 + 40) / 4 - 15) / (85 - 15))
     assert r0["return"] == pytest.approx((60 + 20 + 35 + 40) / 4)
     for r in rows:
         assert r["score_lo"] <= r["score"] <= r["score_hi"]
@@ -92,9 +93,11 @@ def test_summarize_known_inputs() -> None:
     assert no_oracle[1]["return"] == pytest.approx(85.0)
 
 
-def test_summarize_skips_tasks_where_the_oracle_is_no_better_than_random() -> None:
+def test_summarize_pools_tasks_before_normalizing() -> None:
+    # Task 1's oracle is no better than random: a per-task ratio would be undefined there;
+    # pooled, mean R 45, mean R_random 30, mean R_oracle 80 -> 0.3.
     rows = summarize({"m": [{"g": [[60.0], [30.0]]}]}, [0], {"g": [10.0, 50.0]}, {"g": [110, 50]})
-    assert rows[0]["score"] == pytest.approx(0.5)  # task 1 has no scale: left out of the score
+    assert rows[0]["score"] == pytest.approx(0.3)
     assert rows[0]["n"] == 2 and rows[0]["return"] == pytest.approx(45.0)
 
 
