@@ -298,6 +298,11 @@ def config_from_dict(data: Mapping[str, Any], source: str = "") -> Config:
             f"config key 'dqn.epsilon_end': {cfg.dqn.epsilon_end} must not exceed "
             f"dqn.epsilon_start = {cfg.dqn.epsilon_start}{' in ' + source if source else ''}"
         )
+    if cfg.algorithm == "anil" and cfg.adaptation.loss == "model":
+        raise ValueError(
+            "config key 'adaptation.loss': anil adapts only the heads, and the model loss never "
+            f"reaches the Q head, so it needs 'td' or 'td+model', got 'model'{' in ' + source if source else ''}"
+        )
     if cfg.algorithm == "reptile" and cfg.adaptation.loss == "model":
         # Checked here, not only by MetaLearner: train() writes the run directory first.
         raise ValueError(

@@ -180,6 +180,12 @@ def test_reptile_with_the_model_loss_is_rejected(tmp_path: Path) -> None:
         MetaLearner(bad)
 
 
+def test_anil_with_the_model_loss_is_rejected() -> None:
+    # ANIL adapts the heads only; the model loss never reaches the Q head.
+    with pytest.raises(ValueError, match=r"adaptation\.loss.*anil.*'model'.*cartpole_cavia"):
+        load_config(CAVIA_YAML, ["algorithm=anil", "adaptation.loss=model", *TINY])
+
+
 def test_cavia_needs_a_context_vector() -> None:
     with pytest.raises(ValueError, match="network.context_dim"):
         load_config(CAVIA_YAML, ["network.context_dim=0"])
