@@ -321,7 +321,8 @@ def plot_adaptation(rows: list[dict[str, Any]], path: Path, use_score: bool = Tr
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
     key = "score" if use_score and any(not math.isnan(r["score"]) for r in rows) else "return"
     for ax, group in zip(axes[0], groups, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for ci, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+            color = f"C{ci % 10}"
             rs = sorted(
                 (r for r in rows if r["method"] == method and r["group"] == group),
                 key=lambda r: r["steps"],
@@ -330,9 +331,17 @@ def plot_adaptation(rows: list[dict[str, Any]], path: Path, use_score: bool = Tr
                 continue
             x = [r["steps"] for r in rs]
             y = [r[key] for r in rs]
-            ax.plot(x, y, marker="o", label=method)
+            if len(rs) == 1:  # a method that does not adapt: a level line across the curve
+                ax.axhline(y[0], linestyle="--", linewidth=1.2, color=color, label=method)
+                ax.plot(x, y, marker="o", color=color)
+                continue
+            ax.plot(x, y, marker="o", color=color, label=method)
             ax.fill_between(
-                x, [r[f"{key}_lo"] for r in rs], [r[f"{key}_hi"] for r in rs], alpha=0.15
+                x,
+                [r[f"{key}_lo"] for r in rs],
+                [r[f"{key}_hi"] for r in rs],
+                alpha=0.15,
+                color=color,
             )
         ax.set(
             title=f"{group} tasks",
