@@ -31,6 +31,7 @@ TINY = [
     "logging.tensorboard=false",
     "logging.log_every=40",
     "logging.checkpoint_every=80",
+    "logging.eval_every=0",  # no model selection: policy.pt is the final policy
     "network.hidden=[16, 16]",
     "meta.task_pool=4",
     "meta.meta_batch=2",
