@@ -46,6 +46,8 @@ class Param:
     limits: tuple[float, float] = (-math.inf, math.inf)
     integer: bool = False
     doc: str = ""
+    #: the only physically meaningful values, when they are a discrete set (e.g. a sign).
+    values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.distribution not in _DISTRIBUTIONS:
@@ -86,6 +88,12 @@ class Param:
             raise ValueError(
                 f"parameter {self.name!r}: {what} {value!r} is outside the physical range "
                 f"[{lo}, {hi}] ({self.unit}){_where(source)}"
+            )
+        if self.values and v not in self.values:
+            raise ValueError(
+                f"parameter {self.name!r}: {what} {value!r} is not one of "
+                f"{[int(x) if self.integer else x for x in self.values]} ({self.unit})"
+                f"{_where(source)}"
             )
         if self.integer:
             if v != round(v):
@@ -136,6 +144,7 @@ def motor_sign_param(doc: str) -> Param:
         (-1.0, 1.0),
         integer=True,
         doc=doc,
+        values=(-1.0, 1.0),
     )
 
 

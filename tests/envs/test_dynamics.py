@@ -39,6 +39,7 @@ def test_task_file_missing_parameters_take_nominal(tmp_path):
         ("tasks: [{pole_lenght: 1.0}]", r"unknown dynamics parameter 'pole_lenght'.*tasks\[0\]"),
         ("tasks: [{}, {cart_mass: -2}]", r"cart_mass.*-2.*physical range.*tasks\[1\]"),
         ("tasks: [{latency_steps: 1.5}]", r"latency_steps.*whole number"),
+        ("tasks: [{motor_sign: 0}]", r"motor_sign.*0.*not one of \[-1, 1\]"),
         ("tasks: [{cart_mass: heavy}]", r"cart_mass.*type str"),
         ("tasks: [[1, 2]]", r"must be a mapping"),
         ("robots: []", r"'tasks' list"),
