@@ -27,6 +27,7 @@ the context vector fed to the network, reset to zero for every task (CAVIA).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,7 @@ class MetaLearner:
         ]
         self.env_steps = 0
         self.outer_steps = 0
+        self.skipped_updates = 0
         self.boundary()
 
     def _fresh_tasks(self, n: int) -> list[Task]:
@@ -212,7 +214,12 @@ class MetaLearner:
                 adapted = self._adapt(dict(meta_now), slot.support.all(), first_order=True)
             self._collect(slot, adapted, m.collect_steps, eps, False, returns)
         losses = [self._outer_step() for _ in range(m.updates_per_collect)]
-        return {"returns": returns, "loss": losses, "epsilon": eps}
+        return {
+            "returns": returns,
+            "loss": [x for x in losses if math.isfinite(x)],
+            "epsilon": eps,
+            "skipped_updates": self.skipped_updates,
+        }
 
     def _support_batch(self, slot: _TaskSlot) -> Batch:
         """The task's support ring; resampled to full size while it is still filling."""
@@ -250,10 +257,15 @@ class MetaLearner:
         else:
             losses, _ = torch.func.vmap(per_task)(tuple(support), tuple(query))
             losses.mean().backward()
-            if self.cfg.dqn.max_grad_norm > 0:
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.dqn.max_grad_norm)
-            self.optimizer.step()
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            max_norm = self.cfg.dqn.max_grad_norm if self.cfg.dqn.max_grad_norm > 0 else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if torch.isfinite(norm) and torch.isfinite(losses).all():
+                self.optimizer.step()
+            else:
+                # An inner loop that diverged on some task: skip the update rather than let
+                # NaN reach the meta-parameters; the count shows in the metrics.
+                self.skipped_updates += 1
             with torch.no_grad():
                 for lr in self.lrs.values():
                     if lr.requires_grad:
@@ -266,7 +278,8 @@ class MetaLearner:
             with torch.no_grad():
                 for k, v in self.meta_params.items():
                     self.target[k].copy_(v)
-        return float(losses.detach().mean())
+        finite = losses.detach()[torch.isfinite(losses.detach())]
+        return float(finite.mean()) if finite.numel() else math.nan
 
     # -------------------------------------------------------------- persistence
 
@@ -286,6 +299,7 @@ class MetaLearner:
             ],
             "env_steps": self.env_steps,
             "outer_steps": self.outer_steps,
+            "skipped_updates": self.skipped_updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -301,6 +315,7 @@ class MetaLearner:
             slot.replay.load_state_dict(s["replay"])
         self.env_steps = int(state["env_steps"])
         self.outer_steps = int(state["outer_steps"])
+        self.skipped_updates = int(state.get("skipped_updates", 0))
 
     def policy(self) -> Policy:
         a = self.cfg.adaptation

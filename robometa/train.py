@@ -340,6 +340,11 @@ def train(
                         ret=f"{row['return_mean']:.1f}",
                         loss=f"{row['loss']:.3g}",
                         sps=f"{sps:.0f}",
+                        **(
+                            {"skipped": metrics["skipped_updates"]}
+                            if metrics.get("skipped_updates")
+                            else {}
+                        ),
                         refresh=False,
                     )
             if alg.env_steps >= next_eval and alg.env_steps < total:
