@@ -222,6 +222,7 @@ class Adapter:
         self.obs_names = tuple(bundle.manifest["observation"]["names"])
         self.adapted = bundle.adapted
         self.default_steps = int(bundle.manifest["inner"]["steps"])
+        self.from_meta = bool(bundle.manifest["inner"].get("from_meta", False))
         self._obs_shape = (self.obs_dim,)
         self._meta = {k: _frozen(v) for k, v in bundle.params.items()}
         self._lrs = {k: _frozen(v) for k, v in bundle.lrs.items()}
@@ -440,9 +441,17 @@ class Adapter:
         """The inner loss of ``params`` on ``batch`` (the adapt graph's loss output)."""
         return self.step(params, batch)[1]
 
-    def adapt(self, steps: int | None = None) -> AdaptReport:
-        """``steps`` guarded gradient steps (default: the bundle's) on the buffered transitions."""
+    def adapt(self, steps: int | None = None, from_meta: bool | None = None) -> AdaptReport:
+        """``steps`` guarded gradient steps (default: the bundle's) on the buffered transitions.
+
+        ``from_meta`` (default: the manifest's ``inner.from_meta``, true for meta-learned
+        bundles) starts the steps from the meta-parameters, exactly as the inner loop was
+        meta-trained, instead of from the current parameters; either way the guard compares
+        the held-out loss with that of the current parameters and keeps the better.
+        """
         steps = self.default_steps if steps is None else int(steps)
+        if from_meta is None:
+            from_meta = self.from_meta
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         start = time.perf_counter()
@@ -474,7 +483,7 @@ class Adapter:
             held = train
         before = self._params
         held_before = self.loss(before, held)
-        current = dict(before)
+        current = dict(self._meta if from_meta else before)
         train_before = nan
         clipped = 0
         failure = ""

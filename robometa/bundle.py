@@ -15,7 +15,7 @@ The layout, file names, graph input/output names and the format version are defi
 | ``discount`` | the ``gamma`` fed to ``adapt.onnx`` |
 | ``normalization`` | ``obs_mean``, ``obs_std``, ``delta_std`` (already inside the graphs; informational) |
 | ``network`` | the network spec (hidden sizes, context size, activation) |
-| ``inner`` | ``kind`` (td, model, td+model), ``huber_delta``, ``model_weight``, ``steps``, ``support_size``, ``adapted`` (parameter names), ``lr`` (per adapted parameter: a number, or ``{per_parameter, shape, min, max, mean}`` for Meta-SGD), ``fine_tune`` (true when the policy had no learning rates and the export added plain fine-tuning) |
+| ``inner`` | ``kind`` (td, model, td+model), ``huber_delta``, ``model_weight``, ``steps``, ``support_size``, ``adapted`` (parameter names), ``lr`` (per adapted parameter: a number, or ``{per_parameter, shape, min, max, mean}`` for Meta-SGD), ``fine_tune`` (true when the policy had no learning rates and the export added plain fine-tuning), ``from_meta`` (true: every ``adapt`` starts from the meta-parameters, as in meta-training) |
 | ``parameters`` | name -> ``shape``, ``adapted`` |
 | ``graphs`` | per graph: file, inputs, outputs, opset |
 | ``dynamics`` | ``family``, ``overrides`` (the run's range overrides) and ``params`` (the dynamics space, overrides applied) |
@@ -295,6 +295,9 @@ def build_manifest(
             "adapted": list(lrs),
             "lr": {k: _lr_summary(v) for k, v in lrs.items()},
             "fine_tune": fine_tune,
+            # Meta-learned inner loops were trained to start from the meta-parameters on
+            # fresh support data; fine-tuning continues from wherever it is.
+            "from_meta": not fine_tune,
         },
         "parameters": {k: {"shape": list(v.shape), "adapted": k in lrs} for k, v in params.items()},
         "dynamics": {

@@ -179,6 +179,27 @@ class TestAdapt:
             adapter.q_values(obs), torch_q(built.policy, adapter.params, obs), atol=1e-5
         )
 
+    def test_each_round_restarts_from_the_meta_parameters(self, cavia) -> None:
+        # A meta-learned inner loop starts at the meta-parameters on fresh support data, in
+        # training and on the robot: a second round equals a first round on the new buffer.
+        adapter = Adapter.load(
+            cavia.path, holdout_fraction=0.0, max_update_norm=None, tolerance=math.inf
+        )
+        assert adapter.from_meta
+        fill(adapter, 40, seed=1)
+        adapter.adapt(steps=3)
+        fill(adapter, adapter.buffer.capacity, seed=2)  # the buffer now holds only new data
+        adapter.adapt(steps=3)
+        fresh = Adapter.load(
+            cavia.path, holdout_fraction=0.0, max_update_norm=None, tolerance=math.inf
+        )
+        fill(fresh, fresh.buffer.capacity, seed=2)
+        fresh.adapt(steps=3)
+        np.testing.assert_array_equal(adapter.params["context"], fresh.params["context"])
+        # Continuing from the current parameters is still available.
+        adapter.adapt(steps=3, from_meta=False)
+        assert not np.array_equal(adapter.params["context"], fresh.params["context"])
+
     def test_adapting_lowers_the_training_loss(self, cavia) -> None:
         adapter = Adapter.load(cavia.path)
         fill(adapter, 60)

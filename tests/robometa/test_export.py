@@ -212,6 +212,7 @@ class TestManifest:
         assert m["inner"]["kind"] == inner.kind
         assert m["inner"]["adapted"] == list(lrs)
         assert m["inner"]["fine_tune"] is fine_tune
+        assert m["inner"]["from_meta"] is (not fine_tune)
         assert m["inner"]["steps"] == policy.adapt_steps
         assert m["inner"]["support_size"] == policy.support_size
         assert m["config"] == policy.config
@@ -287,6 +288,7 @@ class TestMethods:
         assert all(float(v) == pytest.approx(0.005) for v in bundle.lrs.values())
         inner = bundle.manifest["inner"]
         assert inner["fine_tune"] is True and inner["kind"] == "td"
+        assert inner["from_meta"] is False  # fine-tuning continues from where it is
         assert bundle.manifest["privileged"] is True
 
     def test_run_config_is_copied(self, exported) -> None:
