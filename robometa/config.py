@@ -74,6 +74,13 @@ class DQNConfig:
 
     total_steps: int = _f(50000, "environment steps of training (all envs together)", lo=1)
     learning_rate: float = _f(1e-3, "Adam learning rate", lo=0.0, hi=1.0)
+    lr_end_fraction: float = _f(
+        1.0,
+        "learning rate at the end of training as a fraction of learning_rate, reached by linear "
+        "decay over total_steps (1: constant); a decayed rate settles the final greedy policy",
+        lo=0.0,
+        hi=1.0,
+    )
     batch_size: int = _f(64, "transitions per gradient step", lo=1, hi=65536)
     buffer_size: int = _f(50000, "replay buffer capacity (transitions)", lo=1)
     gamma: float = _f(0.99, "discount factor", lo=0.0, hi=1.0)

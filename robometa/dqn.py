@@ -145,8 +145,17 @@ class DQN:
             )
         return torch.nn.functional.huber_loss(q_sa, target, delta=d.huber_delta)
 
+    def learning_rate(self) -> float:
+        """Linear decay from ``learning_rate`` to ``lr_end_fraction`` of it at ``total_steps``."""
+        d = self.cfg.dqn
+        progress = min(1.0, self.env_steps / d.total_steps)
+        return d.learning_rate * (1.0 - (1.0 - d.lr_end_fraction) * progress)
+
     def _gradient_step(self) -> float:
         d = self.cfg.dqn
+        if d.lr_end_fraction != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate()
         batch = self.buffer.sample(d.batch_size, self.rng)
         loss = self.td_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)

@@ -178,3 +178,32 @@ class TestEpsilonSchedule:
     def test_zero_fraction_drops_to_the_end_value_at_once(self) -> None:
         assert linear_epsilon(0, 1000, 1.0, 0.05, 0.0) == pytest.approx(1.0)
         assert linear_epsilon(1, 1000, 1.0, 0.05, 0.0) == pytest.approx(0.05)
+
+
+class TestLearningRateSchedule:
+    @pytest.mark.parametrize(
+        ("env_steps", "expected"), [(0, 1e-3), (500, 6e-4), (1000, 2e-4), (4000, 2e-4)]
+    )
+    def test_linear_decay_to_the_end_fraction(self, env_steps: int, expected: float) -> None:
+        cfg = config_from_dict(
+            {"dqn": {"total_steps": 1000, "learning_rate": 1e-3, "lr_end_fraction": 0.2}}
+        )
+        agent = DQN.__new__(DQN)  # the schedule needs only the config and the step count
+        agent.cfg, agent.env_steps = cfg, env_steps
+        assert agent.learning_rate() == pytest.approx(expected)
+
+    def test_optimizer_follows_the_schedule(self) -> None:
+        cfg = config_from_dict(
+            {
+                "env": {"tasks": "nominal", "num_envs": 1},
+                "dqn": {"total_steps": 1000, "learning_starts": 100, "lr_end_fraction": 0.0},
+            }
+        )
+        agent = DQN(cfg)
+        try:
+            for _ in range(500):
+                agent.iterate()
+            # set at the gradient step that follows env step 500: halfway
+            assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+        finally:
+            agent.close()
