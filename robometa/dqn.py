@@ -58,6 +58,14 @@ class DQN:
         self.n_actions = int(self.envs[0].action_space.n)
         self.net = build_network(cfg, obs_dim, self.n_actions)
         fit_normalization(self.net, self.envs[0], self._tasks(8), 2000, self.rng)
+        if self.privileged:
+            # The appended dynamics parameters are normalized already (the wrapper maps the
+            # train range to [-1, 1]); statistics over 8 draws would skew them, and a choice
+            # parameter equal on all 8 would get the 1e-3 floor as its scale.
+            base = self.envs[0].unwrapped.observation_space.shape[0]
+            with torch.no_grad():
+                self.net.obs_mean[base:] = 0.0
+                self.net.obs_std[base:] = 1.0
         # The target network is a frozen module copy; ``target`` names its parameter tensors
         # (updated in place), the functional form ``adaptation.td_loss`` takes.
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)

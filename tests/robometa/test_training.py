@@ -211,6 +211,9 @@ class TestOracle:
             for i, env in enumerate(agent.envs):
                 expected = space.normalized(env.unwrapped.get_task())
                 np.testing.assert_allclose(agent.obs[i, base_dim:], expected, atol=1e-6)
+            # The parameters enter the network as the wrapper normalized them.
+            assert agent.net.obs_mean[base_dim:].eq(0).all()
+            assert agent.net.obs_std[base_dim:].eq(1).all()
             # Two envs, two different robots (domain randomization per env and episode).
             assert not np.array_equal(agent.obs[0, base_dim:], agent.obs[1, base_dim:])
             policy = agent.policy()
