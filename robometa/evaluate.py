@@ -454,9 +454,10 @@ def run_evaluation(
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "results.md").write_text(
         f"# Adaptation results on {env_id}\n\n{table}\n\n"
-        f"Normalized score: (R - R_random) / (R_oracle - R_random) per task; "
-        f"95% bootstrap CI over tasks x training seeds. Support: transitions collected with "
-        f"each method's initial policy; steps: gradient steps on them.\n"
+        f"Normalized score: (R - R_random) / (R_oracle - R_random), returns pooled over "
+        f"(task, training seed) pairs; 95% bootstrap CI over those pairs (n/a without an "
+        f"oracle run). Support: transitions collected with each method's initial policy; "
+        f"steps: gradient steps on them.\n"
     )
     plot_adaptation(rows, out / "adaptation.png")
     print(table)
