@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import gymnasium as gym
@@ -46,6 +47,12 @@ def test_spec_docstring_has_every_section(env_id, make_env):
         assert f"`{name}`" in cls.__doc__, f"{cls.__name__} docstring does not document {name}"
     assert len(cls.observation_names) == make_env(env_id).observation_space.shape[0]
     assert len(cls.action_names) == make_env(env_id).action_space.n
+
+
+def test_docstring_dynamics_table_matches_the_space(env_id, make_env):
+    # The spec table is the space's own table, so the docs cannot drift from the ranges.
+    cls = type(make_env(env_id).unwrapped)
+    assert cls.dynamics_space.table() in inspect.cleandoc(cls.__doc__)
 
 
 def test_render_rgb_array_headless(env_id, make_env):
