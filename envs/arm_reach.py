@@ -15,6 +15,7 @@ from robometa.envs.dynamics import (
     DynamicsSpace,
     Param,
     Task,
+    actuator_gain_param,
     motor_sign_param,
 )
 
@@ -87,16 +88,7 @@ ARM_REACH_DYNAMICS = DynamicsSpace(
             (0.0, 1000.0),
             doc="viscous damping of A1, A2, A4",
         ),
-        Param(
-            "actuator_gain",
-            "-",
-            1.0,
-            (0.5, 2.0),
-            (0.25, 4.0),
-            "loguniform",
-            (0.0, 100.0),
-            doc="multiplies every servo's torque limit",
-        ),
+        actuator_gain_param("multiplies every servo's torque limit"),
         motor_sign_param(
             "-1: the base-yaw motor (A1) is mounted reversed (+y moves the arm to -y)"
         ),

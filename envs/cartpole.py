@@ -15,6 +15,7 @@ from robometa.envs.dynamics import (
     DynamicsSpace,
     Param,
     Task,
+    actuator_gain_param,
     motor_sign_param,
 )
 
@@ -67,16 +68,7 @@ CARTPOLE_DYNAMICS = DynamicsSpace(
             (0.0, 10.0),
             doc="viscous damping of the pole hinge",
         ),
-        Param(
-            "actuator_gain",
-            "-",
-            1.0,
-            (0.5, 2.0),
-            (0.25, 4.0),
-            "loguniform",
-            (0.0, 100.0),
-            doc="multiplies the 10 N push",
-        ),
+        actuator_gain_param("multiplies the 10 N push"),
         motor_sign_param("-1: the motor is mounted reversed (push right moves left)"),
         LATENCY_STEPS,
         OBS_NOISE,

@@ -16,6 +16,7 @@ from robometa.envs.dynamics import (
     DynamicsSpace,
     Param,
     Task,
+    actuator_gain_param,
     motor_sign_param,
 )
 
@@ -92,16 +93,7 @@ DIFF_DRIVE_DYNAMICS = DynamicsSpace(
             (0.0, 10.0),
             doc="viscous damping of the wheel axles",
         ),
-        Param(
-            "actuator_gain",
-            "-",
-            1.0,
-            (0.5, 2.0),
-            (0.25, 4.0),
-            "loguniform",
-            (0.0, 100.0),
-            doc="multiplies the commanded wheel speeds",
-        ),
+        actuator_gain_param("multiplies the commanded wheel speeds"),
         Param(
             "left_right_mismatch",
             "-",

@@ -132,6 +132,13 @@ class Param:
         )
 
 
+def actuator_gain_param(doc: str) -> Param:
+    """Motor strength relative to nominal, every family (Peng et al. 2018: gains x[0.5, 2])."""
+    return Param(
+        "actuator_gain", "-", 1.0, (0.5, 2.0), (0.25, 4.0), "loguniform", (0.0, 100.0), doc=doc
+    )
+
+
 def motor_sign_param(doc: str) -> Param:
     """The reversed-motor parameter every family has: -1 mounts one motor backwards."""
     return Param(

@@ -15,6 +15,7 @@ from robometa.envs.dynamics import (
     DynamicsSpace,
     Param,
     Task,
+    actuator_gain_param,
     motor_sign_param,
 )
 
@@ -86,16 +87,7 @@ REACHER_DYNAMICS = DynamicsSpace(
             (0.0, 10.0),
             doc="viscous damping of both joints",
         ),
-        Param(
-            "actuator_gain",
-            "-",
-            1.0,
-            (0.5, 2.0),
-            (0.25, 4.0),
-            "loguniform",
-            (0.0, 100.0),
-            doc="multiplies both joint torques",
-        ),
+        actuator_gain_param("multiplies both joint torques"),
         motor_sign_param("-1: the shoulder motor is mounted reversed"),
         LATENCY_STEPS,
         OBS_NOISE,
