@@ -130,9 +130,15 @@ def fit_normalization(
         obs.append(buf.obs[: len(buf)])
         nxt.append(buf.next_obs[: len(buf)])
     o, n = np.concatenate(obs), np.concatenate(nxt)
+    std = o.std(0)
+    # Random actions barely leave the start region (a random cart-pole episode moves the cart
+    # ~0.1 m), while a trained policy goes many of those stds further: scale by at least the
+    # family's typical magnitude of each entry, or such states become huge network inputs.
+    scale = np.asarray(getattr(env.unwrapped, "obs_scale", ()), np.float32)
+    std[: len(scale)] = np.maximum(std[: len(scale)], scale)
     with torch.no_grad():
         net.set_normalization(
             torch.from_numpy(o.mean(0)),
-            torch.from_numpy(o.std(0)),
+            torch.from_numpy(std),
             torch.from_numpy((n - o).std(0)),
         )
