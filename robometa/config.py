@@ -84,6 +84,13 @@ class DQNConfig:
     batch_size: int = _f(64, "transitions per gradient step", lo=1, hi=65536)
     buffer_size: int = _f(50000, "replay buffer capacity (transitions)", lo=1)
     gamma: float = _f(0.99, "discount factor", lo=0.0, hi=1.0)
+    n_step: int = _f(
+        1,
+        "steps of reward summed into one replayed transition (its target bootstraps with "
+        "gamma^n_step): values travel n_step steps back per target-network update",
+        lo=1,
+        hi=100,
+    )
     learning_starts: int = _f(1000, "environment steps before the first gradient step", lo=0)
     train_freq: int = _f(1, "vector steps between gradient updates", lo=1)
     gradient_steps: int = _f(1, "gradient steps per update", lo=1)

@@ -9,6 +9,7 @@ privileged oracle is the same agent whose observation carries the true dynamics 
 from __future__ import annotations
 
 import copy
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,8 @@ class DQN:
         self.grad_steps = 0
         self.obs = np.zeros((e.num_envs, obs_dim), np.float32)
         self.ep_return = np.zeros(e.num_envs)
+        # Per env, the last transitions not yet folded into an n-step transition.
+        self.pending: list[deque] = [deque() for _ in range(e.num_envs)]
         self.boundary()
 
     # -------------------------------------------------------------- environment side
@@ -92,6 +95,7 @@ class DQN:
         env.unwrapped.set_task(self._tasks(1)[0])
         self.obs[i], _ = env.reset(seed=seed_from(self.rng))
         self.ep_return[i] = 0.0
+        self.pending[i].clear()
 
     def boundary(self) -> None:
         """Restart every env: checkpoints are taken here, so a resumed run continues exactly."""
@@ -122,7 +126,7 @@ class DQN:
                 a = int(greedy[i])
             nxt, r, term, trunc, info = env.step(a)
             if not info.get("physics_error", False):
-                self.buffer.add(self.obs[i], a, r, nxt, term)
+                self._store(i, a, r, nxt, term)
             self.ep_return[i] += r
             self.obs[i] = nxt
             if term or trunc:
@@ -135,6 +139,25 @@ class DQN:
             for _ in range(d.gradient_steps):
                 losses.append(self._gradient_step())
         return {"returns": returns, "loss": losses, "epsilon": eps}
+
+    def _store(self, i: int, action: int, reward: float, next_obs: np.ndarray, term: bool) -> None:
+        """Add env ``i``'s transition, as an ``n_step`` transition once enough have arrived.
+
+        An n-step transition holds ``sum_k gamma^k r_k`` and the observation n steps later;
+        its target bootstraps with ``gamma^n``. At a termination the shorter tails are added
+        too (nothing to bootstrap); at a time-limit truncation they are dropped, since they
+        would need ``gamma^k`` for ``k < n``.
+        """
+        n, gamma = self.cfg.dqn.n_step, self.cfg.dqn.gamma
+        if n == 1:
+            self.buffer.add(self.obs[i], action, reward, next_obs, term)
+            return
+        window = self.pending[i]
+        window.append((self.obs[i].copy(), action, reward))
+        while window and (len(window) == n or term):
+            ret = sum(gamma**k * r for k, (_, _, r) in enumerate(window))
+            obs, a, _ = window.popleft()
+            self.buffer.add(obs, a, ret, next_obs, term)
 
     def td_loss(self, batch: Batch) -> Tensor:
         """``adaptation.td_loss`` of the online and target networks, called as modules.
@@ -149,7 +172,7 @@ class DQN:
             online_next = self.net(batch.next_obs, False)[0]
             target_next = self.target_net(batch.next_obs, False)[0]
             target = double_dqn_target(
-                online_next, target_next, batch.reward, batch.terminated, d.gamma
+                online_next, target_next, batch.reward, batch.terminated, d.gamma**d.n_step
             )
         return torch.nn.functional.huber_loss(q_sa, target, delta=d.huber_delta)
 

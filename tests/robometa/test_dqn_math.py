@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import pytest
 import torch
@@ -205,5 +207,63 @@ class TestLearningRateSchedule:
                 agent.iterate()
             # set at the gradient step that follows env step 500: halfway
             assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+        finally:
+            agent.close()
+
+
+class TestNStepTransitions:
+    """gamma = 0.5, n = 3; rewards 1, 2, 4, 8 from observations [0], [1], [2], [3]."""
+
+    @staticmethod
+    def agent(n_step: int) -> DQN:
+        agent = DQN.__new__(DQN)  # storing transitions needs only these
+        agent.cfg = config_from_dict({"dqn": {"gamma": 0.5, "n_step": n_step}})
+        agent.obs = np.zeros((1, 1), np.float32)
+        agent.pending = [deque()]
+        agent.buffer = ReplayBuffer(10, obs_dim=1)
+        return agent
+
+    @staticmethod
+    def play(agent: DQN, last_terminates: bool) -> Batch:
+        for t, r in enumerate([1.0, 2.0, 4.0, 8.0]):
+            agent.obs[0] = t
+            agent._store(0, t % 3, r, np.array([t + 1.0], np.float32), last_terminates and t == 3)
+        return agent.buffer.all()
+
+    def test_returns_are_discounted_sums_and_the_tail_flushes_at_termination(self) -> None:
+        got = self.play(self.agent(3), last_terminates=True)
+        assert got.obs[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert got.action.tolist() == [0, 1, 2, 0]
+        # 1 + .5 * 2 + .25 * 4;  2 + .5 * 4 + .25 * 8;  then the tails 4 + .5 * 8 and 8
+        assert got.reward.tolist() == [3.0, 6.0, 8.0, 8.0]
+        assert got.next_obs[:, 0].tolist() == [3.0, 4.0, 4.0, 4.0]  # n steps on, or the end
+        assert got.terminated.tolist() == [0.0, 1.0, 1.0, 1.0]
+
+    def test_without_termination_only_full_windows_are_stored(self) -> None:
+        agent = self.agent(3)
+        got = self.play(agent, last_terminates=False)
+        assert got.reward.tolist() == [3.0, 6.0]
+        assert got.terminated.tolist() == [0.0, 0.0]
+        assert len(agent.pending[0]) == 2  # dropped by the reset after a truncation
+
+    def test_one_step_is_the_plain_transition(self) -> None:
+        got = self.play(self.agent(1), last_terminates=True)
+        assert got.reward.tolist() == [1.0, 2.0, 4.0, 8.0]
+        assert got.next_obs[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+        assert got.terminated.tolist() == [0.0, 0.0, 0.0, 1.0]
+
+    def test_target_bootstraps_with_gamma_to_the_n(self) -> None:
+        cfg = config_from_dict(
+            {"env": {"tasks": "nominal", "num_envs": 1}, "dqn": {"gamma": 0.9, "n_step": 3}}
+        )
+        agent = DQN(cfg)
+        try:
+            net, params, target = tiny_net()
+            agent.net, agent.target_net = net, QNetwork(net.spec)
+            agent.net.load_state_dict({**params, **dict(net.named_buffers())})
+            agent.target_net.load_state_dict({**target, **dict(net.named_buffers())})
+            # TINY_BATCH with gamma^3 = 0.729: target 1 + 0.729 * 1 for the first transition
+            expected = td_loss(net, params, target, TINY_BATCH, gamma=0.729, huber_delta=1.0)
+            torch.testing.assert_close(agent.td_loss(TINY_BATCH), expected)
         finally:
             agent.close()

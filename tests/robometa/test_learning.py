@@ -16,8 +16,14 @@ SOLVED = 195.0
 
 
 @pytest.mark.slow
-def test_dqn_solves_nominal_cartpole(tmp_path: Path) -> None:
-    cfg = load_config(REPO / "configs" / "cartpole_dqn.yaml", ["logging.progress=false"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dqn_solves_nominal_cartpole(tmp_path: Path, seed: int) -> None:
+    # eval_every=0: the final policy itself, not the best one model selection would keep.
+    cfg = load_config(
+        REPO / "configs" / "cartpole_dqn.yaml",
+        ["logging.progress=false", "logging.eval_every=0"],
+        seed=seed,
+    )
     assert cfg.dqn.total_steps <= 30_000 and cfg.env.tasks == "nominal"
     policy = train(cfg, tmp_path / "run")
     env = make_env(cfg.env.id)
@@ -27,6 +33,5 @@ def test_dqn_solves_nominal_cartpole(tmp_path: Path) -> None:
         returns = [episode_return(env, act, nominal, seed=50_000 + i) for i in range(10)]
     finally:
         env.close()
-    # policy.pt is the best policy seen by model selection on the training task (5 episodes
-    # every 2000 steps); these are 10 further episodes from other start states.
+    # 10 episodes from start states training never used; 200 is the most an episode gives.
     assert np.mean(returns) >= SOLVED, returns

@@ -37,6 +37,7 @@ SMALL = {
         "batch_size": 32,
         "target_update_interval": 100,
         "exploration_fraction": 0.5,
+        "n_step": 3,  # pending partial windows must not break exact resume
     },
     "logging": {
         "log_every": 300,
