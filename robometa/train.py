@@ -245,10 +245,12 @@ def train(
                 f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to "
                 "continue it (needs checkpoint.pt), or choose another --out"
             )
-        cfg.dump(run_dir / "config.yaml")
 
     torch.set_num_threads(1)
     alg = make_algorithm(cfg)
+    if state is None:
+        # Only now: an env id or dynamics override that fails to build leaves no run behind.
+        cfg.dump(run_dir / "config.yaml")
     log = MetricsLog(
         run_dir, state["algorithm"]["env_steps"] if state else None, cfg.logging.tensorboard
     )

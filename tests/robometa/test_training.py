@@ -256,3 +256,14 @@ class TestTaskSampling:
     def test_nominal_keeps_the_nominal_robot(self) -> None:
         seen = set(self.tasks_seen("nominal", steps=100))
         assert seen == {CARTPOLE_DYNAMICS.nominal()}
+
+
+def test_a_config_that_cannot_build_its_env_leaves_no_run_behind(tmp_path: Path) -> None:
+    bad = config_from_dict({**SMALL, "env": {**SMALL["env"], "id": "robometa/Nope-v0"}})
+    with pytest.raises(ValueError, match="unknown env id 'robometa/Nope-v0'"):
+        train(bad, tmp_path / "run")
+    assert not list((tmp_path / "run").iterdir())
+    train(
+        config_from_dict({**SMALL, "dqn": {**SMALL["dqn"], "total_steps": 300}}), tmp_path / "run"
+    )
+    assert (tmp_path / "run" / "policy.pt").exists()
