@@ -173,6 +173,19 @@ def test_every_family_randomizes_the_common_parameters(env_id, make_env):
     assert common <= names, f"missing {sorted(common - names)}"
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e9])
+def test_physics_blow_up_truncates_without_nan(env_id, make_env, monkeypatch, bad):
+    env = make_env(env_id)
+    env.reset(seed=0)
+    unwrapped = env.unwrapped
+    raw = np.zeros(env.observation_space.shape[0])
+    raw[0] = bad
+    monkeypatch.setattr(unwrapped, "_observe", lambda client: raw)
+    obs, reward, term, trunc, info = env.step(type(unwrapped).noop_action)
+    assert info["physics_error"] and trunc and not term and reward == 0.0
+    assert np.all(np.isfinite(obs)) and env.observation_space.contains(obs)
+
+
 def test_bad_action_is_rejected(env_id, make_env):
     env = make_env(env_id)
     env.reset(seed=0)
