@@ -125,4 +125,11 @@ class Policy:
             path = path / POLICY_FILE
         if not path.exists():
             raise FileNotFoundError(f"no trained policy at {path} (has the run finished?)")
-        return cls.from_state(torch.load(path, weights_only=True, map_location="cpu"), path)
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as err:  # zip/pickle errors: not a file torch.save wrote
+            raise ValueError(
+                f"{path} is not a robometa policy file (expected a run directory or its "
+                f"{POLICY_FILE}): {type(err).__name__}: {str(err).splitlines()[0]}"
+            ) from err
+        return cls.from_state(state, path)

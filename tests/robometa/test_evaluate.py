@@ -300,6 +300,12 @@ def test_eval_cli_errors_are_clear(tiny_runs: tuple[Path, Path], tmp_path: Path,
     code = cli_main(["eval", str(tmp_path / "no_run"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "no trained policy" in capsys.readouterr().err
+    log = tmp_path / "train.log"  # e.g. a shell glob that also matched a log file
+    log.write_text("step 1000 return 12.0\n")
+    code = cli_main(["eval", str(dqn), str(log), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train.log" in err and "not a robometa policy file" in err
 
 
 def test_non_adapting_rows_are_labelled_zero_steps(
