@@ -10,6 +10,7 @@ the action mapping, the observation and the reward.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import tempfile
 from collections import deque
@@ -30,7 +31,16 @@ class _Client(BulletClient):
 
     ``BulletClient`` builds a new ``functools.partial`` on every attribute access, which costs
     more than many of the calls it wraps; this keeps the first one (except ``disconnect``).
+    It also connects without an ``options`` string: PyBullet prints ``argv[0]=`` to stdout for
+    every DIRECT connection that passes one, which would litter every log.
     """
+
+    def __init__(self, connection_mode: int) -> None:
+        self._shapes: dict = {}
+        self._pid = os.getpid()
+        self._client = pybullet.connect(connection_mode)
+        if self._client < 0:
+            raise RuntimeError(f"PyBullet could not connect (mode {connection_mode})")
 
     def __getattr__(self, name: str) -> Any:
         attribute = super().__getattr__(name)
