@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,15 +28,34 @@ DEFAULT_METHODS = ("dr", "oracle", "cavia", "maml", "fomaml", "metasgd", "anil",
 META = ("cavia", "maml", "fomaml", "metasgd", "anil", "reptile")
 TARGET_META = 0.9
 TARGET_DR_BELOW = 0.6
+# Relative training cost per run at the shipped budgets (measured on CartPole): the pool
+# starts the costliest first.
+COST = {"metasgd": 3.6, "maml": 3.2, "anil": 2.0, "fomaml": 1.8, "reptile": 1.8, "cavia": 1.4}
 
 
 def train_runs(
-    family: str, methods: list[str], seeds: list[int], steps: int | None, runs_dir: Path
+    family: str,
+    methods: list[str],
+    seeds: list[int],
+    steps: int | None,
+    runs_dir: Path,
+    jobs: int = 1,
+    oracle_steps: int | None = None,
 ) -> list[Path]:
-    from robometa.config import load_config
-    from robometa.train import train
+    """Train every (method, seed) of ``family`` that has no finished run yet, ``jobs`` at a time.
 
-    runs = []
+    Each run's output goes to ``<run>.log`` next to it; this process shows one progress bar
+    over the runs. The costliest runs start first, so the pool drains evenly.
+    """
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from robometa.train import train_to_log
+
+    runs, todo = [], []
     for method in methods:
         config = ROOT / "configs" / f"{family}_{method}.yaml"
         if not config.exists():
@@ -43,18 +63,34 @@ def train_runs(
             continue
         for seed in seeds:
             run = runs_dir / family / f"{method}-seed{seed}"
+            runs.append(run)
             if (run / "policy.pt").exists():
                 print(f"[reuse] {run}", flush=True)
-            else:
-                if run.exists():
-                    import shutil
-
-                    shutil.rmtree(run)  # an unfinished run of an earlier benchmark
-                cfg = load_config(config, steps=steps if method != "oracle" else None, seed=seed)
-                t = time.perf_counter()
-                train(cfg, run)
-                print(f"[trained] {run} in {time.perf_counter() - t:.0f} s", flush=True)
-            runs.append(run)
+                continue
+            if run.exists():
+                shutil.rmtree(run)  # an unfinished run of an earlier benchmark
+            run.parent.mkdir(parents=True, exist_ok=True)
+            budget = steps if method != "oracle" else oracle_steps
+            todo.append((COST.get(method, 1.0), str(config), budget, seed, run))
+    todo.sort(key=lambda job: -job[0])
+    if not todo:
+        return runs
+    bar = tqdm(total=len(todo), unit="run", desc=f"train {family}", mininterval=0)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(train_to_log, c, str(run), str(run) + ".log", b, seed): run
+            for _, c, b, seed, run in todo
+        }
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                seconds = future.result()
+            except Exception as err:
+                pool.shutdown(cancel_futures=True)
+                raise RuntimeError(f"training {run} failed; see {run}.log") from err
+            bar.write(f"[trained] {run} in {seconds:.0f} s")
+            bar.update()
+    bar.close()
     return runs
 
 
@@ -102,9 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="override every method's env-step budget (the oracle keeps its own)",
     )
+    p.add_argument("--oracle-steps", type=int, help="override the oracle's env-step budget")
     p.add_argument("--n-tasks", type=int, default=10, help="held-out tasks per group")
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--runs-dir", default="bench-results/runs")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="training runs at a time (each uses one core)",
+    )
     args = p.parse_args(argv)
 
     from robometa.evaluate import run_evaluation
@@ -117,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         "families": {},
     }
     for family in args.families.split(","):
-        runs = train_runs(family, methods, seeds, args.steps, Path(args.runs_dir))
+        runs = train_runs(
+            family, methods, seeds, args.steps, Path(args.runs_dir), args.jobs, args.oracle_steps
+        )
         out_dir = Path(args.runs_dir) / family / "eval"
         res = run_evaluation(
             runs, tasks="test", n_tasks=args.n_tasks, episodes=args.episodes, out=out_dir

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 import yaml
 
 from robometa import __version__
-from robometa.config import META_ALGORITHMS, Config, config_from_dict
+from robometa.config import META_ALGORITHMS, Config, config_from_dict, load_config
 from robometa.policy import Policy
 
 CHECKPOINT_FORMAT = 1
@@ -371,3 +372,35 @@ def train(
         alg.close()
     plot_learning_curve(run_dir)
     return policy
+
+
+def train_to_log(
+    config: str | Path,
+    run_dir: str | Path,
+    log: str | Path,
+    steps: int | None = None,
+    seed: int | None = None,
+) -> float:
+    """Train ``config`` into ``run_dir`` with all output (progress bar included) sent to ``log``.
+
+    For worker processes that train several runs side by side; returns the wall-clock seconds.
+    The process's own stdout and stderr are restored afterwards.
+    """
+    cfg = load_config(config, steps=steps, seed=seed)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "w") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            t = time.perf_counter()
+            train(cfg, run_dir)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            return time.perf_counter() - t
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])

@@ -1,0 +1,90 @@
+"""benchmarks/adaptation.py: the claim check on known numbers, and a tiny end-to-end sweep."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("adaptation_bench", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _row(method: str, group: str, steps: int, score: float) -> dict:
+    return {
+        "method": method,
+        "group": group,
+        "steps": steps,
+        "score": score,
+        "score_lo": score - 0.1,
+        "score_hi": score + 0.1,
+    }
+
+
+def test_claim_check_uses_the_best_meta_learner_at_the_step_limit() -> None:
+    bench = _bench()
+    rows = [
+        _row("cavia", "id", 0, 0.2),
+        _row("cavia", "id", 5, 0.95),
+        _row("cavia", "id", 10, 0.1),  # beyond the 5-step limit: ignored
+        _row("maml", "id", 5, 0.3),
+        _row("dr", "id", 0, 0.5),
+        _row("dr+finetune", "id", 5, 0.7),
+        _row("oracle", "id", 0, 1.0),  # not a meta-learner
+    ]
+    (claim,) = bench.check_claim(rows, max_steps=5).values()
+    assert claim["best_meta_learner"] == "cavia"
+    assert claim["best_meta_score"] == pytest.approx(0.95)
+    assert claim["pass"] == {
+        "best_meta_score": True,
+        "dr_score": True,
+        "dr_finetune_below_meta": True,
+    }
+    rows[1] = _row("cavia", "id", 5, 0.65)  # now below 0.9 and below DR + fine-tune
+    (claim,) = bench.check_claim(rows, max_steps=5).values()
+    assert claim["pass"]["best_meta_score"] is False
+    assert claim["pass"]["dr_finetune_below_meta"] is False
+
+
+@pytest.mark.slow
+def test_tiny_sweep_trains_in_parallel_evaluates_and_reuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bench = _bench()
+    out = tmp_path / "adaptation.json"
+    runs = tmp_path / "runs"
+    args = [
+        "--out", str(out), "--methods", "dr,oracle,cavia", "--seeds", "0,1",
+        "--steps", "400", "--oracle-steps", "400", "--n-tasks", "2", "--episodes", "1",
+        "--runs-dir", str(runs), "--jobs", "2",
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    report = json.loads(out.read_text())
+    fam = report["families"]["cartpole"]
+    assert len(fam["runs"]) == 6
+    for method in ("dr", "oracle", "cavia"):
+        for seed in (0, 1):
+            run = runs / "cartpole" / f"{method}-seed{seed}"
+            assert (run / "policy.pt").exists()
+            assert "CartPole" in Path(f"{run}.log").read_text()  # the run's progress bar
+    rows = fam["summary"]
+    methods = {r["method"] for r in rows}
+    assert methods == {"dr", "dr+finetune", "oracle", "cavia"}
+    assert all(r["n"] == 4 for r in rows)  # 2 tasks x 2 training seeds, pooled
+    assert set(fam["claim"]) == {"id", "ood"}
+    assert (Path(fam["report_dir"]) / "results.md").exists()
+    captured = capsys.readouterr()
+    assert captured.out.count("[trained]") + captured.err.count("[trained]") == 6
+
+    assert bench.main(args) == 0  # a second call reuses every finished run
+    captured = capsys.readouterr()
+    assert captured.out.count("[reuse]") == 6
+    assert "[trained]" not in captured.out + captured.err
