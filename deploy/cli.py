@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 from robometa.deploy.bundle import Bundle, BundleError
-from robometa.deploy.loop import TABLE_HEADER, RoundResult, format_row, run_rounds
+from robometa.deploy.loop import (
+    SUPPORT_FROM,
+    TABLE_HEADER,
+    RoundResult,
+    format_row,
+    run_rounds,
+)
 from robometa.deploy.runtime import Adapter
 
 
@@ -128,6 +134,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             seed=args.seed,
             obs_fn=obs_fn,
             on_round=show,
+            support_from=args.support_from,
         )
     finally:
         env.close()
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="random-action probability while collecting (default 0.1; 0 = greedy)",
+    )
+    p.add_argument(
+        "--support-from",
+        choices=SUPPORT_FROM,
+        default="auto",
+        help="parameters that act while collecting: meta (as in meta-training), current (the "
+        "latest adapted ones), auto (meta for bundles that adapt from the meta-parameters)",
     )
     p.add_argument(
         "--eval-episodes", type=int, default=3, help="greedy episodes per evaluation (default 3)"

@@ -1,9 +1,10 @@
 """The adaptation loop against any robot with gymnasium's ``reset``/``step``.
 
-Each round collects ``support`` transitions with the current parameters (epsilon-greedy, so the
-data covers actions the greedy policy would not try), runs ``adapter.adapt(steps)`` on the
-buffer (the most recent ``capacity`` transitions, default the bundle's support size), and
-measures the greedy return on fixed evaluation episodes (the same seeds every round, so the
+Each round collects ``support`` transitions (epsilon-greedy, so the data covers actions the
+greedy policy would not try; acting with the meta-parameters for bundles that adapt from them,
+as in meta-training, else with the current parameters: ``support_from``), runs
+``adapter.adapt(steps)`` on the buffer (the most recent ``capacity`` transitions, default the
+bundle's support size), and measures the greedy return on fixed evaluation episodes (the same seeds every round, so the
 rounds are comparable). Round 0 is the meta-parameters before any adaptation.
 
 A robot is any object with::
@@ -46,6 +47,7 @@ Only numpy and the runtime: the loop never imports gymnasium.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,6 +56,7 @@ import numpy as np
 from robometa.deploy.runtime import Adapter, AdaptReport
 
 ObsFn = Callable[[np.ndarray], np.ndarray]
+SUPPORT_FROM = ("auto", "meta", "current")
 
 
 class Robot(Protocol):
@@ -162,8 +165,20 @@ def run_rounds(
     obs_fn: ObsFn | None = None,
     max_episode_steps: int = 1000,
     on_round: Callable[[RoundResult], None] | None = None,
+    support_from: str = "auto",
 ) -> list[RoundResult]:
-    """Round 0 (meta-parameters), then ``rounds`` rounds of collect -> adapt -> evaluate."""
+    """Round 0 (meta-parameters), then ``rounds`` rounds of collect -> adapt -> evaluate.
+
+    ``support_from`` picks the parameters that act while collecting: ``"meta"`` (the
+    meta-parameters, as in meta-training, so every round re-identifies the robot from the data
+    the inner loop was trained on), ``"current"`` (the latest adapted ones) or ``"auto"``:
+    ``"meta"`` for bundles that adapt from the meta-parameters (``adapter.from_meta``),
+    ``"current"`` otherwise.
+    """
+    if support_from not in SUPPORT_FROM:
+        raise ValueError(f"support_from must be one of {SUPPORT_FROM}, got {support_from!r}")
+    if support_from == "auto":
+        support_from = "meta" if adapter.from_meta else "current"
     if rounds < 0 or support < 0 or eval_episodes < 0:
         raise ValueError(
             f"rounds, support and eval_episodes must be >= 0, got {rounds}, {support}, "
@@ -182,7 +197,8 @@ def run_rounds(
     if on_round:
         on_round(results[-1])
     for r in range(1, rounds + 1):
-        accepted = collect(adapter, robot, support, epsilon, rng, seed + 1000 * r, **kwargs)
+        with adapter.acting_with_meta() if support_from == "meta" else contextlib.nullcontext():
+            accepted = collect(adapter, robot, support, epsilon, rng, seed + 1000 * r, **kwargs)
         report = adapter.adapt(steps)
         ret = greedy_return(adapter, robot, eval_episodes, eval_seed, **kwargs)
         results.append(RoundResult(r, support, accepted, report, ret))

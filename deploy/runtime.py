@@ -32,6 +32,7 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -416,6 +417,24 @@ class Adapter:
     @property
     def meta_params(self) -> dict[str, np.ndarray]:
         return dict(self._meta)
+
+    @contextlib.contextmanager
+    def acting_with_meta(self) -> Iterator[Adapter]:
+        """Within the block ``act`` and ``q_values`` use the meta-parameters; the current
+        (adapted) parameters come back afterwards, also if the block raises.
+
+        Meta-learned bundles were meta-trained on support data collected this way, so a
+        collection round run inside it gives ``adapt`` the data it expects.
+        """
+        kept = self._params
+        swapped = self._params = dict(self._meta)
+        self._bind_params()
+        try:
+            yield self
+        finally:
+            if self._params is swapped:  # not replaced by adapt() or reset() in the block
+                self._params = kept
+            self._bind_params()
 
     def split(self, data: Transitions) -> tuple[Transitions, Transitions]:
         """(train, held-out): every ``1/holdout_fraction``-th transition is held out."""

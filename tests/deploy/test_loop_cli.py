@@ -57,6 +57,45 @@ class TestLoop:
         adapter = Adapter.load(cavia.path)
         with pytest.raises(ValueError, match="epsilon"):
             run_rounds(adapter, FakeCartPole(), rounds=1, support=5, epsilon=2.0)
+        with pytest.raises(ValueError, match="support_from must be one of"):
+            run_rounds(adapter, FakeCartPole(), rounds=1, support=5, support_from="adapted")
+
+    @pytest.mark.parametrize(
+        ("support_from", "acts_with_meta"), [("auto", True), ("meta", True), ("current", False)]
+    )
+    def test_which_parameters_collect_the_support(
+        self, cavia, support_from: str, acts_with_meta: bool
+    ) -> None:
+        """CAVIA bundles adapt from the meta-parameters, so by default every round's support is
+        collected with them (as in meta-training), not with the previous round's adaptation."""
+        adapter = Adapter.load(cavia.path, capacity=40, tolerance=10.0)
+        assert adapter.from_meta
+        seen: list[np.ndarray] = []
+
+        class Spy(FakeCartPole):
+            def step(self, action: int):
+                seen.append(adapter.params["context"].copy())
+                return super().step(action)
+
+        ends: list[int] = []  # steps seen when each round finished
+        results = run_rounds(
+            adapter,
+            Spy(),
+            rounds=2,
+            support=40,
+            eval_episodes=1,
+            support_from=support_from,
+            on_round=lambda _r: ends.append(len(seen)),
+        )
+        assert results[1].report is not None and results[1].report.accepted
+        round2 = seen[ends[1] : ends[1] + 40]  # round 2's collection
+        meta = adapter.meta_params["context"]
+        # round 1 moved the context away from the meta-parameters
+        assert not np.array_equal(round2[0], meta) or acts_with_meta
+        assert all(np.array_equal(c, meta) for c in round2) == acts_with_meta
+        # after the block, the adapted parameters act again
+        assert np.array_equal(seen[-1], adapter.params["context"])
+        assert not np.array_equal(adapter.params["context"], meta)
 
 
 class TestCommandLine:

@@ -200,6 +200,30 @@ class TestAdapt:
         adapter.adapt(steps=3, from_meta=False)
         assert not np.array_equal(adapter.params["context"], fresh.params["context"])
 
+    def test_acting_with_meta_is_scoped_to_the_block(self, cavia) -> None:
+        adapter = Adapter.load(cavia.path, tolerance=math.inf)
+        fill(adapter, 60)
+        assert adapter.adapt(steps=3).accepted
+        obs = random_obs(32, seed=3)
+        adapted_q = adapter.q_values(obs)
+        meta_q = torch_q(cavia.policy, adapter.meta_params, obs)
+        assert not np.allclose(adapted_q, meta_q)
+        with adapter.acting_with_meta():
+            np.testing.assert_allclose(adapter.q_values(obs), meta_q, atol=1e-5)
+            assert adapter.act(obs[0]) == int(np.argmax(meta_q[0]))
+        np.testing.assert_array_equal(adapter.q_values(obs), adapted_q)
+        assert adapter.act(obs[0]) == int(np.argmax(adapted_q[0]))
+        with pytest.raises(RuntimeError), adapter.acting_with_meta():
+            raise RuntimeError("the robot's driver failed")
+        np.testing.assert_array_equal(adapter.q_values(obs), adapted_q)  # restored anyway
+        with adapter.acting_with_meta():
+            report = adapter.adapt(steps=1)  # an adaptation inside the block is kept
+            one_step = adapter.params["context"].copy()
+        assert report.accepted
+        np.testing.assert_array_equal(adapter.params["context"], one_step)
+        q = adapter.q_values(obs)
+        assert not np.allclose(q, adapted_q) and not np.allclose(q, meta_q)
+
     def test_adapting_lowers_the_training_loss(self, cavia) -> None:
         adapter = Adapter.load(cavia.path)
         fill(adapter, 60)
