@@ -1,16 +1,18 @@
 """The headline comparison: meta-learners vs domain randomization on held-out robots.
 
-For each robot family, trains every method from its config under ``configs/`` (reusing runs
-that already finished), evaluates them with the adaptation harness on held-out
-in-distribution (``id``) and out-of-distribution (``ood``) tasks, and checks the claim: the best
+For each robot family, trains every method that has a config ``configs/<family>_<method>.yaml``
+for every training seed (``--jobs`` runs at a time, each in its own process with its output in
+``<run>.log``, the costliest first; finished runs are reused), evaluates them with the
+adaptation harness (``robometa eval``) on held-out in-distribution (``id``) and
+out-of-distribution (``ood``) tasks, pooling (task, seed) pairs, and checks the claim: the best
 meta-learner reaches a normalized score >= 0.9 after <= 5 steps on <= 200 transitions, domain
 randomization without adaptation stays below 0.6, and DR + fine-tuning stays below the best
 meta-learner.
 
     python benchmarks/adaptation.py --out bench-results/adaptation.json
 
-Each row of the table is reproduced by ``robometa train configs/<family>_<method>.yaml`` and
-``robometa eval``.
+Each row of the table is reproduced by ``robometa train configs/<family>_<method>.yaml --seed S``
+for the seeds, then ``robometa eval`` over the run directories.
 """
 
 from __future__ import annotations
@@ -30,55 +32,77 @@ TARGET_META = 0.9
 TARGET_DR_BELOW = 0.6
 # Relative training cost per run at the shipped budgets (measured on CartPole): the pool
 # starts the costliest first.
-COST = {"metasgd": 3.6, "maml": 3.2, "anil": 2.0, "fomaml": 1.8, "reptile": 1.8, "cavia": 1.4}
+COST = {
+    "oracle": 1.1,
+    "metasgd": 2.0,
+    "maml": 1.9,
+    "anil": 1.2,
+    "fomaml": 1.2,
+    "reptile": 1.2,
+    "cavia": 1.0,
+    "dr": 0.5,
+}
+FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.0, "reacher": 1.5, "armreach": 3.0}
 
 
-def train_runs(
-    family: str,
+def plan_runs(
+    families: list[str],
     methods: list[str],
     seeds: list[int],
     steps: int | None,
     runs_dir: Path,
-    jobs: int = 1,
     oracle_steps: int | None = None,
-) -> list[Path]:
-    """Train every (method, seed) of ``family`` that has no finished run yet, ``jobs`` at a time.
-
-    Each run's output goes to ``<run>.log`` next to it; this process shows one progress bar
-    over the runs. The costliest runs start first, so the pool drains evenly.
-    """
+) -> tuple[dict[str, list[Path]], list[tuple]]:
+    """Each family's run directories, and the training jobs for those not finished yet."""
     import shutil
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    runs: dict[str, list[Path]] = {}
+    todo = []
+    for family in families:
+        runs[family] = []
+        for method in methods:
+            config = ROOT / "configs" / f"{family}_{method}.yaml"
+            if not config.exists():
+                print(f"[skip] no config {config.relative_to(ROOT)}", flush=True)
+                continue
+            for seed in seeds:
+                run = runs_dir / family / f"{method}-seed{seed}"
+                runs[family].append(run)
+                if (run / "policy.pt").exists():
+                    print(f"[reuse] {run}", flush=True)
+                    continue
+                if run.exists():
+                    shutil.rmtree(run)  # an unfinished run of an earlier benchmark
+                run.parent.mkdir(parents=True, exist_ok=True)
+                budget = steps if method != "oracle" else oracle_steps
+                cost = COST.get(method, 1.0) * FAMILY_COST.get(family, 1.0)
+                todo.append((cost, str(config), budget, seed, run))
+    todo.sort(key=lambda job: -job[0])  # the costliest first: the pool drains evenly
+    return runs, todo
+
+
+def _pool(jobs: int):
+    from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
+
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+
+
+def train_runs(todo: list[tuple], jobs: int) -> None:
+    """Train the planned runs ``jobs`` at a time, each in a worker process with its output in
+    ``<run>.log``; this process shows one progress bar over the runs."""
+    from concurrent.futures import as_completed
 
     from tqdm import tqdm
 
     from robometa.train import train_to_log
 
-    runs, todo = [], []
-    for method in methods:
-        config = ROOT / "configs" / f"{family}_{method}.yaml"
-        if not config.exists():
-            print(f"[skip] no config {config.relative_to(ROOT)}", flush=True)
-            continue
-        for seed in seeds:
-            run = runs_dir / family / f"{method}-seed{seed}"
-            runs.append(run)
-            if (run / "policy.pt").exists():
-                print(f"[reuse] {run}", flush=True)
-                continue
-            if run.exists():
-                shutil.rmtree(run)  # an unfinished run of an earlier benchmark
-            run.parent.mkdir(parents=True, exist_ok=True)
-            budget = steps if method != "oracle" else oracle_steps
-            todo.append((COST.get(method, 1.0), str(config), budget, seed, run))
-    todo.sort(key=lambda job: -job[0])
     if not todo:
-        return runs
-    bar = tqdm(total=len(todo), unit="run", desc=f"train {family}", mininterval=0)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        return
+    bar = tqdm(total=len(todo), unit="run", desc="train", mininterval=0)
+    with _pool(jobs) as pool:
         futures = {
-            pool.submit(train_to_log, c, str(run), str(run) + ".log", b, seed): run
+            pool.submit(train_to_log, c, str(run), f"{run}.log", b, seed): run
             for _, c, b, seed, run in todo
         }
         for future in as_completed(futures):
@@ -91,7 +115,38 @@ def train_runs(
             bar.write(f"[trained] {run} in {seconds:.0f} s")
             bar.update()
     bar.close()
-    return runs
+
+
+def evaluate_families(
+    runs: dict[str, list[Path]], runs_dir: Path, n_tasks: int, episodes: int, jobs: int
+) -> dict[str, dict]:
+    """``robometa eval`` of each family's runs on its held-out tasks, families side by side
+    (output in ``<runs_dir>/<family>/eval.log``)."""
+    from concurrent.futures import as_completed
+
+    from robometa.evaluate import run_evaluation
+    from robometa.train import run_logged
+
+    results = {}
+    with _pool(jobs) as pool:
+        futures = {}
+        for family, family_runs in runs.items():
+            if not family_runs:
+                continue
+            out_dir = runs_dir / family / "eval"
+            log = runs_dir / family / "eval.log"
+            print(f"[eval] {family}: {len(family_runs)} runs (progress in {log})", flush=True)
+            kwargs = {"tasks": "test", "n_tasks": n_tasks, "episodes": episodes, "out": out_dir}
+            future = pool.submit(run_logged, log, run_evaluation, family_runs, **kwargs)
+            futures[future] = (family, out_dir, log)
+        for future in as_completed(futures):
+            family, out_dir, log = futures[future]
+            try:
+                results[family] = future.result() | {"report_dir": str(out_dir)}
+            except Exception as err:
+                pool.shutdown(cancel_futures=True)
+                raise RuntimeError(f"evaluating {family} failed; see {log}") from err
+    return {f: results[f] for f in runs if f in results}
 
 
 def check_claim(summary: list[dict], max_steps: int) -> dict:
@@ -150,30 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from robometa.evaluate import run_evaluation
+    from robometa.evaluate import markdown_table
 
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    families = args.families.split(",")
+    runs_dir = Path(args.runs_dir)
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "jobs": args.jobs,
         "families": {},
     }
-    for family in args.families.split(","):
-        runs = train_runs(
-            family, methods, seeds, args.steps, Path(args.runs_dir), args.jobs, args.oracle_steps
-        )
-        out_dir = Path(args.runs_dir) / family / "eval"
-        res = run_evaluation(
-            runs, tasks="test", n_tasks=args.n_tasks, episodes=args.episodes, out=out_dir
-        )
+    runs, todo = plan_runs(families, methods, seeds, args.steps, runs_dir, args.oracle_steps)
+    train_runs(todo, args.jobs)
+    report["train_wall_s"] = time.perf_counter() - t0
+    for family, res in evaluate_families(
+        runs, runs_dir, args.n_tasks, args.episodes, args.jobs
+    ).items():
+        print(f"\n{family} ({res['env_id']}), final adaptation step:\n")
+        print(markdown_table(res["summary"]))
         report["families"][family] = {
             "env_id": res["env_id"],
             "runs": res["runs"],
             "summary": res["summary"],
             "fine_tune": res["fine_tune"],
             "claim": check_claim(res["summary"], max_steps=5),
-            "report_dir": str(out_dir),
+            "report_dir": res["report_dir"],
         }
     report["wall_s"] = time.perf_counter() - t0
     out = Path(args.out)

@@ -167,8 +167,8 @@ def evaluate_method(
 def tune_fine_tune_lr(
     policy: Policy,
     steps: int,
-    episodes: int = 1,
-    n_tasks: int = 6,
+    episodes: int = 2,
+    n_tasks: int = 10,
     grid: Sequence[float] = FINE_TUNE_GRID,
     support_epsilon: float = 0.3,
 ) -> tuple[float, dict[float, float]]:

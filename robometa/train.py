@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -374,19 +375,13 @@ def train(
     return policy
 
 
-def train_to_log(
-    config: str | Path,
-    run_dir: str | Path,
-    log: str | Path,
-    steps: int | None = None,
-    seed: int | None = None,
-) -> float:
-    """Train ``config`` into ``run_dir`` with all output (progress bar included) sent to ``log``.
 
-    For worker processes that train several runs side by side; returns the wall-clock seconds.
-    The process's own stdout and stderr are restored afterwards.
+def run_logged(log: str | Path, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with all output (progress bars, PyBullet's C-level prints
+    included) sent to the file ``log``; this process's stdout and stderr come back afterwards.
+
+    For worker processes that run several trainings or evaluations side by side.
     """
-    cfg = load_config(config, steps=steps, seed=seed)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -394,13 +389,27 @@ def train_to_log(
         with open(log, "w") as f:
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
-            t = time.perf_counter()
-            train(cfg, run_dir)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            return time.perf_counter() - t
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+
+
+def train_to_log(
+    config: str | Path,
+    run_dir: str | Path,
+    log: str | Path,
+    steps: int | None = None,
+    seed: int | None = None,
+) -> float:
+    """Train ``config`` into ``run_dir`` with its output in ``log``; the wall-clock seconds."""
+    cfg = load_config(config, steps=steps, seed=seed)
+    t = time.perf_counter()
+    run_logged(log, train, cfg, run_dir)
+    return time.perf_counter() - t

@@ -81,8 +81,11 @@ def test_tiny_sweep_trains_in_parallel_evaluates_and_reuses(
     assert all(r["n"] == 4 for r in rows)  # 2 tasks x 2 training seeds, pooled
     assert set(fam["claim"]) == {"id", "ood"}
     assert (Path(fam["report_dir"]) / "results.md").exists()
+    assert "| cavia | id |" in (runs / "cartpole" / "eval.log").read_text()
     captured = capsys.readouterr()
     assert captured.out.count("[trained]") + captured.err.count("[trained]") == 6
+    assert "| cavia | ood |" in captured.out  # the table, printed by this process
+    assert report["train_wall_s"] <= report["wall_s"]
 
     assert bench.main(args) == 0  # a second call reuses every finished run
     captured = capsys.readouterr()
