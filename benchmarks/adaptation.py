@@ -185,9 +185,11 @@ def check_claim(summary: list[dict], max_steps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--families", default="cartpole", help="comma list, e.g. cartpole,reacher")
+    p.add_argument(
+        "--families", default="cartpole,diffdrive", help="comma list, e.g. cartpole,reacher"
+    )
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", default="0,1", help="training seeds, e.g. 0,1,2")
     p.add_argument(
         "--steps",
         type=int,
