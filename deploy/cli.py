@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epsilon",
         type=float,
-        default=0.1,
-        help="random-action probability while collecting (default 0.1; 0 = greedy)",
+        default=None,
+        help="random-action probability while collecting (default: the one the bundle's "
+        "support data was collected with in training, else 0.1; 0 = greedy)",
     )
     p.add_argument(
         "--support-from",

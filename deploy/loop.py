@@ -159,7 +159,7 @@ def run_rounds(
     rounds: int,
     support: int,
     steps: int | None = None,
-    epsilon: float = 0.1,
+    epsilon: float | None = None,
     eval_episodes: int = 3,
     seed: int = 0,
     obs_fn: ObsFn | None = None,
@@ -173,7 +173,9 @@ def run_rounds(
     meta-parameters, as in meta-training, so every round re-identifies the robot from the data
     the inner loop was trained on), ``"current"`` (the latest adapted ones) or ``"auto"``:
     ``"meta"`` for bundles that adapt from the meta-parameters (``adapter.from_meta``),
-    ``"current"`` otherwise.
+    ``"current"`` otherwise. ``epsilon`` (the random-action probability while collecting)
+    defaults to the one the bundle's support data was collected with in training
+    (``adapter.support_epsilon``).
     """
     if support_from not in SUPPORT_FROM:
         raise ValueError(f"support_from must be one of {SUPPORT_FROM}, got {support_from!r}")
@@ -184,6 +186,8 @@ def run_rounds(
             f"rounds, support and eval_episodes must be >= 0, got {rounds}, {support}, "
             f"{eval_episodes}"
         )
+    if epsilon is None:
+        epsilon = adapter.support_epsilon
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     rng = np.random.default_rng(seed)

@@ -46,6 +46,7 @@ from robometa.deploy.bundle import (
     GAMMA_INPUT,
     LOSS_OUTPUT,
     LR_PREFIX,
+    MANIFEST_FILE,
     NEW_PREFIX,
     OBS_INPUT,
     PARAM_PREFIX,
@@ -224,6 +225,7 @@ class Adapter:
         self.adapted = bundle.adapted
         self.default_steps = int(bundle.manifest["inner"]["steps"])
         self.from_meta = bool(bundle.manifest["inner"].get("from_meta", False))
+        self.support_epsilon = _support_epsilon(bundle)
         self._obs_shape = (self.obs_dim,)
         self._meta = {k: _frozen(v) for k, v in bundle.params.items()}
         self._lrs = {k: _frozen(v) for k, v in bundle.lrs.items()}
@@ -678,6 +680,25 @@ class Adapter:
             if key.startswith("rejected:"):
                 rejected[key.removeprefix("rejected:")] = int(value)
         return params, data, rejected
+
+
+DEFAULT_SUPPORT_EPSILON = 0.1
+
+
+def _support_epsilon(bundle: Bundle) -> float:
+    """The exploration rate the support data was collected with in training (the manifest's
+    ``config.adaptation.support_epsilon``), or ``DEFAULT_SUPPORT_EPSILON`` without one."""
+    config = bundle.manifest.get("config")
+    adaptation = config.get("adaptation") if isinstance(config, dict) else None
+    if not isinstance(adaptation, dict) or "support_epsilon" not in adaptation:
+        return DEFAULT_SUPPORT_EPSILON
+    value = adaptation["support_epsilon"]
+    if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
+        raise BundleError(
+            f"{bundle.path / MANIFEST_FILE}: config.adaptation.support_epsilon is {value!r}, "
+            "expected a number in [0, 1]"
+        )
+    return float(value)
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

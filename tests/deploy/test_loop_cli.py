@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_robot import FakeCartPole
-from robometa.deploy import Adapter
+from robometa.deploy import Adapter, BundleError
 from robometa.deploy.cli import main
 from robometa.deploy.loop import collect, format_table, greedy_return, run_rounds
 
@@ -59,6 +59,26 @@ class TestLoop:
             run_rounds(adapter, FakeCartPole(), rounds=1, support=5, epsilon=2.0)
         with pytest.raises(ValueError, match="support_from must be one of"):
             run_rounds(adapter, FakeCartPole(), rounds=1, support=5, support_from="adapted")
+
+    def test_epsilon_defaults_to_the_training_support_epsilon(self, cavia, edited_bundle) -> None:
+        assert Adapter.load(cavia.path).support_epsilon == 0.1  # no training config recorded
+        for eps in (0.0, 1.0):
+            path = edited_bundle(
+                cavia.path, manifest={"config": {"adaptation": {"support_epsilon": eps}}}
+            )
+            adapter = Adapter.load(path, capacity=30)
+            assert adapter.support_epsilon == eps
+            run_rounds(adapter, FakeCartPole(), rounds=1, support=30, steps=1, eval_episodes=1)
+            data = adapter.buffer.ordered()
+            with adapter.acting_with_meta():  # the support was collected with them
+                greedy = adapter.q_values(data.obs).argmax(axis=1)
+            # epsilon 0: the greedy action at every step; epsilon 1: uniformly random actions
+            assert np.array_equal(greedy, data.action) == (eps == 0.0)
+        bad = edited_bundle(cavia.path, manifest={"config": {"adaptation": {"support_epsilon": 2}}})
+        with pytest.raises(
+            BundleError, match=r"manifest.json: config.adaptation.support_epsilon is 2"
+        ):
+            Adapter.load(bad)
 
     @pytest.mark.parametrize(
         ("support_from", "acts_with_meta"), [("auto", True), ("meta", True), ("current", False)]
