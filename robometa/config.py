@@ -146,6 +146,13 @@ class MetaConfig:
         64, "size of the fixed pool of training tasks (0: a fresh task every time)", lo=0
     )
     outer_lr: float = _f(1e-3, "Adam learning rate of the meta-parameters", lo=0.0, hi=1.0)
+    outer_lr_end_fraction: float = _f(
+        1.0,
+        "outer learning rate at the end of meta-training as a fraction of outer_lr, reached by "
+        "linear decay over dqn.total_steps (1: constant)",
+        lo=0.0,
+        hi=1.0,
+    )
     collect_steps: int = _f(
         100, "environment steps collected per sampled task per outer step", lo=0
     )

@@ -239,8 +239,17 @@ class MetaLearner:
             loss = loss + self.inner.model_weight * model_loss(self.net, adapted, query)
         return loss, delta
 
+    def outer_lr(self) -> float:
+        """Linear decay from ``meta.outer_lr`` to ``outer_lr_end_fraction`` of it at the end."""
+        m = self.cfg.meta
+        progress = min(1.0, self.env_steps / self.cfg.dqn.total_steps)
+        return m.outer_lr * (1.0 - (1.0 - m.outer_lr_end_fraction) * progress)
+
     def _outer_step(self) -> float:
         m = self.cfg.meta
+        if m.outer_lr_end_fraction != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.outer_lr()
         slots = self._sample_slots()
         support = _stack([self._support_batch(s) for s in slots])
         query = _stack([s.replay.sample(m.query_batch, self.rng) for s in slots])

@@ -201,3 +201,30 @@ def test_shipped_cartpole_configs_load(path: Path) -> None:
         assert cfg.algorithm == suffix, f"{path.name} trains {cfg.algorithm}"
     if cfg.algorithm == "reptile":
         assert cfg.adaptation.loss != "model"
+
+
+def test_outer_learning_rate_decays_linearly(tmp_path: Path) -> None:
+    cfg = tiny_config("cavia", "meta.outer_lr=0.002", "meta.outer_lr_end_fraction=0.25")
+    learner = MetaLearner(cfg)
+    try:
+        assert learner.outer_lr() == pytest.approx(0.002)
+        learner.env_steps = cfg.dqn.total_steps // 2
+        assert learner.outer_lr() == pytest.approx(0.002 * (1 - 0.75 * 0.5))
+        learner.iterate()  # the outer steps use the scheduled rate
+        progress = learner.env_steps / cfg.dqn.total_steps
+        expected = 0.002 * (1 - 0.75 * progress)
+        assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+        learner.env_steps = 10 * cfg.dqn.total_steps  # clamped at the end value
+        assert learner.outer_lr() == pytest.approx(0.0005)
+    finally:
+        learner.close()
+    # Constant by default: the optimizer keeps the configured rate.
+    default = MetaLearner(tiny_config("cavia"))
+    try:
+        default.env_steps = default.cfg.dqn.total_steps
+        default.iterate()
+        assert default.optimizer.param_groups[0]["lr"] == default.cfg.meta.outer_lr
+    finally:
+        default.close()
+    with pytest.raises(ValueError, match=r"meta\.outer_lr_end_fraction"):
+        tiny_config("cavia", "meta.outer_lr_end_fraction=1.5")
