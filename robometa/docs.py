@@ -58,6 +58,8 @@ def render_families(out_dir: Path = ROOT / "docs" / "images") -> list[Path]:
 if __name__ == "__main__":
     changed = update_readme()
     images = render_families()
-    print(f"README config reference {'updated' if changed else 'up to date'}; "
-          f"pictures: {', '.join(str(p.relative_to(ROOT)) for p in images)}")
+    print(
+        f"README config reference {'updated' if changed else 'up to date'}; "
+        f"pictures: {', '.join(str(p.relative_to(ROOT)) for p in images)}"
+    )
     sys.exit(0)

@@ -375,7 +375,6 @@ def train(
     return policy
 
 
-
 def run_logged(log: str | Path, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` with all output (progress bars, PyBullet's C-level prints
     included) sent to the file ``log``; this process's stdout and stderr come back afterwards.
