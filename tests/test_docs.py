@@ -25,3 +25,11 @@ def test_family_pictures_exist():
     for name in ("cartpole", "reacher", "armreach", "diffdrive"):
         png = ROOT / "docs" / "images" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI installs what the README's test command installs, and runs pytest."""
+    command = (ROOT / "README.md").read_text().split("```bash\n")[2].split("```")[0].strip()
+    ci = (ROOT / ".ci" / "run").read_text()
+    for part in command.split(" && "):
+        assert part.replace("pip install", "python -m pip install -q") in ci or part in ci, part
