@@ -62,7 +62,8 @@ def test_tiny_sweep_trains_in_parallel_evaluates_and_reuses(
     out = tmp_path / "adaptation.json"
     runs = tmp_path / "runs"
     args = [
-        "--out", str(out), "--methods", "dr,oracle,cavia", "--seeds", "0,1",
+        "--out", str(out), "--families", "cartpole", "--methods", "dr,oracle,cavia",
+        "--seeds", "0,1",
         "--steps", "400", "--oracle-steps", "400", "--n-tasks", "2", "--episodes", "1",
         "--runs-dir", str(runs), "--jobs", "2",
     ]  # fmt: skip
