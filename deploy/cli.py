@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--epsilon",
         type=float,
         default=None,
-        help="random-action probability while collecting (default: the one the bundle's "
-        "support data was collected with in training, else 0.1; 0 = greedy)",
+        help="random-action probability while collecting (default: the bundle's "
+        "config adaptation.support_epsilon, as in meta-training and robometa eval, else 0.3; "
+        "0 = greedy)",
     )
     p.add_argument(
         "--support-from",

@@ -174,8 +174,7 @@ def run_rounds(
     the inner loop was trained on), ``"current"`` (the latest adapted ones) or ``"auto"``:
     ``"meta"`` for bundles that adapt from the meta-parameters (``adapter.from_meta``),
     ``"current"`` otherwise. ``epsilon`` (the random-action probability while collecting)
-    defaults to the one the bundle's support data was collected with in training
-    (``adapter.support_epsilon``).
+    defaults to the bundle's training-time support epsilon (``adapter.support_epsilon``).
     """
     if support_from not in SUPPORT_FROM:
         raise ValueError(f"support_from must be one of {SUPPORT_FROM}, got {support_from!r}")

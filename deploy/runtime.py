@@ -247,6 +247,7 @@ class Adapter:
             self._bound[name] = ort.OrtValue.ortvalue_from_numpy(array)
             self._binding.bind_ortvalue_output(name, self._bound[name])
         self._params: dict[str, np.ndarray] = dict(self._meta)
+        self._acting_meta = False  # inside acting_with_meta(): the meta-parameters act
         self._bind_params()
         support = int(bundle.manifest["inner"]["support_size"]) or DEFAULT_CAPACITY
         self.buffer = TransitionBuffer(capacity or support, self.obs_dim)
@@ -300,9 +301,13 @@ class Adapter:
         self._bound[name] = value  # keep the OrtValue (and its array) alive
         self._binding.bind_ortvalue_input(name, value)
 
+    def _acting_params(self) -> dict[str, np.ndarray]:
+        return self._meta if self._acting_meta else self._params
+
     def _bind_params(self) -> None:
+        acting = self._acting_params()
         for k in self._policy_params:
-            self._bind_input(PARAM_PREFIX + k, self._params[k])
+            self._bind_input(PARAM_PREFIX + k, acting[k])
 
     # ------------------------------------------------------------------ acting
 
@@ -334,7 +339,8 @@ class Adapter:
         if bad.any():
             row = int(np.argmax(bad))
             raise ValueError(self._non_finite_message(batch[row], f"obs[{row}]"))
-        feeds = {PARAM_PREFIX + k: self._params[k] for k in self._policy_params}
+        acting = self._acting_params()
+        feeds = {PARAM_PREFIX + k: acting[k] for k in self._policy_params}
         feeds[OBS_INPUT] = batch
         q = self._policy.run([Q_OUTPUT], feeds)[0]
         return q[0] if single else q
@@ -422,20 +428,22 @@ class Adapter:
 
     @contextlib.contextmanager
     def acting_with_meta(self) -> Iterator[Adapter]:
-        """Within the block ``act`` and ``q_values`` use the meta-parameters; the current
-        (adapted) parameters come back afterwards, also if the block raises.
+        """Within the block ``act`` and ``q_values`` use the meta-parameters; afterwards the
+        current (adapted) parameters act again, also if the block raises.
 
-        Meta-learned bundles were meta-trained on support data collected this way, so a
-        collection round run inside it gives ``adapt`` the data it expects.
+        Only acting changes: ``params``, ``adapt`` (its guard compares against the current
+        parameters), ``save_state`` and ``load_state`` keep working on the current parameters,
+        and an adaptation accepted inside the block acts once the block ends. Meta-learned
+        bundles were meta-trained on support data collected this way, so a collection round
+        run inside it gives ``adapt`` the data it expects.
         """
-        kept = self._params
-        swapped = self._params = dict(self._meta)
+        outer = self._acting_meta
+        self._acting_meta = True
         self._bind_params()
         try:
             yield self
         finally:
-            if self._params is swapped:  # not replaced by adapt() or reset() in the block
-                self._params = kept
+            self._acting_meta = outer
             self._bind_params()
 
     def split(self, data: Transitions) -> tuple[Transitions, Transitions]:
@@ -682,12 +690,15 @@ class Adapter:
         return params, data, rejected
 
 
-DEFAULT_SUPPORT_EPSILON = 0.1
+# robometa's config default for adaptation.support_epsilon (the runtime cannot import it).
+DEFAULT_SUPPORT_EPSILON = 0.3
 
 
 def _support_epsilon(bundle: Bundle) -> float:
-    """The exploration rate the support data was collected with in training (the manifest's
-    ``config.adaptation.support_epsilon``), or ``DEFAULT_SUPPORT_EPSILON`` without one."""
+    """The exploration rate of support collection the bundle was trained and evaluated with
+    (the manifest's ``config.adaptation.support_epsilon``; meta-learners collect their
+    support this way in training, and ``robometa eval`` does for every method), or
+    ``DEFAULT_SUPPORT_EPSILON`` for a manifest without it."""
     config = bundle.manifest.get("config")
     adaptation = config.get("adaptation") if isinstance(config, dict) else None
     if not isinstance(adaptation, dict) or "support_epsilon" not in adaptation:

@@ -61,7 +61,7 @@ class TestLoop:
             run_rounds(adapter, FakeCartPole(), rounds=1, support=5, support_from="adapted")
 
     def test_epsilon_defaults_to_the_training_support_epsilon(self, cavia, edited_bundle) -> None:
-        assert Adapter.load(cavia.path).support_epsilon == 0.1  # no training config recorded
+        assert Adapter.load(cavia.path).support_epsilon == 0.3  # no training config recorded
         for eps in (0.0, 1.0):
             path = edited_bundle(
                 cavia.path, manifest={"config": {"adaptation": {"support_epsilon": eps}}}

@@ -208,9 +208,15 @@ class TestAdapt:
         adapted_q = adapter.q_values(obs)
         meta_q = torch_q(cavia.policy, adapter.meta_params, obs)
         assert not np.allclose(adapted_q, meta_q)
+        adapted_context = adapter.params["context"].copy()
         with adapter.acting_with_meta():
             np.testing.assert_allclose(adapter.q_values(obs), meta_q, atol=1e-5)
             assert adapter.act(obs[0]) == int(np.argmax(meta_q[0]))
+            # Only acting changes: the current parameters are still the adapted ones.
+            np.testing.assert_array_equal(adapter.params["context"], adapted_context)
+            with adapter.acting_with_meta():  # nested blocks restore the outer one
+                pass
+            np.testing.assert_allclose(adapter.q_values(obs), meta_q, atol=1e-5)
         np.testing.assert_array_equal(adapter.q_values(obs), adapted_q)
         assert adapter.act(obs[0]) == int(np.argmax(adapted_q[0]))
         with pytest.raises(RuntimeError), adapter.acting_with_meta():
@@ -219,7 +225,15 @@ class TestAdapt:
         with adapter.acting_with_meta():
             report = adapter.adapt(steps=1)  # an adaptation inside the block is kept
             one_step = adapter.params["context"].copy()
+            np.testing.assert_allclose(adapter.q_values(obs), meta_q, atol=1e-5)  # still meta
         assert report.accepted
+        # its guard compared against the adapted parameters, not the meta-parameters
+        assert report.loss_before == pytest.approx(
+            adapter.loss(
+                {**adapter.meta_params, "context": adapted_context},
+                adapter.split(adapter.buffer.ordered())[1],
+            )
+        )
         np.testing.assert_array_equal(adapter.params["context"], one_step)
         q = adapter.q_values(obs)
         assert not np.allclose(q, adapted_q) and not np.allclose(q, meta_q)
