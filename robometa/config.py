@@ -148,8 +148,8 @@ class MetaConfig:
     outer_lr: float = _f(1e-3, "Adam learning rate of the meta-parameters", lo=0.0, hi=1.0)
     outer_lr_end_fraction: float = _f(
         1.0,
-        "outer learning rate at the end of meta-training as a fraction of outer_lr, reached by "
-        "linear decay over dqn.total_steps (1: constant)",
+        "outer learning rate (Reptile: its step) at the end of meta-training as a fraction of "
+        "the configured one, reached by linear decay over dqn.total_steps (1: constant)",
         lo=0.0,
         hi=1.0,
     )

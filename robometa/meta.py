@@ -239,11 +239,15 @@ class MetaLearner:
             loss = loss + self.inner.model_weight * model_loss(self.net, adapted, query)
         return loss, delta
 
-    def outer_lr(self) -> float:
-        """Linear decay from ``meta.outer_lr`` to ``outer_lr_end_fraction`` of it at the end."""
-        m = self.cfg.meta
+    def outer_scale(self) -> float:
+        """Linear decay from 1 to ``meta.outer_lr_end_fraction`` over ``dqn.total_steps``: the
+        factor on the outer learning rate (and on Reptile's step, annealed as in Nichol et al.
+        2018)."""
         progress = min(1.0, self.env_steps / self.cfg.dqn.total_steps)
-        return m.outer_lr * (1.0 - (1.0 - m.outer_lr_end_fraction) * progress)
+        return 1.0 - (1.0 - self.cfg.meta.outer_lr_end_fraction) * progress
+
+    def outer_lr(self) -> float:
+        return self.cfg.meta.outer_lr * self.outer_scale()
 
     def _outer_step(self) -> float:
         m = self.cfg.meta
@@ -262,7 +266,7 @@ class MetaLearner:
             with torch.no_grad():
                 losses, deltas = torch.func.vmap(per_task)(tuple(support), tuple(query))
                 for k, delta in deltas.items():
-                    self.meta_params[k].add_(m.reptile_step * delta.mean(0))
+                    self.meta_params[k].add_(m.reptile_step * self.outer_scale() * delta.mean(0))
         else:
             losses, _ = torch.func.vmap(per_task)(tuple(support), tuple(query))
             losses.mean().backward()

@@ -218,13 +218,44 @@ def test_outer_learning_rate_decays_linearly(tmp_path: Path) -> None:
         assert learner.outer_lr() == pytest.approx(0.0005)
     finally:
         learner.close()
-    # Constant by default: the optimizer keeps the configured rate.
-    default = MetaLearner(tiny_config("cavia"))
-    try:
-        default.env_steps = default.cfg.dqn.total_steps
-        default.iterate()
-        assert default.optimizer.param_groups[0]["lr"] == default.cfg.meta.outer_lr
-    finally:
-        default.close()
     with pytest.raises(ValueError, match=r"meta\.outer_lr_end_fraction"):
         tiny_config("cavia", "meta.outer_lr_end_fraction=1.5")
+
+
+def test_reptile_step_decays_with_the_outer_schedule(tmp_path: Path) -> None:
+    """Reptile has no optimizer: the schedule scales its step toward the adapted parameters."""
+    train(tiny_config("reptile", "meta.outer_lr_end_fraction=1.0"), tmp_path / "constant")
+    train(tiny_config("reptile", "meta.outer_lr_end_fraction=0.0"), tmp_path / "decayed")
+    a, b = policy_state(tmp_path / "constant"), policy_state(tmp_path / "decayed")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("param."))
+
+
+@pytest.mark.parametrize("algorithm", ["cavia", "reptile"])
+def test_resume_with_a_decaying_outer_rate_equals_uninterrupted(
+    algorithm: str, tmp_path: Path
+) -> None:
+    cfg = tiny_config(algorithm, "meta.outer_lr_end_fraction=0.0")
+    train(cfg, tmp_path / "full")
+    train(cfg, tmp_path / "stopped", stop_after=80)
+    train(None, tmp_path / "stopped", resume=True)  # type: ignore[arg-type]
+    assert_same(policy_state(tmp_path / "full"), policy_state(tmp_path / "stopped"))
+    assert metrics(tmp_path / "full") == metrics(tmp_path / "stopped")
+
+
+def test_run_status_tells_finished_resumable_stale_and_absent(tmp_path: Path) -> None:
+    """What benchmarks use to decide reuse / resume / retrain."""
+    from robometa.train import run_status
+
+    cfg = tiny_config("cavia")
+    assert run_status(tmp_path / "none", cfg) == "absent"
+    train(cfg, tmp_path / "done")
+    assert run_status(tmp_path / "done", cfg) == "finished"
+    # Another budget or seed: the run is not this config's.
+    assert run_status(tmp_path / "done", tiny_config("cavia", "dqn.total_steps=160")) == "stale"
+    assert run_status(tmp_path / "done", tiny_config("cavia", "seed=5")) == "stale"
+    train(cfg, tmp_path / "part", stop_after=80)  # a checkpoint at 80 of 120 steps
+    assert run_status(tmp_path / "part", cfg) == "resumable"
+    train(cfg, tmp_path / "early", stop_after=40)  # stopped before any checkpoint
+    assert run_status(tmp_path / "early", cfg) == "stale"
+    (tmp_path / "part" / "checkpoint.pt").write_bytes(b"")  # unreadable
+    assert run_status(tmp_path / "part", cfg) == "stale"
