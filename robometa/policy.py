@@ -130,6 +130,6 @@ class Policy:
         except Exception as err:  # zip/pickle errors: not a file torch.save wrote
             raise ValueError(
                 f"{path} is not a robometa policy file (expected a run directory or its "
-                f"{POLICY_FILE}): {type(err).__name__}: {str(err).splitlines()[0]}"
+                f"{POLICY_FILE}): {type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
             ) from err
         return cls.from_state(state, path)

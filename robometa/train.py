@@ -11,11 +11,13 @@ never stopped (same seed, CPU).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -375,21 +377,34 @@ def train(
     return policy
 
 
-def run_logged(log: str | Path, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def run_logged(
+    log: str | Path, fn: Callable[..., Any], *args: Any, append: bool = False, **kwargs: Any
+) -> Any:
     """``fn(*args, **kwargs)`` with all output (progress bars, PyBullet's C-level prints
     included) sent to the file ``log``; this process's stdout and stderr come back afterwards.
 
-    For worker processes that run several trainings or evaluations side by side.
+    For worker processes that run several trainings or evaluations side by side. An
+    exception's traceback goes to the log too before it propagates; ``append`` keeps what the
+    log already holds.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     try:
-        with open(log, "w") as f:
+        with (
+            open(log, "a" if append else "w", buffering=1) as f,
+            contextlib.redirect_stdout(f),
+            contextlib.redirect_stderr(f),
+        ):
+            # Both levels: Python's sys.stdout/sys.stderr, and the file descriptors that
+            # native code (PyBullet) writes to.
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
             try:
                 return fn(*args, **kwargs)
+            except BaseException:
+                traceback.print_exc()  # the log shows why it stopped
+                raise
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -406,9 +421,44 @@ def train_to_log(
     log: str | Path,
     steps: int | None = None,
     seed: int | None = None,
+    resume: bool = False,
 ) -> float:
-    """Train ``config`` into ``run_dir`` with its output in ``log``; the wall-clock seconds."""
-    cfg = load_config(config, steps=steps, seed=seed)
+    """Train ``config`` into ``run_dir`` (``resume``: continue its checkpoint) with all output,
+    errors included, in ``log``; returns the wall-clock seconds."""
+
+    def job() -> None:
+        if resume:
+            train(None, run_dir, resume=True)  # type: ignore[arg-type]
+        else:
+            train(load_config(config, steps=steps, seed=seed), run_dir)
+
     t = time.perf_counter()
-    run_logged(log, train, cfg, run_dir)
+    run_logged(log, job, append=resume)
     return time.perf_counter() - t
+
+
+def run_status(run_dir: str | Path, cfg: Config) -> str:
+    """``"finished"``, ``"resumable"`` (a checkpoint of ``cfg`` short of its budget),
+    ``"stale"`` (a run of another config, or unreadable) or ``"absent"``.
+
+    A run is finished once its final checkpoint is written, which happens after ``policy.pt``
+    holds the final (selected) policy; ``policy.pt`` alone is not enough, as model selection
+    writes it during training.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return "absent"
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.exists():
+        return "stale"
+    try:
+        state = torch.load(ckpt, weights_only=True, map_location="cpu")
+        saved = yaml.safe_load(state["config"])
+        env_steps = int(state["algorithm"]["env_steps"])
+    except Exception:
+        return "stale"
+    if saved != yaml.safe_load(yaml.safe_dump(cfg.to_dict())):
+        return "stale"
+    if env_steps >= cfg.dqn.total_steps and (run_dir / "policy.pt").exists():
+        return "finished"
+    return "resumable"

@@ -267,3 +267,28 @@ def test_a_config_that_cannot_build_its_env_leaves_no_run_behind(tmp_path: Path)
         config_from_dict({**SMALL, "dqn": {**SMALL["dqn"], "total_steps": 300}}), tmp_path / "run"
     )
     assert (tmp_path / "run" / "policy.pt").exists()
+
+
+def test_run_logged_sends_output_and_errors_to_the_log(tmp_path: Path, capfd) -> None:
+    from robometa.train import run_logged
+
+    def noisy(x: int) -> int:
+        print("to stdout")
+        os.write(2, b"to fd 2\n")
+        return x + 1
+
+    def failing() -> None:
+        print("before the error")
+        raise ValueError("robot fell over")
+
+    log = tmp_path / "job.log"
+    assert run_logged(log, noisy, 1) == 2
+    assert log.read_text() == "to stdout\nto fd 2\n"
+    with pytest.raises(ValueError, match="robot fell over"):
+        run_logged(log, failing, append=True)
+    text = log.read_text()
+    assert text.startswith("to stdout\nto fd 2\nbefore the error\n")
+    assert "Traceback" in text and "ValueError: robot fell over" in text
+    print("back on the terminal")
+    out, err = capfd.readouterr()
+    assert out == "back on the terminal\n" and err == ""
