@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     policy = Policy.load(args.run)
-    bundle = Path(tempfile.mkdtemp(prefix="robometa-rounds-")) / "bundle"
+    tmp = tempfile.TemporaryDirectory(prefix="robometa-rounds-")
+    bundle = Path(tmp.name) / "bundle"
     export_bundle(policy, bundle)
     env = make_env(policy.env_id, policy.dynamics)
     space = env.unwrapped.dynamics_space
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update()
     bar.close()
     env.close()
+    tmp.cleanup()
 
     summary = {
         g: {
