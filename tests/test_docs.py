@@ -33,3 +33,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     for part in command.split(" && "):
         assert part.replace("pip install", "python -m pip install -q") in ci or part in ci, part
+    pytest_lines = [
+        line for line in ci.splitlines() if "pytest" in line and not line.startswith("#")
+    ]
+    assert pytest_lines and all(" -m " not in line and " -k " not in line for line in pytest_lines)

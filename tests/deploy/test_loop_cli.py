@@ -142,6 +142,26 @@ class TestCommandLine:
         restored.load_state(state)
         assert len(restored.buffer) == 30
 
+    @pytest.mark.parametrize(
+        ("extra", "support_from", "epsilon"),
+        [([], "auto", None), (["--support-from", "current", "--epsilon", "0.05"], "current", 0.05)],
+    )
+    def test_adapt_passes_support_from_and_epsilon(
+        self, cavia, monkeypatch, extra: list[str], support_from: str, epsilon
+    ) -> None:
+        import robometa.deploy.cli as cli
+
+        seen = {}
+
+        def fake_run_rounds(adapter, env, **kwargs):
+            seen.update(kwargs)
+            return []
+
+        monkeypatch.setattr(cli, "run_rounds", fake_run_rounds)
+        args = ["adapt", "--bundle", str(cavia.path), "--sample-test-task", "3", *extra]
+        assert main(args) == 0
+        assert seen["support_from"] == support_from and seen["epsilon"] == epsilon
+
     def test_adapt_on_a_task_file(self, cavia, tmp_path: Path) -> None:
         import gymnasium as gym
         import robometa.envs
