@@ -30,11 +30,11 @@ import numpy as np
 MODES = ("meta", "current")
 
 
-def bootstrap_ci(values: list[float], n: int = 10_000) -> tuple[float, float]:
-    x = np.asarray(values, float)
-    means = x[np.random.default_rng(0).integers(0, len(x), size=(n, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(lo), float(hi)
+def _mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
+    from robometa.evaluate import bootstrap_ci  # 95% percentile bootstrap, fixed seed
+
+    mean, lo, hi = bootstrap_ci(values)
+    return mean, (lo, hi)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         g: {
             m: [
-                {
-                    "round": r,
-                    "mean": float(np.mean([x[r] for x in rows])),
-                    "ci95": bootstrap_ci([x[r] for x in rows]),
-                }
+                dict(
+                    zip(
+                        ("round", "mean", "ci95"), (r, *_mean_ci([x[r] for x in rows])), strict=True
+                    )
+                )
                 for r in range(args.rounds + 1)
             ]
             for m, rows in per_mode.items()
