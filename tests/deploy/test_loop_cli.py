@@ -90,11 +90,12 @@ class TestLoop:
         collected with them (as in meta-training), not with the previous round's adaptation."""
         adapter = Adapter.load(cavia.path, capacity=40, tolerance=10.0)
         assert adapter.from_meta
-        seen: list[np.ndarray] = []
+        seen: list[np.ndarray] = []  # Q-values of a fixed probe with the acting parameters
+        probe = np.array([0.1, -0.2, 0.05, 0.3], np.float32)
 
         class Spy(FakeCartPole):
             def step(self, action: int):
-                seen.append(adapter.params["context"].copy())
+                seen.append(adapter.q_values(probe).copy())
                 return super().step(action)
 
         ends: list[int] = []  # steps seen when each round finished
@@ -108,14 +109,17 @@ class TestLoop:
             on_round=lambda _r: ends.append(len(seen)),
         )
         assert results[1].report is not None and results[1].report.accepted
+        with adapter.acting_with_meta():
+            meta_q = adapter.q_values(probe)
+        adapted_q = adapter.q_values(probe)
+        assert not np.allclose(meta_q, adapted_q)
         round2 = seen[ends[1] : ends[1] + 40]  # round 2's collection
-        meta = adapter.meta_params["context"]
-        # round 1 moved the context away from the meta-parameters
-        assert not np.array_equal(round2[0], meta) or acts_with_meta
-        assert all(np.array_equal(c, meta) for c in round2) == acts_with_meta
-        # after the block, the adapted parameters act again
-        assert np.array_equal(seen[-1], adapter.params["context"])
-        assert not np.array_equal(adapter.params["context"], meta)
+        assert len(round2) == 40
+        # round 1 moved the parameters away from the meta-parameters
+        assert not np.allclose(round2[0], meta_q) or acts_with_meta
+        assert all(np.allclose(q, meta_q) for q in round2) == acts_with_meta
+        # after the collection, the adapted parameters act again (the last evaluation)
+        np.testing.assert_allclose(seen[-1], adapted_q)
 
 
 class TestCommandLine:
