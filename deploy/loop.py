@@ -4,8 +4,9 @@ Each round collects ``support`` transitions (epsilon-greedy, so the data covers 
 greedy policy would not try; acting with the meta-parameters for bundles that adapt from them,
 as in meta-training, else with the current parameters: ``support_from``), runs
 ``adapter.adapt(steps)`` on the buffer (the most recent ``capacity`` transitions, default the
-bundle's support size), and measures the greedy return on fixed evaluation episodes (the same seeds every round, so the
-rounds are comparable). Round 0 is the meta-parameters before any adaptation.
+bundle's support size), and measures the greedy return on fixed evaluation episodes (the same
+seeds every round, so the rounds are comparable). Round 0 is the meta-parameters before any
+adaptation.
 
 A robot is any object with::
 
