@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
@@ -44,8 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise SystemExit("robometa train: give a CONFIG.yaml (or --resume RUN_DIR)")
-    cfg = load_config(args.config, args.set or (), steps=args.steps, seed=args.seed)
-    out = args.out or f"runs/{args.config.stem}-seed{cfg.seed}"
+    from robometa.configs import resolve
+
+    config = resolve(args.config)
+    cfg = load_config(config, args.set or (), steps=args.steps, seed=args.seed)
+    out = args.out or f"runs/{config.stem}-seed{cfg.seed}"
     train(cfg, out)
     print(f"run written to {out} (policy.pt, metrics.csv, learning_curve.png)")
     return 0
@@ -69,6 +71,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    """List the shipped configs (one line each), or print one to start your own from."""
+    import yaml
+
+    from robometa.configs import available, resolve, summary
+
+    if args.name:
+        print(resolve(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    shipped = available()
+    width = max(map(len, shipped))
+    print(f"{'name':{width}}  {'algorithm':9}  {'env':14}  {'env steps':>9}  description")
+    for name, path in shipped.items():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        env = str(raw.get("env", {}).get("id", "")).split("/")[-1]
+        steps = raw.get("dqn", {}).get("total_steps", "")
+        text = summary(path)
+        text = text if len(text) <= 90 else text[:89] + "…"
+        print(f"{name:{width}}  {raw.get('algorithm', ''):9}  {env:14}  {steps:>9}  {text}")
+    print("\ntrain one with `robometa train NAME`; `robometa configs NAME` prints it")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Meta-train, evaluate, export and adapt on held-out robots through the runtime."""
     from robometa.quickstart import run_quickstart
@@ -84,7 +109,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from robometa import __version__
+
     parser = argparse.ArgumentParser(prog="robometa", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"robometa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("envs", help=cmd_envs.__doc__)
     p.add_argument("--episodes", type=int, default=5, help="episodes per family (default 5)")
@@ -116,8 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
 
+    p = sub.add_parser("configs", help=cmd_configs.__doc__, description=cmd_configs.__doc__)
+    p.add_argument("name", nargs="?", help="a shipped config to print (default: list them all)")
+    p.set_defaults(func=cmd_configs)
+
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
-    p.add_argument("config", nargs="?", type=Path, help="experiment YAML (see configs/)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="experiment YAML: a path, or a shipped config's name (`robometa configs` lists them)",
+    )
     p.add_argument("--out", help="run directory (default: runs/<config name>-seed<seed>)")
     p.add_argument("--steps", type=int, help="override dqn.total_steps (environment steps)")
     p.add_argument("--seed", type=int, help="override the seed")
