@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ SCRIPT = textwrap.dedent(
         else:
             raise SystemExit(f"{name} is importable in the runtime-only environment")
 
+    import numpy
     import onnxruntime
     from fake_robot import FakeCartPole
     from robometa.deploy import Adapter
@@ -45,6 +47,7 @@ SCRIPT = textwrap.dedent(
         "same_action": restored.act([0.01, 0.0, 0.02, 0.0]) == adapter.act([0.01, 0.0, 0.02, 0.0]),
         "modules": sorted({m.split(".")[0] for m in sys.modules} & heavy),
         "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
     }))
     """
 )
@@ -54,13 +57,28 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+def declared_minimums() -> list[str]:
+    """The deploy extra's lower bounds as exact pins: ``numpy>=1.24`` -> ``numpy==1.24``."""
+    text = (REPO / "pyproject.toml").read_text()  # tomllib is 3.11+; the line is simple
+    deploy = re.findall(r'"([^"]+)"', re.search(r"^deploy = \[(.*)\]$", text, re.M).group(1))
+    pins = [req.replace(">=", "==") for req in deploy]
+    assert sorted(p.split("==")[0] for p in pins) == ["numpy", "onnxruntime"], deploy
+    assert all("==" in p and "," not in p for p in pins), deploy
+    return pins
+
+
 @pytest.mark.slow
-def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(cavia, tmp_path: Path) -> None:
+@pytest.mark.parametrize("versions", ["newest", "declared minimums"])
+def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
+    cavia, tmp_path: Path, versions: str
+) -> None:
+    """The runtime works at both ends of the declared ranges (pyproject's ``deploy`` extra)."""
     venv = tmp_path / "venv"
     made = run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    installed = run([str(python), "-m", "pip", "install", "-q", "numpy", "onnxruntime"])
+    wanted = ["numpy", "onnxruntime"] if versions == "newest" else declared_minimums()
+    installed = run([str(python), "-m", "pip", "install", "-q", *wanted])
     assert installed.returncode == 0, installed.stdout + installed.stderr
 
     # The deploy package as robometa.deploy, next to the (light) robometa/__init__.py.
@@ -87,6 +105,11 @@ def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(cavia, tmp_path: P
     assert all(r["report"]["n_transitions"] == 40 for r in doc["rounds"][1:])
     assert doc["restored_buffer"] == 40 and doc["same_action"]
     assert doc["modules"] == []
+    if versions != "newest":
+        got = {"numpy": doc["numpy"], "onnxruntime": doc["onnxruntime"]}
+        for pin in wanted:
+            name, version = pin.split("==")
+            assert got[name].split(".")[:2] == version.split(".")[:2], (pin, got)
 
     cli = [str(python), "-m", "robometa.deploy.cli"]
     info = run([*cli, "info", "--bundle", str(bundle)], env=env, cwd=tmp_path)
