@@ -32,42 +32,106 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count (``--steps``, ``--episodes``): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def _step_counts(text: str) -> list[int]:
+    """argparse type of ``--curve``: adaptation step counts >= 0, comma-separated."""
+    try:
+        steps = [int(k) for k in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or any(k < 0 for k in steps):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected adaptation step counts >= 0 separated by commas, e.g. 0,1,2,5"
+        )
+    return steps
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or meta-train) a policy from a YAML config into a run directory."""
+    import shlex
+    from pathlib import Path
+
     from robometa.config import load_config
-    from robometa.train import train
+    from robometa.train import TrainingInterrupted, checkpoint_steps, train
 
     if args.resume:
-        train(None, args.resume, resume=True)  # type: ignore[arg-type]
-        print(f"resumed and finished {args.resume}")
-        return 0
-    if args.config is None:
-        raise SystemExit("robometa train: give a CONFIG.yaml (or --resume RUN_DIR)")
-    from robometa.configs import resolve
+        given = [
+            flag
+            for flag, value in (
+                ("CONFIG", args.config),
+                ("--out", args.out),
+                ("--steps", args.steps),
+                ("--seed", args.seed),
+                ("--set", args.set),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"--resume continues a run with its own config and directory; drop {', '.join(given)}"
+            )
+        out = Path(args.resume)
+    else:
+        if args.config is None:
+            raise ValueError(
+                "give a CONFIG.yaml (a path or a shipped config's name), or --resume RUN_DIR"
+            )
+        from robometa.configs import resolve
 
-    config = resolve(args.config)
-    cfg = load_config(config, args.set or (), steps=args.steps, seed=args.seed)
-    out = args.out or f"runs/{config.stem}-seed{cfg.seed}"
-    train(cfg, out)
-    print(f"run written to {out} (policy.pt, metrics.csv, learning_curve.png)")
+        config = resolve(args.config)
+        cfg = load_config(config, args.set or (), steps=args.steps, seed=args.seed)
+        out = Path(args.out) if args.out else Path("runs") / f"{config.stem}-seed{cfg.seed}"
+    resume_with = f"resume with: robometa train --resume {shlex.quote(str(out))}"
+    try:
+        if args.resume:
+            train(None, out, resume=True)  # type: ignore[arg-type]
+        else:
+            train(cfg, out)
+    except TrainingInterrupted as stop:
+        print(f"interrupted at {stop.env_steps} env steps; {resume_with}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint is where a resume starts
+        steps = checkpoint_steps(out)
+        if steps is None:
+            raise
+        print(
+            f"interrupted; the checkpoint at {steps} env steps stays; {resume_with}",
+            file=sys.stderr,
+        )
+        return 130
+    done = "resumed and finished" if args.resume else "run written to"
+    steps = checkpoint_steps(out)
+    print(f"{done} {out}: {steps} env steps (policy.pt, metrics.csv, learning_curve.png)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate trained runs on held-out robots: adaptation curves and normalized scores."""
+    from pathlib import Path
+
     from robometa.evaluate import run_evaluation
 
-    steps = [int(k) for k in args.curve.split(",")] if args.curve else None
+    out = Path(args.out)
     run_evaluation(
         args.runs,
         tasks=args.tasks,
         n_tasks=args.n_tasks,
         episodes=args.episodes,
-        steps=steps,
-        out=args.out,
+        steps=args.curve,
+        out=out,
         fine_tune=not args.no_fine_tune,
     )
-    print(f"wrote {args.out}/results.md, results.json, adaptation.png")
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'adaptation.png'}")
     return 0
 
 
@@ -105,6 +169,26 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         eval_tasks=args.eval_tasks,
         seed=args.seed,
     )
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    """Render a trained run or an exported bundle on one robot, before and after adapting."""
+    from robometa.play import play
+
+    result = play(
+        args.source,
+        out=args.out,
+        tasks=args.tasks,
+        task_index=args.task_index,
+        test_task=args.sample_test_task,
+        episodes=args.episodes,
+        seed=args.seed,
+        adapt=not args.no_adapt,
+        fps=args.fps,
+        every=args.every,
+    )
+    print("\n".join(result.lines()))
     return 0
 
 
@@ -155,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="experiment YAML: a path, or a shipped config's name (`robometa configs` lists them)",
     )
     p.add_argument("--out", help="run directory (default: runs/<config name>-seed<seed>)")
-    p.add_argument("--steps", type=int, help="override dqn.total_steps (environment steps)")
+    p.add_argument(
+        "--steps", type=_positive_int, help="override dqn.total_steps (environment steps)"
+    )
     p.add_argument("--seed", type=int, help="override the seed")
     p.add_argument(
         "--set",
@@ -174,16 +260,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="'test' (held-out in-distribution + out-of-distribution tasks) or a "
         "task file (YAML/JSON with a 'tasks' list)",
     )
-    p.add_argument("--n-tasks", type=int, default=10, help="tasks per group with --tasks test")
-    p.add_argument("--episodes", type=int, default=2, help="greedy episodes per task and step")
+    p.add_argument(
+        "--n-tasks", type=_positive_int, default=10, help="tasks per group with --tasks test"
+    )
+    p.add_argument(
+        "--episodes", type=_positive_int, default=2, help="greedy episodes per task and step"
+    )
     p.add_argument(
         "--curve",
+        type=_step_counts,
         help="adaptation steps to evaluate, e.g. 0,1,2,5 "
         "(default: 0,1,2,3 and each run's configured steps)",
     )
     p.add_argument("--no-fine-tune", action="store_true", help="skip the DR + fine-tuning baseline")
     p.add_argument("--out", default="eval", help="report directory (default: eval)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "play",
+        help=cmd_play.__doc__,
+        description=cmd_play.__doc__
+        + " A run directory (policy.pt) plays through torch, adapting as `robometa eval` does; "
+        "a bundle directory (manifest.json) through the deploy runtime (collect, adapt). "
+        "Greedy episode e of every panel starts from reset(seed=SEED+e); the support is "
+        "collected with numpy.random.default_rng(SEED).",
+    )
+    p.add_argument("source", metavar="RUN_OR_BUNDLE", help="run directory or bundle directory")
+    robot = p.add_mutually_exclusive_group()
+    robot.add_argument(
+        "--tasks", metavar="FILE", help="task file (YAML/JSON with a 'tasks' list) to pick from"
+    )
+    robot.add_argument(
+        "--sample-test-task",
+        type=int,
+        default=0,
+        metavar="SEED",
+        help="draw the robot from the test (out-of-distribution) ranges with this seed "
+        "(default 0; used when --tasks is not given)",
+    )
+    p.add_argument(
+        "--task-index", type=int, metavar="I", help="which robot of --tasks FILE (default 0)"
+    )
+    p.add_argument(
+        "--episodes", type=int, default=1, metavar="N", help="greedy episodes per panel (default 1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="episode and support seed (default 0)")
+    p.add_argument(
+        "--no-adapt", action="store_true", help="show only the initial (meta-)parameters"
+    )
+    p.add_argument(
+        "--out",
+        default="play.gif",
+        metavar="FILE",
+        help="video to write, .gif or .mp4 (mp4 needs imageio-ffmpeg) "
+        "(default: play.gif in the current directory)",
+    )
+    p.add_argument("--fps", type=int, default=25, help="frames per second (default 25)")
+    p.add_argument(
+        "--every",
+        type=int,
+        default=2,
+        metavar="K",
+        help="keep every K-th step as a frame (default 2: real time at 25 fps for the 50 Hz "
+        "robot families)",
+    )
+    p.set_defaults(func=cmd_play)
 
     from robometa.export import add_export_command
 
@@ -198,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"robometa {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"robometa {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -299,14 +299,66 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _set_path(tree: dict[str, Any], dotted: str, raw: str, source: str) -> None:
+def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema below ``cls`` (what ``--set`` can name)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _leaf_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _check_override(key: str, value: Any, label: str) -> None:
+    """Validate one command-line override against the schema on its own, so that a mistake in
+    it is blamed on ``label`` (``--set dqn.gamma=2``, ``--steps 0``), not on the YAML file."""
+    cls: type = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        prefix = ".".join(parts[:i])
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in fields(cls)}
+        if part not in known:
+            close = difflib.get_close_matches(key, _leaf_keys(Config), n=1)
+            hint = (
+                f" (did you mean {close[0]}?)"
+                if close
+                else f"; allowed keys{' in ' + prefix if prefix else ''}: {', '.join(known)}"
+            )
+            raise ValueError(f"{label}: unknown key '{key}'{hint}")
+        tp, last = hints[part], i == len(parts) - 1
+        try:
+            if dataclasses.is_dataclass(tp):
+                if last:  # a whole section, e.g. --set 'network={hidden: [8]}'
+                    _build(tp, value, f"{key}.", "")
+                    return
+                cls = tp
+                continue
+            base = typing.get_origin(tp) or tp
+            if base is types.UnionType or base is typing.Union:
+                base = typing.get_args(tp)[0]
+            if not last:
+                if base is dict:  # a free-form mapping (env.dynamics): the env checks it
+                    return
+                raise ValueError(f"'{'.'.join(parts[: i + 1])}' is a value, not a section")
+            _coerce(value, base, key, known[part].metadata, "")
+        except ValueError as err:
+            raise ValueError(f"{label}: {err}") from None
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
     parts = dotted.split(".")
     node = tree
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {dotted}={raw}: '{part}' is not a section{source}")
-    node[parts[-1]] = yaml.safe_load(raw)
+            section = ".".join(parts[: i + 1])
+            raise ValueError(
+                f"config section '{section}' must be a mapping, got {node!r} in {path}"
+            )
+    node[parts[-1]] = value
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "") -> Config:
@@ -314,28 +366,39 @@ def config_from_dict(data: Mapping[str, Any], source: str = "") -> Config:
     # A private copy: the config must not share lists or dicts (network.hidden, env.dynamics)
     # with the caller's mapping, or editing one would silently change the other.
     cfg = _build(Config, _deep_copy(data), "", source)
+    _check_combination(cfg, f" in {source}" if source else "")
+    return cfg
+
+
+def _check_combination(cfg: Config, where: str) -> None:
+    """Rules across keys, after each key passed on its own."""
     if cfg.dqn.epsilon_end > cfg.dqn.epsilon_start:
         raise ValueError(
             f"config key 'dqn.epsilon_end': {cfg.dqn.epsilon_end} must not exceed "
-            f"dqn.epsilon_start = {cfg.dqn.epsilon_start}{' in ' + source if source else ''}"
+            f"dqn.epsilon_start = {cfg.dqn.epsilon_start}{where}"
         )
     if cfg.algorithm == "anil" and cfg.adaptation.loss == "model":
         raise ValueError(
             "config key 'adaptation.loss': anil adapts only the heads, and the model loss never "
-            f"reaches the Q head, so it needs 'td' or 'td+model', got 'model'{' in ' + source if source else ''}"
+            f"reaches the Q head, so it needs 'td' or 'td+model', got 'model'{where}"
         )
     if cfg.algorithm == "reptile" and cfg.adaptation.loss == "model":
         # Checked here, not only by MetaLearner: train() writes the run directory first.
         raise ValueError(
             "config key 'adaptation.loss': reptile learns Q only through its inner loop, so it "
-            f"needs 'td' or 'td+model', got 'model'{' in ' + source if source else ''}"
+            f"needs 'td' or 'td+model', got 'model'{where}"
         )
     if cfg.algorithm == "cavia" and cfg.network.context_dim < 1:
         raise ValueError(
             f"config key 'network.context_dim': cavia needs a context vector (>= 1), got "
-            f"{cfg.network.context_dim}{' in ' + source if source else ''}"
+            f"{cfg.network.context_dim}{where}"
         )
-    return cfg
+    if cfg.algorithm in META_ALGORITHMS and cfg.meta.collect_steps < 1:
+        raise ValueError(
+            f"config key 'meta.collect_steps': {cfg.algorithm} collects its data in rounds of "
+            f"meta.collect_steps env steps per task, so it needs >= 1 (0 never reaches "
+            f"dqn.total_steps){where}"
+        )
 
 
 def load_config(
@@ -344,7 +407,11 @@ def load_config(
     steps: int | None = None,
     seed: int | None = None,
 ) -> Config:
-    """Read ``path`` (YAML), apply ``--set key=value`` overrides, validate."""
+    """Read ``path`` (YAML), apply ``--set key=value`` overrides, validate.
+
+    Each override (and ``steps``, ``seed``) is checked against the schema first, so an error
+    in one names the override rather than the file.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -355,16 +422,29 @@ def load_config(
     if not isinstance(raw, dict):
         raise ValueError(f"config file {path}: the top level must be a mapping")
     data = _deep_copy(raw)
+    changes: list[tuple[str, Any, str]] = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value, e.g. dqn.learning_rate=3e-4")
-        key, value = item.split("=", 1)
-        _set_path(data, key.strip(), value, f" (config {path})")
+        key, text = item.split("=", 1)
+        label = f"--set {item}"
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            reason = str(err).splitlines()[0]
+            raise ValueError(f"{label}: {text!r} is not a YAML value ({reason})") from None
+        changes.append((key.strip(), value, label))
     if steps is not None:
-        data.setdefault("dqn", {})["total_steps"] = steps
+        changes.append(("dqn.total_steps", steps, f"--steps {steps}"))
     if seed is not None:
-        data["seed"] = seed
-    return config_from_dict(data, source=str(path))
+        changes.append(("seed", seed, f"--seed {seed}"))
+    for key, value, label in changes:
+        _check_override(key, value, label)
+        _set_path(data, key, value, path)
+    cfg = _build(Config, data, "", str(path))
+    labels = ", ".join(label for _, _, label in changes)
+    _check_combination(cfg, f" in {path}" + (f" with {labels}" if labels else ""))
+    return cfg
 
 
 def _deep_copy(value: Any) -> Any:

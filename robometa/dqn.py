@@ -97,6 +97,11 @@ class DQN:
         self.ep_return[i] = 0.0
         self.pending[i].clear()
 
+    @property
+    def steps_per_iteration(self) -> int:
+        """One vector step: every env steps once."""
+        return len(self.envs)
+
     def boundary(self) -> None:
         """Restart every env: checkpoints are taken here, so a resumed run continues exactly."""
         for i in range(len(self.envs)):

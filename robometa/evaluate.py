@@ -31,6 +31,7 @@ from robometa.rollout import ActFn, collect, episode_return, greedy_act_fn, make
 
 EVAL_SEED = 10_000  # task and episode seeds of held-out evaluation (training never uses these)
 FINE_TUNE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+TUNE_TASKS = 10  # training tasks the fine-tuning rate is chosen on
 
 
 class Method(Protocol):
@@ -168,11 +169,16 @@ def tune_fine_tune_lr(
     policy: Policy,
     steps: int,
     episodes: int = 2,
-    n_tasks: int = 10,
+    n_tasks: int = TUNE_TASKS,
     grid: Sequence[float] = FINE_TUNE_GRID,
     support_epsilon: float = 0.3,
+    progress: Callable[[], None] | None = None,
 ) -> tuple[float, dict[float, float]]:
-    """Pick the fine-tuning learning rate on *training* tasks (never on held-out ones)."""
+    """Pick the fine-tuning learning rate on *training* tasks (never on held-out ones).
+
+    ``progress`` is called once per (learning rate, task) evaluated: ``len(grid) * n_tasks``
+    times.
+    """
     env = make_env(policy.env_id, policy.dynamics)
     tasks = env.unwrapped.sample_tasks(n_tasks, seed=EVAL_SEED + 1, split="train")
     env.close()
@@ -180,7 +186,9 @@ def tune_fine_tune_lr(
     for lr in grid:
         lrs = {k: torch.tensor(lr) for k in policy.params}
         m = PolicyMethod("tune", policy, support_epsilon, lrs)
-        res = evaluate_method(m, [TaskSet("tune", tasks)], [steps], episodes, policy.dynamics)
+        res = evaluate_method(
+            m, [TaskSet("tune", tasks)], [steps], episodes, policy.dynamics, progress
+        )
         scores[lr] = float(np.mean([r[0] for r in res["tune"]]))
     best = max(grid, key=lambda lr: scores[lr])
     return best, scores
@@ -366,9 +374,17 @@ def run_evaluation(
     fine_tune: bool = True,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate trained runs (grouped by method over training seeds); write the reports."""
+    """Evaluate trained runs (grouped by method over training seeds); write the reports.
+
+    Every input (the runs, the task file, the curve) is checked before ``out`` is created, so
+    a mistake leaves no empty report directory behind. ``show_progress``: a header line at
+    once, then progress bars for the fine-tuning rate search and for the evaluation.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if episodes < 1 or n_tasks < 1:
+        raise ValueError(f"episodes and n_tasks must be >= 1, got {episodes} and {n_tasks}")
+    if steps is not None and any(k < 0 for k in steps):
+        raise ValueError(f"adaptation steps must be >= 0, got {list(steps)}")
     policies = [(Path(d), Policy.load(d)) for d in run_dirs]
     if not policies:
         raise ValueError("give at least one run directory to evaluate")
@@ -385,7 +401,29 @@ def run_evaluation(
     # Sorted, and always from 0: the unadapted methods' single return is the k = 0 entry.
     steps = sorted({0, *(k for k in steps if 0 <= k <= max_k)})
     sets = task_sets(tasks, env_id, n_tasks, dynamics)
+    out.mkdir(parents=True, exist_ok=True)
+    if show_progress:
+        groups = ", ".join(f"{s.name} ({len(s.tasks)} tasks)" for s in sets)
+        print(
+            f"evaluating {len(policies)} run(s) on {env_id}: {groups}, {episodes} episode(s) "
+            f"per task, adaptation steps {','.join(map(str, steps))}",
+            flush=True,
+        )
 
+    def tunes(pol: Policy) -> bool:
+        return pol.algorithm == "dqn" and fine_tune and max_k > 0
+
+    tune_bar = None
+    n_tune = sum(tunes(pol) for _, pol in policies)
+    if show_progress and n_tune:
+        from tqdm import tqdm
+
+        tune_bar = tqdm(
+            total=n_tune * len(FINE_TUNE_GRID) * TUNE_TASKS,
+            unit="task",
+            desc="tune dr fine-tuning lr",
+            mininterval=1.0,
+        )
     methods: dict[str, list[Method]] = {}
     tuned: dict[str, Any] = {}
     for run_dir, pol in policies:
@@ -398,8 +436,14 @@ def run_evaluation(
                 else pol.algorithm
             )
             methods.setdefault(label, []).append(PolicyMethod(label, pol, eps, lrs={}))
-            if pol.algorithm == "dqn" and fine_tune and max_k > 0:
-                lr, grid = tune_fine_tune_lr(pol, max_k, support_epsilon=eps)
+            if tunes(pol):
+                lr, grid = tune_fine_tune_lr(
+                    pol,
+                    max_k,
+                    n_tasks=TUNE_TASKS,
+                    support_epsilon=eps,
+                    progress=tune_bar.update if tune_bar is not None else None,
+                )
                 tuned[str(run_dir)] = {"fine_tune_lr": lr, "grid_returns": grid}
                 lrs = {k: torch.tensor(lr) for k in pol.params}
                 methods.setdefault(f"{label}+finetune", []).append(
@@ -407,6 +451,8 @@ def run_evaluation(
                 )
         else:
             methods.setdefault(pol.algorithm, []).append(PolicyMethod(pol.algorithm, pol, eps))
+    if tune_bar is not None:
+        tune_bar.close()
 
     total = sum(len(ms) for ms in methods.values()) * sum(len(s.tasks) for s in sets)
     bar = None

@@ -134,6 +134,13 @@ class MetaLearner:
             return [self.space.nominal()] * n
         return self.space.sample(n, seed=seed_from(self.rng), split="train")
 
+    @property
+    def steps_per_iteration(self) -> int:
+        """One round: support and query collection on each task of a meta-batch."""
+        m = self.cfg.meta
+        tasks = min(m.meta_batch, len(self.slots)) if m.task_pool > 0 else len(self.slots)
+        return 2 * m.collect_steps * tasks
+
     def boundary(self) -> None:
         for slot in self.slots:
             slot.restart(self.rng)

@@ -131,18 +131,82 @@ class TestSetOverrides:
         assert cfg.meta.meta_batch == 4
 
     @pytest.mark.parametrize(
-        ("item", "pattern"),
+        ("item", "message"),
         [
-            ("dqn.learning_rate", r"--set 'dqn\.learning_rate': expected key=value"),
-            ("dqn.learning_rte=3e-4", r"unknown config key 'dqn\.learning_rte'.*exp\.yaml"),
-            ("dqn.batch_size=big", r"'dqn\.batch_size': 'big' is not an integer.*exp\.yaml"),
-            ("dqn.gamma.x=1", r"--set dqn\.gamma\.x=1: 'gamma' is not a section.*exp\.yaml"),
-            ("dqn.gamma=2", r"'dqn\.gamma': 2\.0 is outside the allowed range"),
+            ("dqn.learning_rate", "--set 'dqn.learning_rate': expected key=value"),
+            (
+                "dqn.learnin_rate=1e-3",
+                "--set dqn.learnin_rate=1e-3: unknown key 'dqn.learnin_rate' "
+                "(did you mean dqn.learning_rate?)",
+            ),
+            (  # the section left out
+                "learning_rate=1e-3",
+                "--set learning_rate=1e-3: unknown key 'learning_rate' "
+                "(did you mean dqn.learning_rate?)",
+            ),
+            (
+                "dqn.zzz=1",
+                "--set dqn.zzz=1: unknown key 'dqn.zzz'; allowed keys in dqn: total_steps, ",
+            ),
+            (
+                "dqn.batch_size=big",
+                "--set dqn.batch_size=big: config key 'dqn.batch_size': 'big' is not an integer",
+            ),
+            ("dqn.gamma.x=1", "--set dqn.gamma.x=1: 'dqn.gamma' is a value, not a section"),
+            (
+                "dqn.gamma=2",
+                "--set dqn.gamma=2: config key 'dqn.gamma': 2.0 is outside the allowed range",
+            ),
+            ("network.hidden=[8,", "--set network.hidden=[8,: '[8,' is not a YAML value"),
+            (
+                "network={hidden: [0]}",
+                "--set network={hidden: [0]}: config key 'network.hidden': [0] must be",
+            ),
         ],
     )
-    def test_bad_set(self, tmp_path: Path, item: str, pattern: str) -> None:
-        with pytest.raises(ValueError, match=pattern):
+    def test_a_bad_set_is_blamed_on_set_not_on_the_file(
+        self, tmp_path: Path, item: str, message: str
+    ) -> None:
+        with pytest.raises(ValueError) as err:
             load_config(write(tmp_path, BASE), [item])
+        assert str(err.value).startswith(message)
+        assert "exp.yaml" not in str(err.value)
+
+    def test_bad_steps_and_seed_are_blamed_on_their_flags(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match=r"^--steps 0: config key 'dqn\.total_steps'"):
+            load_config(write(tmp_path, BASE), steps=0)
+        with pytest.raises(ValueError, match=r"^--seed -1: config key 'seed'"):
+            load_config(write(tmp_path, BASE), seed=-1)
+
+    def test_a_mistake_in_the_file_is_still_blamed_on_the_file(self, tmp_path: Path) -> None:
+        path = write(tmp_path, with_change("dqn", "learning_rte", 3e-4))
+        with pytest.raises(ValueError, match=r"unknown config key 'dqn\.learning_rte' in .*exp"):
+            load_config(path, ["dqn.gamma=0.5"])
+
+    def test_a_conflict_across_keys_names_the_file_and_the_overrides(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError) as err:
+            load_config(write(tmp_path, BASE), ["dqn.epsilon_end=0.5", "dqn.epsilon_start=0.2"])
+        assert "must not exceed dqn.epsilon_start = 0.2" in str(err.value)
+        assert str(err.value).endswith(
+            "exp.yaml with --set dqn.epsilon_end=0.5, --set dqn.epsilon_start=0.2"
+        )
+
+    def test_a_set_into_a_free_form_mapping_is_kept(self, tmp_path: Path) -> None:
+        cfg = load_config(write(tmp_path, BASE), ["env.dynamics.pole_length.train=[0.4, 0.6]"])
+        assert cfg.env.dynamics == {"pole_length": {"train": [0.4, 0.6]}}
+
+    def test_the_cli_names_set(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        from robometa.cli import main as cli_main
+
+        path = write(tmp_path, BASE)
+        code = cli_main(
+            ["train", str(path), "--out", str(tmp_path / "run"), "--set", "dqn.learnin_rate=1e-3"]
+        )
+        assert code == 2 and not (tmp_path / "run").exists()
+        assert capsys.readouterr().err == (
+            "robometa train: error: --set dqn.learnin_rate=1e-3: unknown key "
+            "'dqn.learnin_rate' (did you mean dqn.learning_rate?)\n"
+        )
 
 
 class TestNoMutation:

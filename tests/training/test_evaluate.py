@@ -250,13 +250,25 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "dqn", root / "oracle"
 
 
-def test_eval_cli_writes_the_reports(tiny_runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_eval_cli_writes_the_reports(
+    tiny_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dqn, oracle = tiny_runs
     out = tmp_path / "eval"
     code = cli_main(
-        ["eval", str(dqn), str(oracle), "--n-tasks", "2", "--episodes", "1", "--out", str(out)]
+        ["eval", str(dqn), str(oracle), "--n-tasks", "2", "--episodes", "1", "--out", f"{out}/"]
     )
     assert code == 0
+    printed, err = capsys.readouterr()
+    # Something at once (the fine-tuning rate search takes a while), then a bar for it.
+    assert printed.splitlines()[0] == (
+        "evaluating 2 run(s) on robometa/CartPole-v0: id (2 tasks), ood (2 tasks), "
+        "1 episode(s) per task, adaptation steps 0,1,2"
+    )
+    assert "tune dr fine-tuning lr" in err and "60/60" in err  # 6 rates x 10 training tasks
+    assert printed.splitlines()[-1] == (
+        f"wrote {out}/results.md, {out}/results.json, {out}/adaptation.png"
+    )
     for name in ("results.md", "results.json", "adaptation.png"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "results.json").read_text())
@@ -290,22 +302,50 @@ def test_eval_cli_writes_the_reports(tiny_runs: tuple[Path, Path], tmp_path: Pat
             assert f"| {method} | {group} |" in md
 
 
-def test_eval_cli_errors_are_clear(tiny_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_eval_cli_errors_are_clear_and_create_no_report_dir(
+    tiny_runs: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
     dqn, _ = tiny_runs
+    out = tmp_path / "o"
     bad = tmp_path / "robots.yaml"
     bad.write_text("tasks: [{motor_sign: 3}]")
-    code = cli_main(["eval", str(dqn), "--tasks", str(bad), "--out", str(tmp_path / "o")])
-    assert code == 2
-    assert "robots.yaml" in capsys.readouterr().err
-    code = cli_main(["eval", str(tmp_path / "no_run"), "--out", str(tmp_path / "o")])
-    assert code == 2
-    assert "no trained policy" in capsys.readouterr().err
     log = tmp_path / "train.log"  # e.g. a shell glob that also matched a log file
     log.write_text("step 1000 return 12.0\n")
-    code = cli_main(["eval", str(dqn), str(log), "--out", str(tmp_path / "o")])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "train.log" in err and "not a robometa policy file" in err
+    not_a_run = tmp_path / "notes"
+    not_a_run.mkdir()
+    cases = [
+        ([str(dqn), "--tasks", str(bad)], ["robots.yaml", "motor_sign"]),
+        ([str(dqn), "--tasks", str(tmp_path / "nowhere.yaml")], ["cannot read task file"]),
+        ([str(tmp_path / "no_run")], ["no trained policy", "no_run"]),
+        ([str(not_a_run)], ["no trained policy", "notes"]),
+        ([str(dqn), str(log)], ["train.log", "not a robometa policy file"]),
+    ]
+    for args, needles in cases:
+        assert cli_main(["eval", *args, "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("robometa eval: error: "), err
+        assert all(n in err for n in needles), err
+        assert not out.exists(), args
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--curve", "-1", "argument --curve: '-1': expected adaptation step counts >= 0"),
+        ("--curve", "1,x", "argument --curve: '1,x': expected adaptation step counts >= 0"),
+        ("--episodes", "0", "argument --episodes: '0' is not an integer >= 1"),
+        ("--n-tasks", "0", "argument --n-tasks: '0' is not an integer >= 1"),
+    ],
+)
+def test_eval_flag_values_are_checked(
+    tiny_runs: tuple[Path, Path], tmp_path: Path, capsys, flag: str, value: str, message: str
+) -> None:
+    dqn, _ = tiny_runs
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["eval", str(dqn), flag, value, "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_non_adapting_rows_are_labelled_zero_steps(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -255,7 +256,40 @@ def test_run_status_tells_finished_resumable_stale_and_absent(tmp_path: Path) ->
     assert run_status(tmp_path / "done", tiny_config("cavia", "seed=5")) == "stale"
     train(cfg, tmp_path / "part", stop_after=80)  # a checkpoint at 80 of 120 steps
     assert run_status(tmp_path / "part", cfg) == "resumable"
-    train(cfg, tmp_path / "early", stop_after=40)  # stopped before any checkpoint
+    # Stopped before the first periodic checkpoint: the one at env step 0 resumes it.
+    train(cfg, tmp_path / "early", stop_after=40)
+    assert run_status(tmp_path / "early", cfg) == "resumable"
+    (tmp_path / "early" / "checkpoint.pt").unlink()  # a run of an older version, say
     assert run_status(tmp_path / "early", cfg) == "stale"
     (tmp_path / "part" / "checkpoint.pt").write_bytes(b"")  # unreadable
     assert run_status(tmp_path / "part", cfg) == "stale"
+
+
+def test_steps_that_end_mid_round_run_the_whole_round_and_say_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A round collects 40 env steps here: --steps 100 runs 3 rounds, 120 steps, and the bar,
+    the final metrics row, the checkpoint and the printed summary all say 120."""
+    run = tmp_path / "run"
+    sets = [*TINY, "algorithm=cavia", "adaptation.loss=td+model", "logging.progress=true"]
+    args = ["train", str(CAVIA_YAML), "--out", str(run), "--steps", "100"]
+    assert cli_main(args + [a for s in sets for a in ("--set", s)]) == 0
+    out, err = capsys.readouterr()
+    assert "cavia takes 40 env steps per iteration: this run ends at 120 env steps" in err
+    frames = re.findall(r"(\d+)/(\d+) \[", err)
+    assert frames and all(int(n) <= int(total) for n, total in frames)
+    assert frames[-1] == ("120", "120")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["algorithm"]["env_steps"] == 120 and state["finished"]
+    assert [int(r["env_steps"]) for r in metrics(run)] == [40, 80, 120]
+    assert f"{run}: 120 env steps" in out
+    learner = MetaLearner(tiny_config("cavia"))
+    try:
+        assert learner.steps_per_iteration == 40
+    finally:
+        learner.close()
+
+
+def test_meta_learner_needs_collect_steps() -> None:
+    with pytest.raises(ValueError, match=r"meta\.collect_steps.*cavia.*>= 1.*--set meta"):
+        tiny_config("cavia", "meta.collect_steps=0")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +294,250 @@ def test_run_logged_sends_output_and_errors_to_the_log(tmp_path: Path, capfd) ->
     print("back on the terminal")
     out, err = capfd.readouterr()
     assert out == "back on the terminal\n" and err == ""
+
+
+# ------------------------------------------------------------ what a first run shows
+
+
+def small(**changes: dict) -> dict:
+    """SMALL with some sections updated, e.g. ``small(dqn={"total_steps": 700})``."""
+    return {**SMALL, **{k: {**SMALL.get(k, {}), **v} for k, v in changes.items()}}
+
+
+def test_the_last_stretch_of_a_run_gets_a_metrics_row(tmp_path: Path) -> None:
+    train(config_from_dict(small(dqn={"total_steps": 700})), tmp_path / "run")
+    rows = metrics(tmp_path / "run")
+    assert [int(r["env_steps"]) for r in rows] == [300, 600, 700]
+    assert int(rows[-1]["episodes"]) > int(rows[-2]["episodes"])
+    assert float(rows[-1]["loss"]) > 0  # the losses of steps 600..700, not an empty average
+
+
+def test_a_run_shorter_than_log_every_still_draws_its_curve(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from robometa.train import learning_curve_figure
+
+    run = tmp_path / "run"
+    # No gradient step either: learning starts at step 1000.
+    train(
+        config_from_dict(
+            small(dqn={"total_steps": 300, "learning_starts": 1000}, logging={"log_every": 1000})
+        ),
+        run,
+    )
+    rows = metrics(run)
+    assert [int(r["env_steps"]) for r in rows] == [300]
+    assert int(rows[0]["episodes"]) > 0 and rows[0]["loss"] == "nan"
+    fig = learning_curve_figure(run)
+    try:
+        (line,) = fig.axes[0].get_lines()
+        assert list(line.get_xdata()) == [300]
+        assert line.get_marker() == "o"  # a single point is drawn, not an invisible line
+        assert fig.axes[1].texts[0].get_text() == "no gradient steps yet"
+    finally:
+        plt.close(fig)
+    assert (run / "learning_curve.png").stat().st_size > 5000
+
+
+def test_learning_curve_shows_the_selection_return_beside_the_episode_return(
+    tmp_path: Path,
+) -> None:
+    import matplotlib.pyplot as plt
+
+    from robometa.train import learning_curve_figure
+
+    run = tmp_path / "run"
+    train(
+        config_from_dict(
+            small(dqn={"total_steps": 600}, logging={"eval_every": 300, "eval_tasks": 2})
+        ),
+        run,
+    )
+    with open(run / "selection.csv", newline="") as f:
+        selection = list(csv.DictReader(f))
+    assert [int(r["env_steps"]) for r in selection] == [300, 600]
+    fig = learning_curve_figure(run)
+    try:
+        ax = fig.axes[0]
+        assert ax.get_title() == "dqn on robometa/CartPole-v0"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("environment steps", "return")
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "episode return (mean of last 20, exploring)",
+            "greedy return on training tasks",  # dqn does not adapt
+        ]
+        episode, greedy = ax.get_lines()
+        assert list(greedy.get_xdata()) == [300, 600]
+        assert list(greedy.get_ydata()) == [float(r["train_task_return"]) for r in selection]
+    finally:
+        plt.close(fig)
+
+
+def test_progress_bar_shows_the_selection_return_and_ends_at_its_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    run = tmp_path / "run"
+    # 2 envs step together: 601 steps end at 602, which the bar and the report both say.
+    args = ["train", str(config), "--out", str(run), "--steps", "601"]
+    sets = ["logging.progress=true", "logging.eval_every=300", "logging.eval_tasks=2"]
+    assert cli_main(args + [a for s in sets for a in ("--set", s)]) == 0
+    out, err = capsys.readouterr()
+    frames = re.findall(r"(\d+)/(\d+) \[", err)
+    assert frames and all(int(n) <= int(total) for n, total in frames)
+    assert frames[-1] == ("602", "602")
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    last_selection = metrics_file(run / "selection.csv")[-1]["train_task_return"]
+    assert f"sel={float(last_selection):.1f}" in final
+    assert "dqn takes 2 env steps per iteration: this run ends at 602 env steps" in err
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]["env_steps"] == 602
+    assert int(metrics(run)[-1]["env_steps"]) == 602
+    assert (
+        out == f"run written to {run}: 602 env steps (policy.pt, metrics.csv, learning_curve.png)\n"
+    )
+
+
+def metrics_file(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------ Ctrl-C and early kills
+
+
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Python's own SIGINT handling, even where the test runner was started ignoring it."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def ctrl_c_at(monkeypatch: pytest.MonkeyPatch, env_steps: int) -> None:
+    """Deliver SIGINT from inside ``DQN.iterate`` once the run reaches ``env_steps``."""
+    iterate = DQN.iterate
+
+    def iterate_then_ctrl_c(self: DQN) -> dict:
+        out = iterate(self)
+        if self.env_steps == env_steps:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(DQN, "iterate", iterate_then_ctrl_c)
+
+
+def test_ctrl_c_at_a_checkpoint_resumes_to_the_uninterrupted_result(
+    reference_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_raises: None
+) -> None:
+    """The periodic checkpoint at 500 is also the interrupt's: no second env restart there."""
+    from robometa.train import TrainingInterrupted
+
+    run = tmp_path / "run"
+    ctrl_c_at(monkeypatch, 500)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(config_from_dict(SMALL), run)
+    assert stop.value.env_steps == 500
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]["env_steps"] == 500
+    monkeypatch.undo()
+    train(None, run, resume=True)  # type: ignore[arg-type]
+    assert metrics(run) == metrics(reference_run)
+    assert_same_tensors(policy_tensors(run), policy_tensors(reference_run))
+
+
+def test_ctrl_c_after_the_last_step_leaves_a_resumable_not_a_finished_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_raises: None
+) -> None:
+    from robometa.train import TrainingInterrupted, run_status
+
+    cfg = config_from_dict(small(logging={"eval_every": 500, "eval_tasks": 2}))
+    run = tmp_path / "run"
+    ctrl_c_at(monkeypatch, 1500)  # the budget is reached, the final selection not yet run
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, run)
+    assert (run / "policy.pt").exists()  # model selection wrote it at 500 and 1000
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]["env_steps"] == 1500
+    assert run_status(run, cfg) == "resumable"
+    monkeypatch.undo()
+    train(None, run, resume=True)  # type: ignore[arg-type]
+    assert run_status(run, cfg) == "finished"
+    assert [int(r["env_steps"]) for r in metrics_file(run / "selection.csv")] == [500, 1000, 1500]
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_to_the_uninterrupted_result(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    """The checkpoint at env step 0 makes the first stretch resumable, exactly."""
+    from robometa.train import run_status
+
+    run = tmp_path / "run"
+    train(config_from_dict(SMALL), run, stop_after=300)  # the first periodic one is at 500
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]["env_steps"] == 0
+    assert run_status(run, config_from_dict(SMALL)) == "resumable"
+    train(None, run, resume=True)  # type: ignore[arg-type]
+    assert metrics(run) == metrics(reference_run)
+    assert_same_tensors(policy_tensors(run), policy_tensors(reference_run))
+
+
+def test_ctrl_c_in_robometa_train_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            small(
+                env={"num_envs": 1},
+                dqn={"total_steps": 6000},
+                logging={"log_every": 200, "checkpoint_every": 100000},
+            )
+        )
+    )
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robometa.cli", "train", str(config), "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As in a terminal: SIGINT is not ignored, whatever this test process inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "metrics.csv").exists() and metrics(run):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"run ended before Ctrl-C: {proc.communicate()}"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    steps = torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]["env_steps"]
+    assert 200 <= steps < 6000
+    lines = [ln for ln in (out + err).splitlines() if "resume" in ln]
+    assert lines == [
+        f"interrupted at {steps} env steps; resume with: robometa train --resume {run}"
+    ]
+    assert not (run / "policy.pt").exists()
+
+    assert cli_main(["train", "--resume", str(run)]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["algorithm"]["env_steps"] == 6000 and state["finished"]
+    assert (run / "policy.pt").exists()
+
+
+def test_train_without_a_config_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robometa train: error: give a CONFIG.yaml") and "--resume" in err
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    assert cli_main(["train", str(config), "--resume", str(tmp_path / "run")]) == 2
+    assert "robometa train: error: --resume continues a run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["train", str(config), "--steps", "0"])
+    assert exit_.value.code == 2
+    assert "argument --steps: '0' is not an integer >= 1" in capsys.readouterr().err
