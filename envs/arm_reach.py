@@ -31,7 +31,6 @@ EE_LINK = 6
 HOME = (0.0, 0.6, 0.0, -1.4, 0.0, 1.1, 0.0)
 #: nominal torque limits of the joint servos (on top of gravity compensation), N*m, A1..A7.
 SERVO_TORQUE = (60.0, 60.0, 110.0, 30.0, 110.0, 40.0, 40.0)
-GRAVITY = 9.81
 #: commanded end-effector speed of a move action, m/s (2 cm per 50 Hz control step).
 EE_SPEED = 1.0
 MAX_JOINT_SPEED = 2.0
@@ -238,7 +237,7 @@ class ArmReachEnv(RobotEnv):
         self._damping = 0.0
         self._friction = [0.0, 0.0, 0.0]
         self._limits = [SERVO_TORQUE[j] for j in ARM]
-        self._payload = 0.0
+        self._mass_scale = 1.0
 
     # ------------------------------------------------------------------ world and task
 
@@ -249,6 +248,10 @@ class ArmReachEnv(RobotEnv):
         )
         self._masses = [client.getDynamicsInfo(self._body, j)[0] for j in JOINTS]
         self._inertias = [np.array(client.getDynamicsInfo(self._body, j)[2]) for j in JOINTS]
+        # PyBullet builds a body's inverse-dynamics model at its first use and never updates it
+        # after changeDynamics: build it now, with the URDF's masses, so that it never holds
+        # those of whichever task happened to step first (_apply_action scales its torques).
+        client.calculateInverseDynamics(self._body, list(HOME), _ZEROS7, _ZEROS7)
         for j in JOINTS:  # explicit jointDamping is unstable; see _apply_action
             client.changeDynamics(self._body, j, jointDamping=0.0)
         marker = client.createVisualShape(
@@ -274,7 +277,7 @@ class ArmReachEnv(RobotEnv):
         self._damping = float(task["joint_damping"])
         self._friction = [float(task["lateral_friction"]) * SERVO_TORQUE[j] for j in ARM]
         self._limits = [SERVO_TORQUE[j] * gain for j in ARM]
-        self._payload = payload
+        self._mass_scale = scale
 
     def _reset_state(self, client: BulletClient, rng: np.random.Generator) -> None:
         q = np.array(HOME)
@@ -305,11 +308,11 @@ class ArmReachEnv(RobotEnv):
             positionGains=self._gains,
             velocityGains=_ONES7,
         )
-        # Gravity compensation of the arm's own links (the payload is an unknown load).
-        torque = list(client.calculateInverseDynamics(body, q, _ZEROS7, _ZEROS7))
-        if self._payload:
-            weight = self._payload * GRAVITY
-            torque = [t - weight * jz for t, jz in zip(torque, jac[2], strict=True)]
+        # Gravity compensation of the arm's own links (the payload is an unknown load). The
+        # inverse-dynamics model has the URDF's masses (see _build): gravity torques at rest are
+        # linear in the masses, so scaling them gives those of the task's links.
+        scale = self._mass_scale
+        torque = [scale * t for t in client.calculateInverseDynamics(body, q, _ZEROS7, _ZEROS7)]
         # Viscous damping and Coulomb friction of A1, A2, A4: explicit torques opposing the
         # measured joint velocity, held over the substeps. Capped at the servo's torque limit, so
         # the (implicit, constraint-based) servo can always cancel them: uncapped, large

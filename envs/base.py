@@ -4,7 +4,8 @@
 ``set_task``, ``get_task``), actuation latency, observation noise, the episode time limit,
 physics blow-up detection and headless ``rgb_array`` rendering. A family subclass supplies the
 world (``_build``), the one place a task is applied to it (``_apply_task``), the state reset,
-the action mapping, the observation and the reward.
+the action mapping, the observation and the reward, and may adapt the physics time step to the
+task (``_set_time_step``, which always runs first).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class RobotEnv(gym.Env[np.ndarray, np.int64]):
         client = self._require_client()
         geometry = tuple(float(task[name]) for name in self.geometry_params)
         if geometry != self._geometry:
-            client.resetSimulation()
+            client.resetSimulation()  # also resets the time step to PyBullet's default
             client.setGravity(0, 0, -9.81)
             client.setPhysicsEngineParameter(
                 fixedTimeStep=self.control_dt,
@@ -141,6 +142,7 @@ class RobotEnv(gym.Env[np.ndarray, np.int64]):
             self._build(client, task)
             self._geometry = geometry
         self._task = task
+        self._set_time_step(client, task)
         self._apply_task(client, task)
         self._reset_state(client, self.np_random)
         self._obs_noise = float(task.get("obs_noise", 0.0))
@@ -199,13 +201,22 @@ class RobotEnv(gym.Env[np.ndarray, np.int64]):
 
     # ------------------------------------------------------------------ helpers for subclasses
 
-    def _write_urdf(self, name: str, text: str) -> str:
-        """Write a generated URDF into this env's private temp dir and return its path."""
+    def _load_urdf(self, client: BulletClient, name: str, text: str, **kwargs: Any) -> int:
+        """Write a generated URDF into this env's private temp dir and load it (``kwargs``).
+
+        PyBullet caches every file it reads by path for the client's lifetime: a URDF
+        regenerated at the same path would load as the first one read there. The cache is off
+        while this one loads, and stays on for the static assets (plane, meshes).
+        """
         if self._tmpdir is None:
             self._tmpdir = Path(tempfile.mkdtemp(prefix="robometa-"))
         path = self._tmpdir / f"{name}.urdf"
         path.write_text(text)
-        return str(path)
+        client.setPhysicsEngineParameter(enableFileCaching=0)
+        try:
+            return client.loadURDF(str(path), **kwargs)
+        finally:
+            client.setPhysicsEngineParameter(enableFileCaching=1)
 
     @staticmethod
     def _disable_motors(client: BulletClient, body: int, joints: list[int]) -> None:
@@ -262,8 +273,21 @@ class RobotEnv(gym.Env[np.ndarray, np.int64]):
         """Load the world for ``task``'s geometry (called after ``resetSimulation``)."""
         raise NotImplementedError
 
+    def _set_time_step(self, client: BulletClient, task: Task) -> None:
+        """Put ``task``'s physics time step in force; runs at every reset, before ``_apply_task``.
+
+        PyBullet turns a motor's force cap into an impulse cap with the time step in force when
+        the motor is set (``force * fixedTimeStep``), so whatever ``_apply_task`` and the later
+        hooks set must see this episode's time step, not the one a rebuild or the previous task
+        left. The default: ``control_dt``, split by PyBullet into ``substeps`` substeps.
+        """
+        client.setPhysicsEngineParameter(fixedTimeStep=self.control_dt, numSubSteps=self.substeps)
+
     def _apply_task(self, client: BulletClient, task: Task) -> None:
-        """Apply every non-geometry parameter of ``task`` to the loaded world."""
+        """Apply every non-geometry parameter of ``task`` to the loaded world.
+
+        Runs after ``_set_time_step``: the episode's time step is already in force.
+        """
         raise NotImplementedError
 
     def _reset_state(self, client: BulletClient, rng: np.random.Generator) -> None:

@@ -192,8 +192,10 @@ class CartPoleEnv(RobotEnv):
 
     def _build(self, client: BulletClient, task: Task) -> None:
         urdf = cartpole_urdf(task["cart_mass"], task["pole_mass"], task["pole_length"])
-        self._body = client.loadURDF(
-            self._write_urdf("cartpole", urdf),
+        self._body = self._load_urdf(
+            client,
+            "cartpole",
+            urdf,
             flags=pybullet.URDF_USE_INERTIA_FROM_FILE,
             useFixedBase=True,
         )

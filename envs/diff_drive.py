@@ -321,8 +321,10 @@ class DiffDriveEnv(RobotEnv):
             ),
         )
         client.changeDynamics(floor, -1, lateralFriction=1.0)
-        self._body = client.loadURDF(
-            self._write_urdf("diff_drive", urdf),
+        self._body = self._load_urdf(
+            client,
+            "diff_drive",
+            urdf,
             basePosition=[0.0, 0.0, radius],
             flags=pybullet.URDF_USE_INERTIA_FROM_FILE,
         )
@@ -343,14 +345,7 @@ class DiffDriveEnv(RobotEnv):
         self._wheel_inertia = (task["wheel_mass"] / 2.0 + total / 2.0) * radius**2
         client.setPhysicsEngineParameter(numSolverIterations=SOLVER_ITERATIONS)
 
-    def _apply_task(self, client: BulletClient, task: Task) -> None:
-        for wheel in (LEFT_WHEEL, RIGHT_WHEEL):
-            client.changeDynamics(
-                self._body,
-                wheel,
-                lateralFriction=task["lateral_friction"],
-                jointDamping=task["joint_damping"],
-            )
+    def _set_time_step(self, client: BulletClient, task: Task) -> None:
         # PyBullet applies joint damping explicitly, once per stepSimulation call: the env calls
         # it once per substep and uses enough substeps for damping * dt / inertia <= 0.5.
         rate = task["joint_damping"] / self._wheel_inertia
@@ -361,6 +356,15 @@ class DiffDriveEnv(RobotEnv):
         client.setPhysicsEngineParameter(
             fixedTimeStep=self.control_dt / self._substeps, numSubSteps=1
         )
+
+    def _apply_task(self, client: BulletClient, task: Task) -> None:
+        for wheel in (LEFT_WHEEL, RIGHT_WHEEL):
+            client.changeDynamics(
+                self._body,
+                wheel,
+                lateralFriction=task["lateral_friction"],
+                jointDamping=task["joint_damping"],
+            )
         speed = WHEEL_SPEED * task["actuator_gain"]
         half = math.sqrt(task["left_right_mismatch"])
         left = speed * half * task["motor_sign"]

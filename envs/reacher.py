@@ -270,8 +270,10 @@ class ReacherEnv(RobotEnv):
         l1, l2 = float(task["link1_length"]), float(task["link2_length"])
         urdf = reacher_urdf(l1, l2, task["link1_mass"], task["link2_mass"], task["payload_mass"])
         client.loadURDF("plane.urdf")
-        self._body = client.loadURDF(
-            self._write_urdf("reacher", urdf),
+        self._body = self._load_urdf(
+            client,
+            "reacher",
+            urdf,
             flags=pybullet.URDF_USE_INERTIA_FROM_FILE,
             useFixedBase=True,
         )
@@ -283,7 +285,7 @@ class ReacherEnv(RobotEnv):
         self._marker = client.createMultiBody(baseMass=0.0, baseVisualShapeIndex=visual)
         self._lengths = (l1, l2)
         # The smallest eigenvalue of the joint-space mass matrix (lowest at a stretched arm)
-        # bounds how fast viscous damping can act: see _apply_task.
+        # bounds how fast viscous damping can act: see _set_time_step.
         self._min_inertia = min(
             float(
                 np.linalg.eigvalsh(
@@ -293,20 +295,7 @@ class ReacherEnv(RobotEnv):
             for q2 in np.linspace(0.0, math.pi, 5)
         )
 
-    def _apply_task(self, client: BulletClient, task: Task) -> None:
-        outboard = (
-            task["link1_mass"] + task["link2_mass"] + task["payload_mass"],
-            task["link2_mass"] + task["payload_mass"],
-        )
-        client.setJointMotorControlArray(
-            self._body,
-            [0, 1],
-            pybullet.VELOCITY_CONTROL,
-            targetVelocities=[0.0, 0.0],
-            forces=[task["lateral_friction"] * GRAVITY * m * BEARING_RADIUS for m in outboard],
-        )
-        for joint in (0, 1):
-            client.changeDynamics(self._body, joint, jointDamping=task["joint_damping"])
+    def _set_time_step(self, client: BulletClient, task: Task) -> None:
         # PyBullet applies joint damping explicitly, once per stepSimulation call: it is stable
         # and accurate only while damping / inertia * dt is small. Light, short, strongly damped
         # arms (test range corners) therefore get more, shorter substeps.
@@ -318,6 +307,23 @@ class ReacherEnv(RobotEnv):
         client.setPhysicsEngineParameter(
             fixedTimeStep=self.control_dt / self._substeps, numSubSteps=1
         )
+
+    def _apply_task(self, client: BulletClient, task: Task) -> None:
+        outboard = (
+            task["link1_mass"] + task["link2_mass"] + task["payload_mass"],
+            task["link2_mass"] + task["payload_mass"],
+        )
+        # The bearing friction motors' torque caps become impulse caps with the substep time
+        # step set just before (_set_time_step).
+        client.setJointMotorControlArray(
+            self._body,
+            [0, 1],
+            pybullet.VELOCITY_CONTROL,
+            targetVelocities=[0.0, 0.0],
+            forces=[task["lateral_friction"] * GRAVITY * m * BEARING_RADIUS for m in outboard],
+        )
+        for joint in (0, 1):
+            client.changeDynamics(self._body, joint, jointDamping=task["joint_damping"])
         shoulder = SHOULDER_TORQUE * task["actuator_gain"] * task["motor_sign"]
         elbow = ELBOW_TORQUE * task["actuator_gain"]
         self._torques = tuple((shoulder * a, elbow * b) for a, b in self._ACTION_TORQUES)

@@ -105,6 +105,25 @@ def test_link_masses_and_inertias_are_scaled_together():
         nominal.close()
 
 
+def test_gravity_compensation_follows_the_link_masses_from_task_to_task():
+    # PyBullet keeps a body's inverse-dynamics model from its first use: the compensation must
+    # not keep the masses of whichever task stepped first.
+    env = ArmReachEnv()
+    try:
+        for scale in (0.25, 4.0, 0.25, 1.0, 4.0):
+            env.set_task({"link_mass_scale": scale})
+            env.reset(seed=0)
+            for j, q in enumerate(HOME):
+                env._client.resetJointState(env._body, j, q, 0.0)
+            start = env._observe(env._client)[:3]
+            for _ in range(25):
+                env.step(STAY)
+            drift = env._observe(env._client)[:3] - start
+            assert np.abs(drift).max() < 1e-3, (scale, drift)
+    finally:
+        env.close()
+
+
 def test_latency_delays_the_move():
     prompt = run({"latency_steps": 0}, [PLUS_Z] * 4)[0][:, 2]
     late = run({"latency_steps": 2}, [PLUS_Z] * 4)[0][:, 2]
@@ -119,7 +138,6 @@ def test_observation_noise_perturbs_observations_only():
     error = np.abs(noisy_obs - clean_obs)[1:]
     assert 0.003 < error[:, :3].mean() < 0.03  # 0.05 * 0.25 m std
     np.testing.assert_allclose(noisy_rewards, clean_rewards)  # rewards use the true state
-
 
 
 def test_extreme_test_range_robots_stay_finite():

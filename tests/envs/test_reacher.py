@@ -49,6 +49,9 @@ def test_reversed_shoulder_motor_turns_the_arm_the_other_way():
         ("actuator_gain", 0.5, 2.0, +1),  # a stronger motor accelerates the arm more
         ("link1_mass", 0.5, 2.0, -1),  # heavier links accelerate less
         ("link2_mass", 0.5, 2.0, -1),
+        # The elbow bearing barely resists (0.05 N*m at the nominal friction): the forearm and the
+        # payload lag behind, and the shoulder feels little of the payload's inertia (the
+        # smallest effect here, about 0.18 rad/s after 5 steps).
         ("payload_mass", 0.0, 1.0, -1),
         ("link1_length", 0.35, 0.65, -1),  # a longer upper arm has more inertia
         ("lateral_friction", 0.0, 0.3, -1),  # bearing friction slows the arm
@@ -58,7 +61,7 @@ def test_reversed_shoulder_motor_turns_the_arm_the_other_way():
 def test_parameter_changes_shoulder_acceleration(param, low, high, sign):
     v_low = run({param: low}, SHOULDER_CCW, 5)[-1, V1]
     v_high = run({param: high}, SHOULDER_CCW, 5)[-1, V1]
-    assert sign * (v_high - v_low) > 0.3, (v_low, v_high)
+    assert sign * (v_high - v_low) > 0.12, (v_low, v_high)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +86,8 @@ def test_damping_and_friction_slow_a_coasting_arm(param):
     low, high = {"joint_damping": (0.02, 0.5), "lateral_friction": (0.0, 0.3)}[param]
     free = run({param: low}, NONE, 10, velocity=(3.0, 0.0))[-1, V1]
     slowed = run({param: high}, NONE, 10, velocity=(3.0, 0.0))[-1, V1]
-    assert 0.0 < slowed < free - 0.3, (free, slowed)
+    # friction: 0.29 N*m on the shoulder for 0.4 s, about 0.25 rad/s; damping: about 0.9 rad/s
+    assert 0.0 < slowed < free - 0.2, (free, slowed)
 
 
 @pytest.mark.parametrize(("l1", "l2"), [(0.5, 0.5), (0.3, 0.75), (0.8, 0.25)])
@@ -158,6 +162,59 @@ def test_observation_noise_perturbs_observations_only():
     # target minus tip, x: scale 0.5 m, so the noise std is 0.025 m
     assert 0.005 < np.abs(noisy - clean)[:, 8].mean() < 0.05
 
+
+def coasting_slowdown(env: ReacherEnv, task: dict) -> float:
+    """Shoulder speed lost in one control step coasting at 3 rad/s, elbow straight, no torque."""
+    env.set_task(task)
+    env.reset(seed=0)
+    env._client.resetJointState(env._body, 0, 0.0, 3.0)
+    env._client.resetJointState(env._body, 1, 0.0, 0.0)
+    obs, *_ = env.step(NONE)
+    return 3.0 - float(obs[V1])
+
+
+def test_bearing_friction_is_the_same_in_every_episode():
+    # Without damping the coasting arm is slowed by bearing friction alone. The elbow bearing
+    # holds the straight arm rigid, so the shoulder's friction torque mu * g * (m1 + m2) * 0.05
+    # decelerates the whole arm's inertia about the shoulder. PyBullet turns the torque cap into
+    # an impulse cap with the time step in force when the motor is set: it must be the substep.
+    task = {"lateral_friction": 0.3, "joint_damping": 0.0}
+    env = ReacherEnv(task=task)
+    try:
+        first = coasting_slowdown(env, task)  # the first episode after the world was built
+        later = coasting_slowdown(env, task)
+        coasting_slowdown(env, {**task, "link1_length": 0.35})  # rebuilds the world
+        after_rebuild = coasting_slowdown(env, task)  # ... and rebuilds it back
+        coasting_slowdown(env, {**task, "joint_damping": 2.0})  # same arm, 10 substeps
+        after_substep_change = coasting_slowdown(env, task)
+        inertia = env._client.calculateMassMatrix(env._body, [0.0, 0.0])[0][0]
+    finally:
+        env.close()
+    torque = 0.3 * 9.81 * (1.0 + 1.0) * 0.05
+    assert later == pytest.approx(torque / inertia * ReacherEnv.control_dt, rel=1e-3)
+    assert first == later and after_rebuild == later and after_substep_change == later, (
+        first,
+        later,
+        after_rebuild,
+        after_substep_change,
+    )
+
+
+def test_a_geometry_switch_rebuilds_the_arm_with_the_new_lengths():
+    # The URDF is regenerated at the same path: the world must load the new file, not the first
+    # one PyBullet read there.
+    env = ReacherEnv()
+    try:
+        env.reset(seed=0)
+        for l1, l2 in [(0.3, 0.75), (0.5, 0.5), (0.8, 0.25)]:
+            env.set_task({"link1_length": l1, "link2_length": l2})
+            env.reset(seed=0)
+            env._client.resetJointState(env._body, 0, 0.0, 0.0)
+            env._client.resetJointState(env._body, 1, 0.0, 0.0)
+            tip_x = env._client.getLinkState(env._body, 2)[4][0]  # fingertip, arm stretched
+            assert tip_x == pytest.approx(l1 + l2), (l1, l2, tip_x)
+    finally:
+        env.close()
 
 
 def _wrap(angle: float) -> float:
