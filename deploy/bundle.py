@@ -12,18 +12,52 @@ module is the single home of the format's names and version, and the writer impo
 | ``manifest.json`` | everything else (see :data:`FORMAT_VERSION` and ``robometa.bundle``), with a sha256 for every other file |
 | ``config.yaml`` | optional: the run's config file, copied verbatim |
 
-This module needs only numpy and the standard library.
+:meth:`Bundle.load` trusts nothing in the directory. Every problem is a :class:`BundleError`
+naming the file, the key, the value and what is allowed; nothing read from a bundle is ever
+imported or executed. It checks (cheap checks first: no archive is decompressed and no graph
+loaded before the manifest passed):
+
+| what | rule |
+|---|---|
+| files | ``manifest.json`` and every file it lists are regular files inside the bundle (a symlink, directory, pipe or device is refused; the bundle directory itself may be a symlink); the directory holds nothing else (not even a ``.DS_Store``); only the names above can be listed; each file's size and sha256 match its ``files`` entry; sizes are capped before reading (``MAX_MANIFEST_BYTES``, ``MAX_GRAPH_BYTES``, ``MAX_CONFIG_BYTES``; the ``.npz`` files by the manifest's shapes) |
+| ``manifest.json`` | UTF-8 JSON object of at most ``MAX_MANIFEST_BYTES``, nested at most ``MAX_JSON_DEPTH`` deep, no duplicate keys, no NaN or infinite numbers anywhere |
+| ``format_version`` | exactly :data:`FORMAT_VERSION` |
+| ``env_id`` | ``robometa/<Name>-v<N>`` (letters and digits, no colon: gymnasium imports the module named before a colon); the robot family itself is checked by the command that builds a simulated robot |
+| ``algorithm`` | a non-empty printable string |
+| ``privileged`` | ``true`` or ``false`` |
+| ``observation`` | ``shape`` ``[obs_dim]`` with ``1 <= obs_dim <= MAX_OBS_DIM``; ``dtype`` ``"float32"`` when present; ``low``, ``high``: ``obs_dim`` numbers (``null``: unbounded) within float32 range, ``low <= high``; ``names``: ``obs_dim`` printable names |
+| ``action`` | ``n`` in ``[1, MAX_ACTIONS]``, ``names``: ``n`` printable names |
+| ``discount`` | a number in ``[0, 1]`` |
+| ``inner`` | ``kind`` one of :data:`INNER_KINDS`; ``steps`` an integer in ``[0, MAX_INNER_STEPS]``; ``support_size`` an integer in ``[1, MAX_SUPPORT_SIZE]`` whose transition buffer (``support_size * (2 obs_dim + 3) * 4`` bytes) fits in ``MAX_BUFFER_BYTES``; ``adapted``: distinct parameter names, at least one; ``from_meta``, ``fine_tune``: booleans; ``huber_delta``, ``model_weight``: numbers >= 0 |
+| ``parameters`` | 1 to ``MAX_PARAMETERS`` names, each a ``shape`` of at most ``MAX_PARAMETER_NDIM`` positive integers and ``adapted`` (true exactly for ``inner.adapted``), ``MAX_PARAMETER_ELEMENTS`` numbers in all |
+| ``graphs`` | ``policy`` and ``adapt``: ``file``, ``inputs``, ``outputs`` equal to the graphs' own |
+| ``dynamics``, ``config`` | objects when present; ``dynamics.overrides`` an object or null, ``dynamics.family`` a printable name; ``config.adaptation.support_epsilon`` a number in ``[0, 1]`` |
+| ``params.npz``, ``lrs.npz`` | exactly the manifest's parameters / adapted parameters, each member's npy header (dtype float32, shape from the manifest; ``lrs``: a scalar or the parameter's shape) checked before its data is read, so an archive cannot decompress beyond what the manifest's shapes allow; finite values; learning rates >= 0 |
+| graphs | no tensor keeps its data outside the graph file (ONNX external data: onnxruntime would read it from the graph's directory, or from the working directory for a graph given as bytes); onnxruntime loads each graph from the verified bytes, ONNX format only; its ``robometa.graph`` metadata, when stamped, names the file; inputs, outputs, element types and shapes match the manifest and the arrays; a probe run on zeros returns outputs of the declared shapes, and ``action`` is the first maximum of ``q_values`` |
+
+The bundle's identity, :attr:`Bundle.digest`, is one sha256 over ``manifest.json`` and every
+listed file, in a fixed order (see :func:`bundle_digest`): two bundles with equal digests hold
+the same bytes. ``robometa-deploy info`` prints it, and a saved adapter state records it.
+
+This module needs only numpy and the standard library at import; verifying the graphs imports
+onnxruntime when a bundle is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
+import os
+import re
+import stat
 import zipfile
+import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -36,6 +70,8 @@ PARAMS_FILE = "params.npz"
 LRS_FILE = "lrs.npz"
 CONFIG_FILE = "config.yaml"
 REQUIRED_FILES: tuple[str, ...] = (POLICY_GRAPH, ADAPT_GRAPH, PARAMS_FILE, LRS_FILE)
+#: every file a bundle may hold besides the manifest.
+BUNDLE_FILES: tuple[str, ...] = (*REQUIRED_FILES, CONFIG_FILE)
 
 # Graph input and output names.
 PARAM_PREFIX = "param:"
@@ -47,6 +83,31 @@ GAMMA_INPUT = "gamma"
 Q_OUTPUT = "q_values"
 ACTION_OUTPUT = "action"
 LOSS_OUTPUT = "loss"
+#: the manifest's ``graphs`` key of each graph file.
+GRAPH_KEYS: dict[str, str] = {POLICY_GRAPH: "policy", ADAPT_GRAPH: "adapt"}
+
+#: inner losses ``adapt.onnx`` can be traced from (``robometa.adaptation.InnerLoss.kind``).
+INNER_KINDS: tuple[str, ...] = ("td", "model", "td+model")
+#: robot family ids: ``robometa/<Name>-v<N>``.
+ENV_ID_PATTERN = re.compile(r"robometa/[A-Za-z][A-Za-z0-9]*-v[0-9]+", re.ASCII)
+
+# Documented maxima (the error names the one exceeded).
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 1 << 20
+MAX_GRAPH_BYTES = 64 << 20
+MAX_JSON_DEPTH = 32
+MAX_NAME_CHARS = 128
+MAX_OBS_DIM = 1024
+MAX_ACTIONS = 1024
+MAX_INNER_STEPS = 1000  # the config's adaptation.steps range
+MAX_SUPPORT_SIZE = 1_000_000  # the config's adaptation.support_size range
+MAX_BUFFER_BYTES = 1 << 30  # the runtime's transition buffer for support_size transitions
+MAX_PARAMETERS = 256
+MAX_PARAMETER_NDIM = 4
+MAX_PARAMETER_ELEMENTS = 1 << 24  # float32 numbers over all parameters (64 MiB)
+_NPY_HEADER_MAX = 1024  # bytes; numpy writes ~128 for these arrays
+_NPZ_MEMBER_OVERHEAD = 4096  # npy header and zip headers per member
+_ONNX_MAX_DEPTH = 100  # protobuf's own default recursion limit
 
 _REQUIRED_KEYS: tuple[str, ...] = (
     "format_version",
@@ -58,8 +119,11 @@ _REQUIRED_KEYS: tuple[str, ...] = (
     "discount",
     "inner",
     "parameters",
+    "graphs",
     "files",
 )
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class BundleError(ValueError):
@@ -75,6 +139,19 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def bundle_digest(manifest: bytes, files: Mapping[str, bytes]) -> str:
+    """The bundle's identity: sha256 over ``manifest.json`` then every listed file by name.
+
+    Each part is framed as ``name NUL length(8 bytes, big-endian) bytes`` after the prefix
+    ``robometa-bundle NUL``, so no two different bundles share a byte stream.
+    """
+    digest = hashlib.sha256(b"robometa-bundle\0")
+    for name, data in [(MANIFEST_FILE, manifest), *sorted(files.items())]:
+        digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
 def _bounds(values: list[Any], unbounded: float, what: str, where: Path) -> np.ndarray:
     """JSON bounds (``null`` = unbounded) as float32, with ``unbounded`` for ``null``."""
     try:
@@ -87,35 +164,51 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _get(manifest: Mapping[str, Any], dotted: str, where: Path) -> Any:
-    node: Any = manifest
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a value from a file, shortened (a manifest may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
+def _brief(err: BaseException) -> str:
+    """An error message from a library, on one line and at most 300 characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _fail(where: Path, key: str, value: Any, expected: str) -> NoReturn:
+    raise BundleError(f"{where}: {key} is {_show(value)}, expected {expected}")
+
+
+def _get(node: Any, dotted: str, where: Path, prefix: str = "") -> Any:
+    """``node[a][b]`` for ``dotted`` ``"a.b"``; the error names ``prefix + dotted``."""
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            raise BundleError(f"{where}: missing key {dotted!r}")
+            raise BundleError(f"{where}: missing key {prefix + dotted!r}")
         node = node[part]
     return node
 
 
-def _load_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise BundleError(f"{path}: not a readable .npz file ({err})") from None
-
-
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle: its manifest, meta-parameters and learning rates.
+    """A verified bundle: its manifest, meta-parameters, learning rates, graphs and digest.
 
     ``params`` are the meta-parameters (every network parameter), ``lrs`` the inner learning
-    rates of the adapted parameters (their names are ``adapted``).
+    rates of the adapted parameters (their names are ``adapted``). ``graphs`` holds the
+    verified bytes of ``policy.onnx`` and ``adapt.onnx``; ``digest`` is the bundle's identity
+    (:func:`bundle_digest`).
     """
 
     path: Path
     manifest: dict[str, Any]
     params: dict[str, np.ndarray]
     lrs: dict[str, np.ndarray]
+    digest: str
+    graphs: Mapping[str, bytes] = field(repr=False)
 
     # ------------------------------------------------------------------ views of the manifest
 
@@ -151,12 +244,16 @@ class Bundle:
 
     @property
     def identity(self) -> str:
-        """A digest of every file's hash: two bundles with equal identity are identical."""
-        files = json.dumps(self.manifest["files"], sort_keys=True).encode()
-        return hashlib.sha256(files).hexdigest()
+        """The bundle's one identity, :attr:`digest` (kept under this name for saved states)."""
+        return self.digest
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def graph(self, name: str) -> bytes:
+        """The verified bytes of ``policy.onnx`` or ``adapt.onnx`` (load sessions from these:
+        the file on disk may have changed since)."""
+        return self.graphs[name]
 
     # ------------------------------------------------------------------ loading
 
@@ -166,124 +263,702 @@ class Bundle:
         root = Path(path)
         if not root.is_dir():
             raise BundleError(f"bundle directory {root} does not exist")
-        manifest_path = root / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise BundleError(f"{manifest_path}: missing (is {root} a robometa bundle?)")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{manifest_path}: expected a JSON object at the top")
-        version = manifest.get("format_version")
-        if not _is_int(version) or version != FORMAT_VERSION:
+        where = root / MANIFEST_FILE
+        raw = _read_regular(
+            where,
+            MAX_MANIFEST_BYTES,
+            f"(is {root} a robometa bundle?)",
+            f"the {MAX_MANIFEST_BYTES} allowed (MAX_MANIFEST_BYTES)",
+        )
+        manifest = _parse_manifest(raw, where)
+        _check_manifest(manifest, where)
+        files = _read_listed_files(root, manifest)
+        params = _read_npz(
+            files[PARAMS_FILE],
+            root / PARAMS_FILE,
+            {k: [_shape(v)] for k, v in manifest["parameters"].items()},
+        )
+        adapted = manifest["inner"]["adapted"]
+        lrs = _read_npz(
+            files[LRS_FILE],
+            root / LRS_FILE,
+            {k: [(), _shape(manifest["parameters"][k])] for k in adapted},
+        )
+        _check_arrays(root, params, lrs)
+        graphs = {name: files[name] for name in GRAPH_KEYS}
+        for name, data in graphs.items():
+            _check_graph(root / name, data, manifest, params, lrs)
+        return cls(root, manifest, params, lrs, bundle_digest(raw, files), graphs)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _read_regular(path: Path, limit: int, hint: str = "", allowed: str = "") -> bytes:
+    """The bytes of ``path`` if it is a regular file (not a symlink) of at most ``limit`` bytes
+    (``allowed`` says where that limit comes from).
+
+    The file is opened without following a symlink and without blocking (a pipe would hang
+    ``read``), then checked with ``fstat`` on the open descriptor, so what is checked is what
+    is read.
+    """
+    if path.is_symlink():
+        raise BundleError(
+            f"{path}: is a symbolic link; bundle files must be regular files inside the bundle"
+        )
+    flags = os.O_RDONLY
+    for name in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC", "O_BINARY"):
+        flags |= getattr(os, name, 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing {hint}".rstrip()) from None
+    except OSError as err:
+        raise BundleError(f"{path}: cannot be opened ({err.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise BundleError(
-                f"{manifest_path}: format_version {version!r} is not supported "
-                f"(this runtime reads format {FORMAT_VERSION}); re-export the bundle with a "
-                "matching robometa"
+                f"{path}: is not a regular file (a directory, pipe or device); bundle files "
+                "must be regular files inside the bundle"
             )
-        for key in _REQUIRED_KEYS:
-            _get(manifest, key, manifest_path)
-        _verify_files(root, manifest)
-        params = _load_arrays(root / PARAMS_FILE)
-        lrs = _load_arrays(root / LRS_FILE)
-        _check_contents(root, manifest, params, lrs)
-        return cls(root, manifest, params, lrs)
+        if info.st_size > limit:
+            raise BundleError(f"{path}: {info.st_size} bytes, more than {allowed or limit}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(info.st_size + 1)
+    except OSError as err:
+        raise BundleError(f"{path}: cannot be read ({err.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) != info.st_size:
+        raise BundleError(f"{path}: changed while it was read ({info.st_size} bytes before)")
+    return data
 
 
-def _verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
+def _read_listed_files(root: Path, manifest: Mapping[str, Any]) -> dict[str, bytes]:
+    """Every listed file's bytes, after its size and sha256 matched the manifest."""
     where = root / MANIFEST_FILE
-    files = manifest["files"]
-    if not isinstance(files, Mapping):
-        raise BundleError(f"{where}: 'files' must map file name -> {{sha256, bytes}}")
+    listed: Mapping[str, Any] = manifest["files"]
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as err:
+        raise BundleError(f"{root}: cannot list the bundle directory ({err.strerror})") from None
+    for entry in entries:
+        if entry != MANIFEST_FILE and entry not in listed:
+            raise BundleError(
+                f"{root / entry}: not listed in {where}; a bundle holds only {MANIFEST_FILE} "
+                "and the files it lists (remove it, or re-export the bundle)"
+            )
+    files = {}
+    for name, entry in listed.items():
+        path = root / name
+        size = entry["bytes"]
+        data = _read_regular(
+            path, size, f"(listed in {MANIFEST_FILE})", f"the {size} of files.{name}.bytes"
+        )
+        if len(data) != entry["bytes"]:
+            raise BundleError(
+                f"{path}: {len(data)} bytes, the manifest says {entry['bytes']}; the file is "
+                "corrupted or was modified after export"
+            )
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry["sha256"]:
+            raise BundleError(
+                f"{path}: sha256 mismatch (file {actual[:12]}..., manifest "
+                f"{entry['sha256'][:12]}...); the file is corrupted or was modified after export"
+            )
+        files[name] = data
+    return files
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def _parse_manifest(raw: bytes, where: Path) -> dict[str, Any]:
+    """Strict JSON: UTF-8, one object, no duplicate keys, bounded nesting, finite numbers."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BundleError(f"{where}: not UTF-8 ({err})") from None
+    try:
+        manifest = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKeyError as dup:
+        raise BundleError(f"{where}: duplicate key {dup.key!r}; a key may appear once") from None
+    except RecursionError:
+        raise BundleError(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as err:  # JSONDecodeError, and integers beyond int's digit limit
+        raise BundleError(f"{where}: not valid JSON ({_brief(err)})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: expected a JSON object at the top, got {_show(manifest)}")
+    _check_json_values(manifest, where)
+    return manifest
+
+
+def _check_json_values(manifest: dict[str, Any], where: Path) -> None:
+    """Nesting depth and finite numbers everywhere, without recursion; only containers are
+    stacked, and a key's dotted name is only spelled out for the error."""
+    stack: list[tuple[Any, int, Any]] = [(manifest, 1, None)]  # container, depth, path link
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BundleError(
+                f"{where}: {_dotted(path)} is nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+            if isinstance(value, (dict, list)):
+                stack.append((value, depth + 1, (path, key)))
+            elif isinstance(value, float) and not math.isfinite(value):
+                _fail(where, _dotted((path, key)), value, "a finite number (not NaN or infinity)")
+
+
+def _dotted(path: Any) -> str:
+    """``a.b[0]`` from a path link ``(((None, "a"), "b"), 0)``."""
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return "".join(reversed(parts)).lstrip(".") or "(top)"
+
+
+def _check_name(where: Path, key: str, value: Any) -> str:
+    ok = isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS and value.isprintable()
+    if not ok:
+        _fail(where, key, value, f"a printable string of 1 to {MAX_NAME_CHARS} characters")
+    return value
+
+
+def _check_names(where: Path, key: str, value: Any, n: int) -> None:
+    if not isinstance(value, list) or len(value) != n:
+        _fail(where, key, value, f"a list of {n} names")
+    for i, name in enumerate(value):
+        _check_name(where, f"{key}[{i}]", name)
+
+
+def _check_int(where: Path, key: str, value: Any, low: int, high: int) -> int:
+    if not _is_int(value) or not low <= value <= high:
+        _fail(where, key, value, f"an integer in [{low}, {high}]")
+    return value
+
+
+def _check_bool(where: Path, key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(where, key, value, "true or false")
+
+
+def _check_object(where: Path, key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        _fail(where, key, value, "a JSON object")
+    return value
+
+
+def _shape(entry: Mapping[str, Any]) -> tuple[int, ...]:
+    return tuple(entry["shape"])
+
+
+def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """Every key the runtime and the command line read, before any other file is opened."""
+    version = manifest.get("format_version")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise BundleError(
+            f"{where}: format_version {_show(version)} is not supported "
+            f"(this runtime reads format {FORMAT_VERSION}); re-export the bundle with a "
+            "matching robometa"
+        )
+    for key in _REQUIRED_KEYS:
+        _get(manifest, key, where)
+    env_id = manifest["env_id"]
+    if not isinstance(env_id, str) or not ENV_ID_PATTERN.fullmatch(env_id):
+        raise BundleError(
+            f"{where}: env_id {_show(env_id)} is not a robometa robot family id (expected "
+            "robometa/<Name>-v<N>, letters and digits, no colon)"
+        )
+    _check_name(where, "algorithm", manifest["algorithm"])
+    _check_bool(where, "privileged", manifest["privileged"])
+    obs_dim = _check_observation(manifest, where)
+    action = _check_object(where, "action", manifest["action"])
+    n = _check_int(where, "action.n", _get(action, "n", where, "action."), 1, MAX_ACTIONS)
+    _check_names(where, "action.names", _get(manifest, "action.names", where), n)
+    gamma = manifest["discount"]
+    if not _is_number(gamma) or not 0.0 <= gamma <= 1.0:
+        _fail(where, "discount", gamma, "a number in [0, 1]")
+    _check_parameters(manifest, where)
+    _check_inner(manifest, obs_dim, where)
+    _check_graph_entries(manifest, where)
+    _check_file_entries(manifest, where)
+    _check_optional_sections(manifest, where)
+
+
+def _check_observation(manifest: Mapping[str, Any], where: Path) -> int:
+    observation = _check_object(where, "observation", manifest["observation"])
+    shape = _get(observation, "shape", where, "observation.")
+    if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0])):
+        _fail(where, "observation.shape", shape, f"[obs_dim] with obs_dim in [1, {MAX_OBS_DIM}]")
+    obs_dim = _check_int(where, "observation.shape[0]", shape[0], 1, MAX_OBS_DIM)
+    dtype = observation.get("dtype", "float32")
+    if dtype != "float32":
+        _fail(where, "observation.dtype", dtype, "'float32'")
+    bounds = {}
+    for key in ("low", "high"):
+        values = _get(manifest, f"observation.{key}", where)
+        if not isinstance(values, list) or len(values) != obs_dim:
+            _fail(where, f"observation.{key}", values, f"a list of {obs_dim} numbers or null")
+        for i, v in enumerate(values):
+            if v is not None and (not _is_number(v) or not abs(v) <= _FLOAT32_MAX):
+                _fail(where, f"observation.{key}[{i}]", v, "a float32 number or null")
+        bounds[key] = values
+    for i, (lo, hi) in enumerate(zip(bounds["low"], bounds["high"], strict=True)):
+        if lo is not None and hi is not None and lo > hi:
+            raise BundleError(
+                f"{where}: observation.low[{i}] {lo!r} is above observation.high[{i}] {hi!r}"
+            )
+    _check_names(
+        where, "observation.names", _get(observation, "names", where, "observation."), obs_dim
+    )
+    return obs_dim
+
+
+def _check_parameters(manifest: Mapping[str, Any], where: Path) -> None:
+    declared = _check_object(where, "parameters", manifest["parameters"])
+    if not 1 <= len(declared) <= MAX_PARAMETERS:
+        _fail(where, "parameters", declared, f"1 to {MAX_PARAMETERS} parameters")
+    total = 0
+    for name, entry in declared.items():
+        key = f"parameters.{name}"
+        _check_name(where, "a key of parameters", name)
+        _check_object(where, key, entry)
+        shape = _get(entry, "shape", where, f"{key}.")
+        ok = isinstance(shape, list) and len(shape) <= MAX_PARAMETER_NDIM
+        if not ok or not all(_is_int(d) and 1 <= d <= MAX_PARAMETER_ELEMENTS for d in shape):
+            _fail(where, f"{key}.shape", shape, f"at most {MAX_PARAMETER_NDIM} positive integers")
+        total += math.prod(shape)
+        if total > MAX_PARAMETER_ELEMENTS:
+            raise BundleError(
+                f"{where}: parameters hold more than {MAX_PARAMETER_ELEMENTS} numbers "
+                f"(at {key}.shape {shape})"
+            )
+        _check_bool(where, f"{key}.adapted", _get(entry, "adapted", where, f"{key}."))
+
+
+def _check_inner(manifest: Mapping[str, Any], obs_dim: int, where: Path) -> None:
+    inner = _check_object(where, "inner", manifest["inner"])
+    kind = _get(manifest, "inner.kind", where)
+    if kind not in INNER_KINDS:
+        _fail(where, "inner.kind", kind, f"one of {', '.join(INNER_KINDS)}")
+    _check_int(where, "inner.steps", _get(inner, "steps", where, "inner."), 0, MAX_INNER_STEPS)
+    support = _get(manifest, "inner.support_size", where)
+    _check_int(where, "inner.support_size", support, 1, MAX_SUPPORT_SIZE)
+    buffer = support * (2 * obs_dim + 3) * 4
+    if buffer > MAX_BUFFER_BYTES:
+        raise BundleError(
+            f"{where}: inner.support_size {support} transitions of obs_dim {obs_dim} need a "
+            f"{buffer}-byte buffer, more than the {MAX_BUFFER_BYTES} allowed"
+        )
+    for key in ("from_meta", "fine_tune"):
+        if key in inner:
+            _check_bool(where, f"inner.{key}", inner[key])
+    for key in ("huber_delta", "model_weight"):
+        if key in inner and (not _is_number(inner[key]) or inner[key] < 0):
+            _fail(where, f"inner.{key}", inner[key], "a number >= 0")
+    adapted = _get(inner, "adapted", where, "inner.")
+    declared = manifest["parameters"]
+    names_ok = isinstance(adapted, list) and all(isinstance(a, str) for a in adapted)
+    if not names_ok or not adapted or len(set(adapted)) != len(adapted):
+        _fail(where, "inner.adapted", adapted, "a list of distinct parameter names, at least one")
+    for name in adapted:
+        if name not in declared:
+            _fail(where, "inner.adapted", name, f"a parameter name ({', '.join(declared)})")
+    for name, entry in declared.items():
+        if entry["adapted"] != (name in adapted):
+            raise BundleError(
+                f"{where}: parameters.{name}.adapted is {entry['adapted']}, but inner.adapted "
+                f"{'lists' if name in adapted else 'does not list'} {name!r}"
+            )
+
+
+def _check_graph_entries(manifest: Mapping[str, Any], where: Path) -> None:
+    graphs = _check_object(where, "graphs", manifest["graphs"])
+    for name, key in GRAPH_KEYS.items():
+        entry = _check_object(where, f"graphs.{key}", _get(graphs, key, where, "graphs."))
+        if entry.get("file") != name:
+            _fail(where, f"graphs.{key}.file", entry.get("file"), repr(name))
+        for part in ("inputs", "outputs"):
+            names = _get(entry, part, where, f"graphs.{key}.")
+            if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
+                _fail(where, f"graphs.{key}.{part}", names, "a list of names")
+
+
+def _npz_limit(manifest: Mapping[str, Any], name: str) -> int:
+    """The most bytes ``params.npz`` or ``lrs.npz`` can take for the manifest's shapes."""
+    declared = manifest["parameters"]
+    keys = declared if name == PARAMS_FILE else manifest["inner"]["adapted"]
+    return sum(4 * math.prod(_shape(declared[k])) + _NPZ_MEMBER_OVERHEAD for k in keys) + 1024
+
+
+def _check_file_entries(manifest: Mapping[str, Any], where: Path) -> None:
+    files = _check_object(where, "files", manifest["files"])
     for name in REQUIRED_FILES:
         if name not in files:
             raise BundleError(f"{where}: required file {name!r} is not listed in 'files'")
+    limits = {
+        POLICY_GRAPH: MAX_GRAPH_BYTES,
+        ADAPT_GRAPH: MAX_GRAPH_BYTES,
+        CONFIG_FILE: MAX_CONFIG_BYTES,
+        PARAMS_FILE: _npz_limit(manifest, PARAMS_FILE),
+        LRS_FILE: _npz_limit(manifest, LRS_FILE),
+    }
     for name, entry in files.items():
-        file = root / name
-        if Path(name).name != name:
-            raise BundleError(f"{where}: file entry {name!r} must be a plain file name")
-        if not file.is_file():
-            raise BundleError(f"{file}: missing (listed in {MANIFEST_FILE})")
-        expected = entry.get("sha256") if isinstance(entry, Mapping) else None
-        if not isinstance(expected, str):
-            raise BundleError(f"{where}: files.{name} has no sha256")
-        actual = sha256_file(file)
-        if actual != expected:
+        if name not in BUNDLE_FILES:
             raise BundleError(
-                f"{file}: sha256 mismatch (file {actual[:12]}..., manifest {expected[:12]}...); "
-                "the file is corrupted or was modified after export"
+                f"{where}: files lists {_show(name)}; a bundle holds only "
+                f"{', '.join(BUNDLE_FILES)} besides {MANIFEST_FILE}"
+            )
+        _check_object(where, f"files.{name}", entry)
+        digest = _get(entry, "sha256", where, f"files.{name}.")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            _fail(where, f"files.{name}.sha256", digest, "64 lowercase hex digits")
+        _check_int(
+            where,
+            f"files.{name}.bytes",
+            _get(entry, "bytes", where, f"files.{name}."),
+            0,
+            limits[name],
+        )
+
+
+def _check_optional_sections(manifest: Mapping[str, Any], where: Path) -> None:
+    if "dynamics" in manifest:
+        dynamics = _check_object(where, "dynamics", manifest["dynamics"])
+        overrides = dynamics.get("overrides")
+        if overrides is not None:
+            _check_object(where, "dynamics.overrides", overrides)
+        if "family" in dynamics:
+            _check_name(where, "dynamics.family", dynamics["family"])
+    if "config" in manifest:
+        config = _check_object(where, "config", manifest["config"])
+        if "adaptation" in config:
+            adaptation = _check_object(where, "config.adaptation", config["adaptation"])
+            eps = adaptation.get("support_epsilon", 0.0)
+            if not _is_number(eps) or not 0.0 <= eps <= 1.0:
+                _fail(where, "config.adaptation.support_epsilon", eps, "a number in [0, 1]")
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _read_npz(
+    data: bytes, where: Path, expected: Mapping[str, list[tuple[int, ...]]]
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``, each one's header checked against ``expected`` shapes (float32)
+    before its data is decompressed, and no more than those shapes' bytes ever read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            arrays: dict[str, np.ndarray] = {}
+            for member in archive.infolist():
+                key = member.filename.removesuffix(".npy")
+                if key not in expected or not member.filename.endswith(".npy"):
+                    raise BundleError(
+                        f"{where}: holds {_show(member.filename)}, not an array the manifest "
+                        f"lists ({', '.join(expected)})"
+                    )
+                if key in arrays:
+                    raise BundleError(f"{where}: holds {key!r} twice")
+                arrays[key] = _read_member(archive, member, where, key, expected[key])
+    except BundleError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        raise BundleError(f"{where}: not a readable .npz file ({_brief(err)})") from None
+    except (NotImplementedError, RuntimeError) as err:  # compression method, encryption
+        raise BundleError(f"{where}: not a readable .npz file ({_brief(err)})") from None
+    missing = [k for k in expected if k not in arrays]
+    if missing:
+        raise BundleError(
+            f"{where}: arrays {sorted(arrays)} do not match the manifest's {sorted(expected)} "
+            f"(missing {', '.join(missing)})"
+        )
+    return arrays
+
+
+def _read_member(
+    archive: zipfile.ZipFile,
+    member: zipfile.ZipInfo,
+    where: Path,
+    key: str,
+    shapes: list[tuple[int, ...]],
+) -> np.ndarray:
+    largest = max(4 * math.prod(s) for s in shapes) + _NPY_HEADER_MAX
+    if member.file_size > largest:
+        raise BundleError(
+            f"{where}: {key} decompresses to {member.file_size} bytes, more than the {largest} "
+            f"its manifest shape {list(shapes[-1])} allows"
+        )
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(f, max_header_size=_NPY_HEADER_MAX)
+        elif version == (2, 0):
+            header = np.lib.format.read_array_header_2_0(f, max_header_size=_NPY_HEADER_MAX)
+        else:
+            raise BundleError(f"{where}: {key} has npy format version {version}, expected 1.0")
+        shape, fortran, dtype = header
+        is_float32 = dtype.kind == "f" and dtype.itemsize == 4 and dtype.fields is None
+        if not is_float32 or shape not in shapes:
+            raise BundleError(
+                f"{where}: {key} is {dtype}{list(shape)}, expected float32"
+                f"{' or float32'.join(str(list(s)) for s in shapes)}"
+            )
+        size = 4 * math.prod(shape)
+        raw = f.read(size)
+        if len(raw) != size or f.read(1):  # reading to the end also checks the CRC
+            raise BundleError(f"{where}: {key} holds {len(raw)}+ bytes of data, expected {size}")
+    array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C")
+    return np.array(array, dtype=np.float32, order="C")  # a copy: not a view of the file
+
+
+def _check_arrays(root: Path, params: dict[str, np.ndarray], lrs: dict[str, np.ndarray]) -> None:
+    for name, value in params.items():
+        if not np.all(np.isfinite(value)):
+            raise BundleError(f"{root / PARAMS_FILE}: {name} contains NaN or inf")
+    for name, lr in lrs.items():
+        if not np.all(np.isfinite(lr)):
+            raise BundleError(f"{root / LRS_FILE}: {name} contains NaN or inf")
+        if np.any(lr < 0):
+            raise BundleError(
+                f"{root / LRS_FILE}: {name} has a negative learning rate ({float(lr.min())!r}); "
+                "learning rates must be >= 0"
             )
 
 
-def _check_contents(
-    root: Path,
+# --------------------------------------------------------------------------- graphs
+
+# The ONNX messages that can hold a TensorProto, field number -> message kind (onnx.proto).
+_ONNX_FIELDS: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "function": {7: "node", 11: "attribute"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+}
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError(f"truncated varint at byte {pos}")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _external_tensor(data: bytes) -> str | None:
+    """The name of the first tensor in an ONNX model whose data lives in another file, if any.
+
+    A walk over the protobuf wire format, through every message that can hold a tensor
+    (graphs, nodes, attributes and their subgraphs, functions, sparse tensors): onnxruntime
+    would resolve such a path itself, relative to the graph's directory, or to the working
+    directory for a graph loaded from bytes. Raises ``ValueError`` for malformed protobuf.
+    """
+    stack = [("model", 0, len(data), 0)]
+    while stack:
+        kind, pos, end, depth = stack.pop()
+        if depth > _ONNX_MAX_DEPTH:
+            raise ValueError(f"messages nested deeper than {_ONNX_MAX_DEPTH}")
+        fields = _ONNX_FIELDS[kind]
+        name, external = "", False
+        while pos < end:
+            key, pos = _varint(data, pos, end)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _varint(data, pos, end)
+                if kind == "tensor" and number == _TENSOR_DATA_LOCATION and value == 1:
+                    external = True
+            elif wire == 1 or wire == 5:
+                pos += 8 if wire == 1 else 4
+            elif wire == 2:
+                length, pos = _varint(data, pos, end)
+                if pos + length > end:
+                    raise ValueError(f"truncated field {number} at byte {pos}")
+                if number in fields:
+                    stack.append((fields[number], pos, pos + length, depth + 1))
+                elif kind == "tensor" and number == _TENSOR_EXTERNAL_DATA:
+                    external = True
+                elif kind == "tensor" and number == _TENSOR_NAME:
+                    name = data[pos : pos + length].decode("utf-8", "replace")
+                pos += length
+            else:
+                raise ValueError(f"unsupported protobuf wire type {wire} at byte {pos}")
+        if pos > end:
+            raise ValueError(f"truncated message ending at byte {end}")
+        if external:
+            return name or "(unnamed)"
+    return None
+
+
+def _verification_session(data: bytes, where: Path) -> Any:
+    """An onnxruntime session for the graph's verified bytes: ONNX format only, one thread, no
+    graph optimizations (verification should not pay for constant folding)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.load_model_format", "ONNX")
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise BundleError(f"{where}: onnxruntime cannot load the graph ({_brief(err)})") from None
+
+
+_Spec = tuple[str, tuple[int | None, ...]]  # element type, dims (None: the batch dimension)
+
+
+def _spec(dtype: str, shape: tuple[int, ...], batch: bool = False) -> _Spec:
+    return f"tensor({dtype})", ((None,) if batch else ()) + tuple(shape)
+
+
+def _show_spec(spec: _Spec) -> str:
+    dtype, dims = spec
+    return f"{dtype}[{', '.join('batch' if d is None else str(d) for d in dims)}]"
+
+
+def _arg_spec(arg: Any) -> _Spec:
+    """A graph input's or output's declared element type and dims (symbolic dims -> None)."""
+    return arg.type, tuple(d if isinstance(d, int) else None for d in arg.shape or ())
+
+
+def _expect(where: Path, what: str, args: Mapping[str, Any], expected: Mapping[str, _Spec]) -> None:
+    """Graph inputs (or outputs) are exactly ``expected``, with their types and shapes."""
+    if set(args) != set(expected):
+        extra, missing = sorted(set(args) - set(expected)), sorted(set(expected) - set(args))
+        raise BundleError(
+            f"{where}: the graph's {what} do not match the manifest (unexpected {extra}, "
+            f"missing {missing})"
+        )
+    for name, spec in expected.items():
+        found = _arg_spec(args[name])
+        if found != spec:
+            raise BundleError(
+                f"{where}: {what[:-1]} {name!r} is {_show_spec(found)}, the manifest implies "
+                f"{_show_spec(spec)}"
+            )
+
+
+def _check_graph(
+    where: Path,
+    data: bytes,
     manifest: Mapping[str, Any],
     params: dict[str, np.ndarray],
     lrs: dict[str, np.ndarray],
 ) -> None:
-    where = root / MANIFEST_FILE
-    declared = _get(manifest, "parameters", where)
-    if not isinstance(declared, Mapping):
-        raise BundleError(f"{where}: 'parameters' must map name -> {{shape, adapted}}")
-    if set(declared) != set(params):
+    """Load one graph from its verified bytes and check it against the manifest and arrays."""
+    try:
+        external = _external_tensor(data)
+    except ValueError as err:
+        raise BundleError(f"{where}: not a valid ONNX model ({err})") from None
+    if external is not None:
         raise BundleError(
-            f"{root / PARAMS_FILE}: parameters {sorted(params)} do not match the manifest's "
-            f"{sorted(declared)}"
+            f"{where}: tensor {external!r} keeps its data in an external file; a bundle's "
+            "graphs must hold all their data (re-export without external data)"
         )
-    for name, value in params.items():
-        entry = declared[name]
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("shape"), list):
-            raise BundleError(f"{where}: parameters[{name!r}] has no 'shape' list")
-        shape = tuple(entry["shape"])
-        if value.dtype != np.float32 or value.shape != shape:
+    session = _verification_session(data, where)
+    stamped = session.get_modelmeta().custom_metadata_map.get("robometa.graph", where.name)
+    if stamped != where.name:
+        raise BundleError(f"{where}: the graph is stamped {stamped!r} (robometa.graph metadata)")
+    key = GRAPH_KEYS[where.name]
+    for part, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        names = [a.name for a in args]
+        if manifest["graphs"][key][part] != names:
             raise BundleError(
-                f"{root / PARAMS_FILE}: {name} is {value.dtype}{list(value.shape)}, "
-                f"expected float32{list(shape)}"
+                f"{where}: the graph's {part} {_show(names)} differ from the manifest's "
+                f"graphs.{key}.{part} {_show(manifest['graphs'][key][part])}"
             )
-        if not np.all(np.isfinite(value)):
-            raise BundleError(f"{root / PARAMS_FILE}: {name} contains NaN or inf")
-    adapted = _get(manifest, "inner.adapted", where)
-    names_ok = isinstance(adapted, list) and all(isinstance(a, str) for a in adapted)
-    if not names_ok or len(set(adapted)) != len(adapted) or set(adapted) != set(lrs):
-        raise BundleError(
-            f"{root / LRS_FILE}: learning rates for {sorted(lrs)} do not match the adapted "
-            f"parameters {adapted!r} in the manifest"
-        )
-    for name, lr in lrs.items():
-        if name not in params:
-            raise BundleError(f"{root / LRS_FILE}: {name!r} is not a parameter")
-        if lr.dtype != np.float32 or lr.shape not in ((), params[name].shape):
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    obs_dim, n = manifest["observation"]["shape"][0], manifest["action"]["n"]
+    # Parameter inputs: any of the manifest's parameters (policy.onnx takes those Q uses).
+    used = [k for k in params if PARAM_PREFIX + k in inputs]
+    expected_in = {PARAM_PREFIX + k: _spec("float", params[k].shape) for k in used}
+    feeds: dict[str, np.ndarray] = {PARAM_PREFIX + k: params[k] for k in used}
+    if where.name == POLICY_GRAPH:
+        expected_in[OBS_INPUT] = _spec("float", (obs_dim,), batch=True)
+        feeds[OBS_INPUT] = np.zeros((2, obs_dim), np.float32)
+        expected_out = {
+            Q_OUTPUT: _spec("float", (n,), batch=True),
+            ACTION_OUTPUT: _spec("int64", (), batch=True),
+        }
+    else:
+        missing = [k for k in lrs if k not in used]
+        if missing:
+            raise BundleError(f"{where}: no {PARAM_PREFIX} input for adapted parameters {missing}")
+        for k, lr in lrs.items():
+            expected_in[LR_PREFIX + k] = _spec("float", lr.shape)
+            feeds[LR_PREFIX + k] = lr
+        for name, shape in zip(BATCH_INPUTS, [(obs_dim,), (), (), (obs_dim,), ()], strict=True):
+            dtype = "int64" if name == "action" else "float"
+            expected_in[name] = _spec(dtype, shape, batch=True)
+            feeds[name] = np.zeros((2, *shape), np.int64 if dtype == "int64" else np.float32)
+        expected_in[GAMMA_INPUT] = _spec("float", ())
+        feeds[GAMMA_INPUT] = np.asarray(manifest["discount"], np.float32)
+        expected_out = {NEW_PREFIX + k: _spec("float", params[k].shape) for k in lrs}
+        expected_out[LOSS_OUTPUT] = _spec("float", ())
+    _expect(where, "inputs", inputs, expected_in)
+    _expect(where, "outputs", outputs, expected_out)
+    _probe(where, session, feeds, expected_out, n)
+
+
+_ORT_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.int64): "tensor(int64)"}
+
+
+def _probe(
+    where: Path, session: Any, feeds: dict[str, np.ndarray], expected: Mapping[str, _Spec], n: int
+) -> None:
+    """Run the graph once on a batch of two zero rows: every output has its declared type and
+    shape, and the policy's action is in ``[0, n)`` and the first maximum of its Q-values."""
+    names = list(expected)
+    try:
+        values = dict(zip(names, session.run(names, feeds), strict=True))
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise BundleError(f"{where}: the graph fails on a probe batch ({_brief(err)})") from None
+    for name, value in values.items():
+        dtype, dims = expected[name]
+        want = tuple(2 if d is None else d for d in dims)
+        if _ORT_TYPES.get(value.dtype) != dtype or value.shape != want:
             raise BundleError(
-                f"{root / LRS_FILE}: {name} is {lr.dtype}{list(lr.shape)}, expected a float32 "
-                f"scalar or float32{list(params[name].shape)}"
+                f"{where}: output {name!r} of a probe batch of 2 is {value.dtype}"
+                f"{list(value.shape)}, expected {_show_spec(expected[name])}"
             )
-        if not np.all(np.isfinite(lr)):
-            raise BundleError(f"{root / LRS_FILE}: {name} contains NaN or inf")
-    shape = _get(manifest, "observation.shape", where)
-    if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0]) and shape[0] >= 1):
-        raise BundleError(f"{where}: observation.shape must be [obs_dim], got {shape!r}")
-    for key in ("low", "high", "names"):
-        values = _get(manifest, f"observation.{key}", where)
-        if not isinstance(values, list) or len(values) != int(shape[0]):
-            raise BundleError(f"{where}: observation.{key} must be a list of {shape[0]} entries")
-    for key in ("env_id", "algorithm"):
-        if not isinstance(manifest[key], str) or not manifest[key]:
-            raise BundleError(f"{where}: {key} must be a non-empty string, got {manifest[key]!r}")
-    if not isinstance(manifest["privileged"], bool):
-        raise BundleError(f"{where}: privileged must be true or false")
-    for key in ("low", "high"):
-        _bounds(manifest["observation"][key], 0.0, f"observation.{key}", where)
-    n = _get(manifest, "action.n", where)
-    if not _is_int(n) or n < 1:
-        raise BundleError(f"{where}: action.n must be a positive integer, got {n!r}")
-    names = _get(manifest, "action.names", where)
-    if not isinstance(names, list) or len(names) != n:
-        raise BundleError(f"{where}: action.names must be a list of {n} names")
-    for key in ("inner.steps", "inner.support_size"):
-        value = _get(manifest, key, where)
-        if not _is_int(value) or value < 0:
-            raise BundleError(f"{where}: {key} must be a non-negative integer, got {value!r}")
-    gamma = _get(manifest, "discount", where)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
-        raise BundleError(f"{where}: discount must be a number in [0, 1], got {gamma!r}")
+    if where.name == POLICY_GRAPH:
+        action, q = values[ACTION_OUTPUT], values[Q_OUTPUT]
+        if np.any(action < 0) or np.any(action >= n):
+            raise BundleError(
+                f"{where}: output {ACTION_OUTPUT!r} is {action.tolist()} on a probe batch, "
+                f"outside [0, {n})"
+            )
+        if np.isfinite(q).all() and not np.array_equal(action, q.argmax(axis=1)):
+            raise BundleError(
+                f"{where}: output {ACTION_OUTPUT!r} is {action.tolist()} on a probe batch, not "
+                f"the first maximum of {Q_OUTPUT!r} ({q.argmax(axis=1).tolist()})"
+            )
