@@ -189,10 +189,15 @@ def random_policy(
     """
     import gymnasium as gym
 
-    import robometa.envs  # noqa: F401  (registers the robot families)
+    import robometa.envs  # registers the robot families
 
     if method not in RANDOM_POLICY_METHODS:
         raise ValueError(f"method {method!r} is not one of {RANDOM_POLICY_METHODS}")
+    if env_id not in robometa.envs.FAMILIES:  # gymnasium.make would import a "module:" prefix
+        raise ValueError(
+            f"env_id {env_id!r} is not a registered robometa family "
+            f"(one of {', '.join(robometa.envs.FAMILIES)})"
+        )
     env = gym.make(env_id)
     try:
         obs_dim = env.observation_space.shape[0]
@@ -250,7 +255,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a trained run (RUN_DIR/policy.pt) as an ONNX bundle for the robot."""
     from robometa.bundle import export_bundle
 
-    out = export_bundle(args.run_dir, args.out, verify=not args.no_verify)
+    try:
+        out = export_bundle(
+            args.run_dir, args.out, verify=not args.no_verify, overwrite=args.overwrite
+        )
+    except (FileExistsError, FileNotFoundError):
+        raise  # the CLI prints these as one error line
+    except OSError as err:  # permissions, a read-only or full disk: one line naming the path
+        raise ValueError(f"cannot write bundle {args.out}: {err}") from err
     print(f"wrote bundle {out}")
     return 0
 
@@ -259,7 +271,19 @@ def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     """Register ``robometa export RUN_DIR --out BUNDLE_DIR`` on the CLI's subparsers."""
     p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
     p.add_argument("run_dir", type=Path, help="run directory holding policy.pt")
-    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="bundle directory to write: a new or empty directory, or an existing bundle with "
+        "--overwrite (a symlink to one is followed; the current directory is refused)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the robometa bundle already at --out (a directory that is not a bundle, "
+        "or also holds files robometa did not write, is refused and never touched)",
+    )
     p.add_argument(
         "--no-verify",
         action="store_true",

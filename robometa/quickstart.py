@@ -423,7 +423,7 @@ def run_quickstart(
     )
 
     print("[3/5] exporting the ONNX bundle")
-    bundle = export_bundle(runs["cavia"], out / "bundle")
+    bundle = export_bundle(runs["cavia"], out / "bundle", overwrite=True)  # its own bundle
 
     print("[4/5] adapting through the deploy runtime on three held-out robots")
     env = make_env(meta.env_id, meta.dynamics, render_mode="rgb_array")

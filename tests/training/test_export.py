@@ -310,8 +310,8 @@ class TestExportErrors:
         out = tmp_path / "precious"
         out.mkdir()
         (out / "notes.txt").write_text("keep me")
-        with pytest.raises(FileExistsError, match="not a bundle"):
-            export_bundle(random_policy("cavia"), out)
+        with pytest.raises(FileExistsError, match="not a robometa bundle"):
+            export_bundle(random_policy("cavia"), out, overwrite=True)
         assert (out / "notes.txt").read_text() == "keep me"
 
     def test_network_that_does_not_fit_the_env(self, tmp_path: Path) -> None:
@@ -333,13 +333,17 @@ class TestExportErrors:
 
         def fake_write(policy, root: Path, run_dir) -> None:
             calls.append(root)
-            (root / MANIFEST_FILE).write_text(json.dumps({"n": len(calls)}))
+            manifest = {"format_version": 1, "files": {}, "producer": {"robometa": __version__}}
+            (root / MANIFEST_FILE).write_text(json.dumps({**manifest, "n": len(calls)}))
 
         monkeypatch.setattr(writer, "_write", fake_write)
         out = tmp_path / "bundle"
-        for _ in range(2):
+        export_bundle(random_policy("cavia"), out, verify=False)
+        with pytest.raises(FileExistsError, match="pass --overwrite"):
             export_bundle(random_policy("cavia"), out, verify=False)
-        assert json.loads((out / MANIFEST_FILE).read_text()) == {"n": 2}
+        export_bundle(random_policy("cavia"), out, verify=False, overwrite=True)
+        assert len(calls) == 2  # the refused export wrote nothing
+        assert json.loads((out / MANIFEST_FILE).read_text())["n"] == 2
         assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 
