@@ -19,7 +19,7 @@ loaded before the manifest passed):
 
 | what | rule |
 |---|---|
-| files | ``manifest.json`` and every file it lists are regular files inside the bundle (a symlink, directory, pipe or device is refused; the bundle directory itself may be a symlink); the directory holds nothing else (not even a ``.DS_Store``); only the names above can be listed; each file's size and sha256 match its ``files`` entry; sizes are capped before reading (``MAX_MANIFEST_BYTES``, ``MAX_GRAPH_BYTES``, ``MAX_CONFIG_BYTES``; the ``.npz`` files by the manifest's shapes) |
+| files | ``manifest.json`` and every file it lists are regular files inside the bundle (a symlink, directory, pipe or device is refused; the bundle directory itself may be a symlink); other entries of the directory are never opened and are not part of the bundle (``Bundle.unlisted`` names them; ``info`` prints them); only the names above can be listed; each file's size and sha256 match its ``files`` entry; sizes are capped before reading (``MAX_MANIFEST_BYTES``, ``MAX_GRAPH_BYTES``, ``MAX_CONFIG_BYTES``; the ``.npz`` files by the manifest's shapes) |
 | ``manifest.json`` | UTF-8 JSON object of at most ``MAX_MANIFEST_BYTES``, nested at most ``MAX_JSON_DEPTH`` deep, no duplicate keys, no NaN or infinite numbers anywhere |
 | ``format_version`` | exactly :data:`FORMAT_VERSION` |
 | ``env_id`` | ``robometa/<Name>-v<N>`` (letters and digits, no colon: gymnasium imports the module named before a colon); the robot family itself is checked by the command that builds a simulated robot |
@@ -209,6 +209,9 @@ class Bundle:
     lrs: dict[str, np.ndarray]
     digest: str
     graphs: Mapping[str, bytes] = field(repr=False)
+    #: entries of the directory that the manifest does not list: never read, not part of the
+    #: bundle or its digest (a user's notes or saved adapter state may live beside the files)
+    unlisted: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ views of the manifest
 
@@ -272,7 +275,7 @@ class Bundle:
         )
         manifest = _parse_manifest(raw, where)
         _check_manifest(manifest, where)
-        files = _read_listed_files(root, manifest)
+        files, unlisted = _read_listed_files(root, manifest)
         params = _read_npz(
             files[PARAMS_FILE],
             root / PARAMS_FILE,
@@ -288,7 +291,7 @@ class Bundle:
         graphs = {name: files[name] for name in GRAPH_KEYS}
         for name, data in graphs.items():
             _check_graph(root / name, data, manifest, params, lrs)
-        return cls(root, manifest, params, lrs, bundle_digest(raw, files), graphs)
+        return cls(root, manifest, params, lrs, bundle_digest(raw, files), graphs, unlisted)
 
 
 # --------------------------------------------------------------------------- files
@@ -335,20 +338,18 @@ def _read_regular(path: Path, limit: int, hint: str = "", allowed: str = "") -> 
     return data
 
 
-def _read_listed_files(root: Path, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    """Every listed file's bytes, after its size and sha256 matched the manifest."""
-    where = root / MANIFEST_FILE
+def _read_listed_files(
+    root: Path, manifest: Mapping[str, Any]
+) -> tuple[dict[str, bytes], tuple[str, ...]]:
+    """Every listed file's bytes, after its size and sha256 matched the manifest, and the
+    names of the directory's other entries (never opened: only listed files are read, and the
+    graphs may not reference external data, so nothing unlisted can reach the runtime)."""
     listed: Mapping[str, Any] = manifest["files"]
     try:
         entries = sorted(os.listdir(root))
     except OSError as err:
         raise BundleError(f"{root}: cannot list the bundle directory ({err.strerror})") from None
-    for entry in entries:
-        if entry != MANIFEST_FILE and entry not in listed:
-            raise BundleError(
-                f"{root / entry}: not listed in {where}; a bundle holds only {MANIFEST_FILE} "
-                "and the files it lists (remove it, or re-export the bundle)"
-            )
+    unlisted = tuple(e for e in entries if e != MANIFEST_FILE and e not in listed)
     files = {}
     for name, entry in listed.items():
         path = root / name
@@ -368,7 +369,7 @@ def _read_listed_files(root: Path, manifest: Mapping[str, Any]) -> dict[str, byt
                 f"{entry['sha256'][:12]}...); the file is corrupted or was modified after export"
             )
         files[name] = data
-    return files
+    return files, unlisted
 
 
 # --------------------------------------------------------------------------- manifest
