@@ -33,7 +33,7 @@ loaded before the manifest passed):
 | ``graphs`` | ``policy`` and ``adapt``: ``file``, ``inputs``, ``outputs`` equal to the graphs' own |
 | ``dynamics``, ``config`` | objects when present; ``dynamics.overrides`` an object or null, ``dynamics.family`` a printable name; ``config.adaptation.support_epsilon`` a number in ``[0, 1]`` |
 | ``params.npz``, ``lrs.npz`` | exactly the manifest's parameters / adapted parameters, each member's npy header (dtype float32, shape from the manifest; ``lrs``: a scalar or the parameter's shape) checked before its data is read, so an archive cannot decompress beyond what the manifest's shapes allow; finite values; learning rates >= 0 |
-| graphs | no tensor keeps its data outside the graph file (ONNX external data: onnxruntime would read it from the graph's directory, or from the working directory for a graph given as bytes); onnxruntime loads each graph from the verified bytes, ONNX format only; its ``robometa.graph`` metadata, when stamped, names the file; inputs, outputs, element types and shapes match the manifest and the arrays; a probe run on zeros returns outputs of the declared shapes, and ``action`` is the first maximum of ``q_values`` |
+| graphs | ONNX IR ``ONNX_IR_VERSION`` (10) with opset ``ONNX_OPSET`` (20), in the manifest's ``graphs`` entries and in the files; no tensor keeps its data outside the graph file (ONNX external data: onnxruntime would read it from the graph's directory, or from the working directory for a graph given as bytes); onnxruntime loads each graph from the verified bytes, ONNX format only; its ``robometa.graph`` metadata, when stamped, names the file; inputs, outputs, element types and shapes match the manifest and the arrays; a probe run on zeros returns outputs of the declared shapes, and ``action`` is the first maximum of ``q_values`` |
 
 The bundle's identity, :attr:`Bundle.digest`, is one sha256 over ``manifest.json`` and every
 listed file, in a fixed order (see :func:`bundle_digest`): two bundles with equal digests hold
@@ -63,6 +63,9 @@ import numpy as np
 
 #: version of the bundle layout; readers refuse any other.
 FORMAT_VERSION = 1
+#: every graph is ONNX IR 10 with the default-domain opset 20 (onnxruntime 1.19 and later)
+ONNX_OPSET = 20
+ONNX_IR_VERSION = 10
 MANIFEST_FILE = "manifest.json"
 POLICY_GRAPH = "policy.onnx"
 ADAPT_GRAPH = "adapt.onnx"
@@ -596,6 +599,9 @@ def _check_graph_entries(manifest: Mapping[str, Any], where: Path) -> None:
         entry = _check_object(where, f"graphs.{key}", _get(graphs, key, where, "graphs."))
         if entry.get("file") != name:
             _fail(where, f"graphs.{key}.file", entry.get("file"), repr(name))
+        for part, want in (("opset", ONNX_OPSET), ("ir_version", ONNX_IR_VERSION)):
+            if entry.get(part) != want:
+                _fail(where, f"graphs.{key}.{part}", entry.get(part), str(want))
         for part in ("inputs", "outputs"):
             names = _get(entry, part, where, f"graphs.{key}.")
             if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
@@ -757,6 +763,45 @@ _ONNX_FIELDS: dict[str, dict[int, str]] = {
     "tensor": {},
 }
 _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_MODEL_IR_VERSION, _MODEL_OPSET_IMPORT = 1, 8  # ModelProto fields
+_OPSET_DOMAIN, _OPSET_VERSION = 1, 2  # OperatorSetIdProto fields
+
+
+def _onnx_versions(data: bytes) -> tuple[int, dict[str, int]]:
+    """A model's IR version and its opsets by domain (``ai.onnx`` for the default one), read
+    from the top-level ModelProto fields of the wire format."""
+    ir, opsets, pos, end = 0, {}, 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos, end)
+            if number == _MODEL_IR_VERSION:
+                ir = value
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, pos = _varint(data, pos, end)
+            if number == _MODEL_OPSET_IMPORT:
+                domain, version, p, stop = "", 0, pos, pos + length
+                while p < stop:
+                    k, p = _varint(data, p, stop)
+                    if k & 7 == 0:
+                        v, p = _varint(data, p, stop)
+                        if k >> 3 == _OPSET_VERSION:
+                            version = v
+                    elif k & 7 == 2:
+                        n, p = _varint(data, p, stop)
+                        if k >> 3 == _OPSET_DOMAIN:
+                            domain = data[p : p + n].decode("utf-8", "replace")
+                        p += n
+                    else:
+                        raise ValueError(f"unsupported opset field at byte {p}")
+                opsets[domain or "ai.onnx"] = version
+            pos += length
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire} at byte {pos}")
+    return ir, opsets
 
 
 def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -883,6 +928,15 @@ def _check_graph(
         raise BundleError(
             f"{where}: tensor {external!r} keeps its data in an external file; a bundle's "
             "graphs must hold all their data (re-export without external data)"
+        )
+    try:
+        ir, opsets = _onnx_versions(data)
+    except ValueError as err:
+        raise BundleError(f"{where}: not a valid ONNX model ({err})") from None
+    if ir != ONNX_IR_VERSION or opsets.get("ai.onnx") != ONNX_OPSET:
+        raise BundleError(
+            f"{where}: ONNX IR {ir}, opsets {opsets}; the bundle format is IR "
+            f"{ONNX_IR_VERSION} with opset {ONNX_OPSET} (re-export with this robometa)"
         )
     session = _verification_session(data, where)
     stamped = session.get_modelmeta().custom_metadata_map.get("robometa.graph", where.name)

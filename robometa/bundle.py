@@ -17,7 +17,7 @@ The layout, file names, graph input/output names and the format version are defi
 | ``network`` | the network spec (hidden sizes, context size, activation) |
 | ``inner`` | ``kind`` (td, model, td+model), ``huber_delta``, ``model_weight``, ``steps``, ``support_size``, ``adapted`` (parameter names), ``lr`` (per adapted parameter: a number, or ``{per_parameter, shape, min, max, mean}`` for Meta-SGD), ``fine_tune`` (true when the policy had no learning rates and the export added plain fine-tuning), ``from_meta`` (true: every ``adapt`` starts from the meta-parameters, as in meta-training) |
 | ``parameters`` | name -> ``shape``, ``adapted`` |
-| ``graphs`` | per graph: file, inputs, outputs, opset |
+| ``graphs`` | per graph: file, inputs, outputs, ``opset`` (always 20) and ``ir_version`` (always 10): what onnxruntime >= 1.19 reads |
 | ``dynamics`` | ``family``, ``overrides`` (the run's range overrides) and ``params`` (the dynamics space, overrides applied) |
 | ``config`` | the run's training config |
 | ``producer`` | versions of robometa, torch, onnx, onnxruntime, python |

@@ -41,6 +41,10 @@ from robometa.policy import Policy
 
 #: the smallest batch the graphs accept (batch 1 is what ``act`` runs).
 MIN_BATCH = 1
+#: what every bundle graph is written as (the manifest records both per graph, the runtime
+#: checks them): opset 20 at IR 10 loads in onnxruntime 1.19 and later, the declared minimum
+ONNX_OPSET = 20
+ONNX_IR_VERSION = 10
 _EXAMPLE_BATCH = 5  # tracing batch: not 0 or 1, so the batch axis stays symbolic
 
 
@@ -80,6 +84,7 @@ def _export(
             graph,
             args,
             dynamo=True,
+            opset_version=ONNX_OPSET,
             dynamic_shapes=shapes,
             input_names=input_names,
             output_names=output_names,
@@ -87,7 +92,23 @@ def _export(
             external_data=False,
         )
         program.save(str(path), external_data=False)
+    _check_onnx_version(path)
     return path
+
+
+def _check_onnx_version(path: Path) -> None:
+    """The bundle format promises opset ``ONNX_OPSET`` and IR ``ONNX_IR_VERSION``: what the
+    oldest supported onnxruntime reads. A torch that writes anything else is an error here,
+    not a bundle the robot cannot load."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    if model.ir_version != ONNX_IR_VERSION or opsets.get("ai.onnx") != ONNX_OPSET:
+        raise RuntimeError(
+            f"{path}: torch {torch.__version__} wrote ONNX IR {model.ir_version}, opsets "
+            f"{opsets}; the bundle format needs IR {ONNX_IR_VERSION}, opset {ONNX_OPSET}"
+        )
 
 
 def export_policy_graph(net: QNetwork, params: Params, path: str | Path) -> Path:

@@ -557,3 +557,27 @@ def test_files_beside_the_bundle_are_never_read_and_do_not_change_it(
     after = Bundle.load(copy)
     assert after.digest == before.digest
     assert after.unlisted == ("adapter-state.npz", "logs", "notes.txt")
+
+
+def test_the_format_pins_onnx_ir_10_and_opset_20(cavia) -> None:
+    """What the oldest declared onnxruntime (1.19) reads, whatever torch's defaults become."""
+    import onnx
+
+    for name in (POLICY_GRAPH, ADAPT_GRAPH):
+        model = onnx.load(str(cavia.path / name))
+        assert model.ir_version == 10
+        assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 20
+        entry = json.loads((cavia.path / "manifest.json").read_text())["graphs"]
+        assert {(g["opset"], g["ir_version"]) for g in entry.values()} == {(20, 10)}
+
+
+def test_a_graph_of_another_onnx_version_is_refused(cavia, tmp_path: Path) -> None:
+    import onnx
+
+    copy = Path(shutil.copytree(cavia.path, tmp_path / "bundle"))
+    model = onnx.load(str(copy / POLICY_GRAPH))
+    model.ir_version = 11
+    onnx.save(model, str(copy / POLICY_GRAPH))
+    rehash(copy)
+    with pytest.raises(BundleError, match=r"policy\.onnx: ONNX IR 11, opsets .*IR 10 with opset 20"):
+        Bundle.load(copy)
