@@ -16,28 +16,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from robometa.deploy.bundle import Bundle, BundleError
 from robometa.deploy.loop import (
+    KEEP,
+    MAX_EVAL_EPISODES,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MAX_SUPPORT,
     SUPPORT_FROM,
     TABLE_HEADER,
     RoundResult,
+    format_notes,
     format_row,
     run_rounds,
 )
-from robometa.deploy.runtime import Adapter
+from robometa.deploy.runtime import (
+    DEFAULT_CAPACITY,
+    MAX_ADAPT_STEPS,
+    MAX_CAPACITY,
+    Adapter,
+    WriteError,
+    atomic_write,
+    check_writable,
+)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Verify a bundle and print what it holds."""
-    bundle = Bundle.load(args.bundle)
+    """Verify a bundle (files, manifest, arrays, graphs) and print what it holds."""
+    bundle = Bundle.load(args.bundle)  # every check; a failure is one error line, exit 2
     m = bundle.manifest
     inner = m["inner"]
-    print(f"bundle      {bundle.path} (format {m['format_version']}, verified)")
+    print(f"bundle      {bundle.path} (format {m['format_version']})")
+    print(f"identity    sha256:{bundle.digest}")
+    print("verified    files and hashes, manifest, arrays; graphs load, inputs/outputs match")
     print(f"robot       {m['env_id']}  algorithm {m['algorithm']}  privileged {m['privileged']}")
     print(f"observation {m['observation']['shape']} {', '.join(m['observation']['names'])}")
     print(f"actions     {m['action']['n']}: {', '.join(m['action']['names'])}")
@@ -99,13 +117,58 @@ def _make_robot(bundle: Bundle, args: argparse.Namespace) -> tuple[Any, Any, Any
     return env, task, obs_fn
 
 
+def _int_flag(low: int, high: int, maximum: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (argparse puts the flag's name in
+    front of the message)."""
+    bound = f" ({maximum})" if maximum else ""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer in [{low}, {high}]{bound}, got {text!r}"
+            )
+        return value
+
+    return integer
+
+
+def _float_flag(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type``: a number in ``[low, high]`` (NaN never is)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number in [{low}, {high}], got {text!r}")
+        return value
+
+    return number
+
+
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Adapt a bundle's policy to a simulated new robot configuration, round by round."""
+    if args.keep == "best" and args.eval_episodes < 1:
+        raise ValueError("--keep best compares measured returns: --eval-episodes must be >= 1")
+    try:  # find an unwritable output now, not after the whole adaptation
+        for out in (args.save_state, args.json):
+            if out is not None:
+                check_writable(out)
+    except WriteError as err:
+        print(f"robometa-deploy: error: {err}", file=sys.stderr)
+        return 2
     bundle = Bundle.load(args.bundle)
-    support = args.support or int(bundle.manifest["inner"]["support_size"])
+    support = args.support
+    if support is None:
+        support = int(bundle.manifest["inner"]["support_size"]) or DEFAULT_CAPACITY
     adapter = Adapter(
         bundle,
-        capacity=args.capacity or support,
+        capacity=args.capacity if args.capacity is not None else support,
         holdout_fraction=args.holdout_fraction,
         tolerance=args.tolerance,
         max_update_norm=args.max_update_norm or None,
@@ -135,23 +198,55 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             obs_fn=obs_fn,
             on_round=show,
             support_from=args.support_from,
+            keep=args.keep,
         )
     finally:
         env.close()
-    for r in results:
-        if r.report is not None and not r.report.accepted:
-            print(f"round {r.round}: {r.report.reason}")
-    if args.save_state:
-        print(f"saved adapter state to {adapter.save_state(args.save_state)}")
-    if args.json:
+    for line in format_notes(results):
+        print(line)
+    return _write_outputs(args, adapter, bundle, task, results)
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    adapter: Adapter,
+    bundle: Bundle,
+    task: Any,
+    results: list[RoundResult],
+) -> int:
+    """Write ``--save-state`` and ``--json``, each on its own: a failure of one (a one-line
+    error naming the path, exit status 2) does not stop the other, and the JSON says whether
+    the state was saved."""
+    failures = []
+    state = None
+    if args.save_state is not None:
+        try:
+            adapter.save_state(args.save_state)
+        except WriteError as err:
+            failures.append(str(err))
+            state = {"path": str(args.save_state), "saved": False, "error": str(err)}
+        else:
+            print(f"saved adapter state to {args.save_state}")
+            state = {"path": str(args.save_state), "saved": True, "error": None}
+    if args.json is not None:
         doc = {
             "bundle": str(bundle.path),
             "task": dict(task),
+            "keep": args.keep,
             "rounds": [r.to_dict() for r in results],
         }
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+        if state is not None:
+            doc["state"] = state
+        text = json.dumps(doc, indent=2) + "\n"
+        try:
+            atomic_write(args.json, lambda f: f.write(text.encode()))
+        except WriteError as err:
+            failures.append(str(err))
+        else:
+            print(f"wrote {args.json}")
+    for message in failures:
+        print(f"robometa-deploy: error: {message}", file=sys.stderr)
+    return 2 if failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,30 +264,40 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--task", type=Path, help="task file (YAML/JSON, `tasks: [...]`)")
     which.add_argument(
         "--sample-test-task",
-        type=int,
+        type=_int_flag(0, MAX_SEED, "MAX_SEED"),
         metavar="SEED",
         help="draw one robot configuration from the test (out-of-distribution) ranges",
     )
     p.add_argument("--task-index", type=int, default=0, help="which task of --task (default 0)")
-    p.add_argument("--rounds", type=int, default=3, help="collect/adapt rounds (default 3)")
     p.add_argument(
-        "--support",
-        type=int,
-        default=None,
-        help="transitions collected per round (default: the bundle's support size)",
+        "--rounds",
+        type=_int_flag(0, MAX_ROUNDS, "MAX_ROUNDS"),
+        default=3,
+        help=f"collect/adapt rounds, 0-{MAX_ROUNDS} (default 3)",
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="gradient steps per round (default: the bundle's)"
+        "--support",
+        type=_int_flag(1, MAX_SUPPORT, "MAX_SUPPORT"),
+        default=None,
+        help=f"transitions collected per round, 1-{MAX_SUPPORT} (default: the bundle's support "
+        f"size, or {DEFAULT_CAPACITY} where that is 0)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_int_flag(0, MAX_ADAPT_STEPS, "MAX_ADAPT_STEPS"),
+        default=None,
+        help=f"gradient steps per round, 0-{MAX_ADAPT_STEPS} (default: the bundle's)",
     )
     p.add_argument(
         "--capacity",
-        type=int,
+        type=_int_flag(1, MAX_CAPACITY, "MAX_CAPACITY"),
         default=None,
-        help="transition buffer size; adaptation uses the newest this many (default: --support)",
+        help=f"transition buffer size, 1-{MAX_CAPACITY}; adaptation uses the newest this many "
+        "(default: --support)",
     )
     p.add_argument(
         "--epsilon",
-        type=float,
+        type=_float_flag(0.0, 1.0),
         default=None,
         help="random-action probability while collecting (default: the bundle's "
         "config adaptation.support_epsilon, as in meta-training and robometa eval, else 0.3; "
@@ -206,29 +311,55 @@ def build_parser() -> argparse.ArgumentParser:
         "latest adapted ones), auto (meta for bundles that adapt from the meta-parameters)",
     )
     p.add_argument(
-        "--eval-episodes", type=int, default=3, help="greedy episodes per evaluation (default 3)"
+        "--keep",
+        choices=KEEP,
+        default="latest",
+        help="parameters kept after each round: latest (the latest adaptation the inner-loss "
+        "guard accepted) or best (those of the round with the best measured greedy return; a "
+        "round that returns less is rolled back, and the table says so)",
     )
-    p.add_argument("--seed", type=int, default=0, help="episode and exploration seed (default 0)")
+    p.add_argument(
+        "--eval-episodes",
+        type=_int_flag(0, MAX_EVAL_EPISODES, "MAX_EVAL_EPISODES"),
+        default=3,
+        help="greedy episodes per evaluation (default 3; >= 1 with --keep best)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_int_flag(0, MAX_SEED, "MAX_SEED"),
+        default=0,
+        help="episode and exploration seed (default 0)",
+    )
     p.add_argument(
         "--holdout-fraction",
-        type=float,
+        type=_float_flag(0.0, 0.5),
         default=0.2,
         help="share of the buffer the guard holds out (default 0.2; 0: guard on the training data)",
     )
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=_float_flag(0.0, math.inf),
         default=0.1,
         help="relative rise of the held-out loss tolerated before rolling back (default 0.1)",
     )
     p.add_argument(
         "--max-update-norm",
-        type=float,
+        type=_float_flag(0.0, math.inf),
         default=1.0,
         help="bound on each step's parameter change, global L2 (default 1.0; 0: no bound)",
     )
-    p.add_argument("--save-state", type=Path, default=None, help="write the adapted state here")
-    p.add_argument("--json", type=Path, default=None, help="also write the rounds as JSON here")
+    p.add_argument(
+        "--save-state",
+        type=Path,
+        default=None,
+        help="write the adapted state here (atomically; checked writable before adapting)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the rounds as JSON here (written even if --save-state fails)",
+    )
     p.set_defaults(func=cmd_adapt)
     return parser
 

@@ -8,6 +8,12 @@ bundle's support size), and measures the greedy return on fixed evaluation episo
 seeds every round, so the rounds are comparable). Round 0 is the meta-parameters before any
 adaptation.
 
+The adapter's guard judges an adaptation by the inner (model) loss, not by what the robot
+achieves: an adaptation can lower the loss and still lower the return. ``keep="best"`` makes
+the measured return the judge: after each round's evaluation, if the return fell below the
+best round's so far, that round's parameters are restored (``RoundResult.rolled_back_to``), so
+the adapter always ends with the parameters of the best measured round.
+
 A robot is any object with::
 
     reset(*, seed=None) -> (obs, info)
@@ -43,21 +49,48 @@ print(format_table(results))
 adapter.save_state("cartpole-state.npz")  # load_state() after a restart
 ```
 
+Counts are ints (never a bool, float or str) within documented maxima: :data:`MAX_ROUNDS`,
+:data:`MAX_SUPPORT`, :data:`MAX_EVAL_EPISODES`, :data:`MAX_EPISODE_STEPS`, :data:`MAX_SEED`;
+anything else is a ``TypeError``/``ValueError`` naming the argument and the constant.
+
 Only numpy and the runtime: the loop never imports gymnasium.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
-from robometa.deploy.runtime import Adapter, AdaptReport
+from robometa.deploy.runtime import (
+    MAX_ADAPT_STEPS,
+    MAX_CAPACITY,
+    Adapter,
+    AdaptReport,
+    check_count,
+    check_number,
+)
 
 ObsFn = Callable[[np.ndarray], np.ndarray]
 SUPPORT_FROM = ("auto", "meta", "current")
+#: which parameters ``run_rounds`` keeps: the latest accepted adaptation's, or the best
+#: measured round's (the return-aware mode).
+KEEP = ("latest", "best")
+#: the most rounds of one ``run_rounds``.
+MAX_ROUNDS = 10_000
+#: the most transitions collected per round (``support``, ``collect``'s ``n``): the runtime's
+#: ``MAX_CAPACITY``, as a round's support is meant to fit the buffer.
+MAX_SUPPORT = MAX_CAPACITY
+#: the most greedy episodes per evaluation (``eval_episodes``, ``greedy_return``'s
+#: ``episodes``).
+MAX_EVAL_EPISODES = 10_000
+#: the longest episode (``max_episode_steps``).
+MAX_EPISODE_STEPS = 1_000_000
+#: the largest seed (seeds are ints in ``[0, MAX_SEED]``, numpy's 32-bit seed range).
+MAX_SEED = 2**32 - 1
 
 
 class Robot(Protocol):
@@ -71,13 +104,20 @@ class Robot(Protocol):
 @dataclass(frozen=True)
 class RoundResult:
     """One round: transitions collected (and how many ``observe`` accepted), the adaptation
-    report (``None`` for round 0) and the mean greedy return afterwards."""
+    report (``None`` for round 0) and the mean greedy return of the round's parameters.
+
+    ``acting_round`` is the round whose parameters act after this round (this one after an
+    accepted adaptation, else an earlier one); ``rolled_back_to`` is set when ``keep="best"``
+    restored that earlier round's parameters because this round's return was lower.
+    """
 
     round: int
     collected: int
     accepted_transitions: int
     report: AdaptReport | None
     greedy_return: float
+    acting_round: int | None = None
+    rolled_back_to: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +126,8 @@ class RoundResult:
             "accepted_transitions": self.accepted_transitions,
             "report": None if self.report is None else self.report.to_dict(),
             "greedy_return": self.greedy_return,
+            "acting_round": self.acting_round,
+            "rolled_back_to": self.rolled_back_to,
         }
 
 
@@ -101,19 +143,46 @@ def greedy_return(
     obs_fn: ObsFn | None = None,
     max_episode_steps: int = 1000,
 ) -> float:
-    """Mean return of the greedy policy over ``episodes`` episodes seeded ``seed, seed+1...``."""
+    """Mean return of the greedy policy over ``episodes`` episodes seeded ``seed, seed+1...``
+    (``nan`` for 0 episodes).
+
+    ``episodes`` in ``[0, MAX_EVAL_EPISODES]``, ``max_episode_steps`` in ``[1,
+    MAX_EPISODE_STEPS]``; a reward that is not a finite number raises ``ValueError`` naming the
+    episode and step (a NaN return would compare as neither better nor worse).
+    """
+    check_count("episodes", episodes, 0, MAX_EVAL_EPISODES, "MAX_EVAL_EPISODES")
+    _check_episode_args(seed, max_episode_steps)
     see = obs_fn or _identity
     totals = []
     for i in range(episodes):
         obs, _ = robot.reset(seed=seed + i)
         total = 0.0
-        for _ in range(max_episode_steps):
+        for t in range(max_episode_steps):
             obs, reward, terminated, truncated, _ = robot.step(adapter.act(see(obs)))
-            total += float(reward)
+            total += _finite_reward(reward, i, t)
             if terminated or truncated:
                 break
         totals.append(total)
     return float(np.mean(totals)) if totals else float("nan")
+
+
+def _finite_reward(reward: Any, episode: int, step: int) -> float:
+    value = reward.item() if isinstance(reward, np.ndarray) and reward.ndim == 0 else reward
+    try:
+        x = check_number("reward", value, -math.inf, math.inf)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x):
+        raise ValueError(
+            f"robot.step returned reward {reward!r} in evaluation episode {episode}, step "
+            f"{step}; expected a finite number"
+        )
+    return x
+
+
+def _check_episode_args(seed: Any, max_episode_steps: Any) -> None:
+    check_count("seed", seed, 0, MAX_SEED, "MAX_SEED")
+    check_count("max_episode_steps", max_episode_steps, 1, MAX_EPISODE_STEPS, "MAX_EPISODE_STEPS")
 
 
 def collect(
@@ -130,7 +199,11 @@ def collect(
 
     Episodes restart on ``terminated``, ``truncated`` or after ``max_episode_steps`` steps;
     only ``terminated`` is stored as terminal (a time limit is not the end of the task).
+    ``n`` in ``[0, MAX_SUPPORT]``, ``epsilon`` in ``[0, 1]``.
     """
+    check_count("n", n, 0, MAX_SUPPORT, "MAX_SUPPORT")
+    check_number("epsilon", epsilon, 0.0, 1.0)
+    _check_episode_args(seed, max_episode_steps)
     see = obs_fn or _identity
     accepted = 0
     episode = 0
@@ -167,6 +240,7 @@ def run_rounds(
     max_episode_steps: int = 1000,
     on_round: Callable[[RoundResult], None] | None = None,
     support_from: str = "auto",
+    keep: str = "latest",
 ) -> list[RoundResult]:
     """Round 0 (meta-parameters), then ``rounds`` rounds of collect -> adapt -> evaluate.
 
@@ -176,39 +250,75 @@ def run_rounds(
     ``"meta"`` for bundles that adapt from the meta-parameters (``adapter.from_meta``),
     ``"current"`` otherwise. ``epsilon`` (the random-action probability while collecting)
     defaults to the bundle's training-time support epsilon (``adapter.support_epsilon``).
+
+    ``keep`` picks the parameters the adapter holds after each round: ``"latest"`` (those of
+    the latest adaptation the inner-loss guard accepted) or ``"best"``: those of the round with
+    the highest measured greedy return so far (round 0 included; a tie goes to the newer
+    round). A round whose return falls below the best is undone by restoring the best round's
+    parameters (``rolled_back_to``) before the next round collects; ``"best"`` needs
+    ``eval_episodes >= 1``. On a real robot the return is noisy: use enough episodes.
+
+    Counts: ``rounds`` in ``[0, MAX_ROUNDS]``, ``support`` in ``[0, MAX_SUPPORT]``,
+    ``eval_episodes`` in ``[0, MAX_EVAL_EPISODES]``, ``seed`` in ``[0, MAX_SEED]``,
+    ``max_episode_steps`` in ``[1, MAX_EPISODE_STEPS]``, ``steps`` as ``Adapter.adapt``.
     """
     if support_from not in SUPPORT_FROM:
         raise ValueError(f"support_from must be one of {SUPPORT_FROM}, got {support_from!r}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     if support_from == "auto":
         support_from = "meta" if adapter.from_meta else "current"
-    if rounds < 0 or support < 0 or eval_episodes < 0:
-        raise ValueError(
-            f"rounds, support and eval_episodes must be >= 0, got {rounds}, {support}, "
-            f"{eval_episodes}"
-        )
+    check_count("rounds", rounds, 0, MAX_ROUNDS, "MAX_ROUNDS")
+    check_count("support", support, 0, MAX_SUPPORT, "MAX_SUPPORT")
+    check_count("eval_episodes", eval_episodes, 0, MAX_EVAL_EPISODES, "MAX_EVAL_EPISODES")
+    if steps is not None:  # checked by adapt too, but only after a round's collection
+        check_count("steps", steps, 0, MAX_ADAPT_STEPS, "MAX_ADAPT_STEPS")
+    if keep == "best" and eval_episodes < 1:
+        raise ValueError('keep="best" compares measured returns, so eval_episodes must be >= 1')
+    _check_episode_args(seed, max_episode_steps)
     if epsilon is None:
         epsilon = adapter.support_epsilon
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    check_number("epsilon", epsilon, 0.0, 1.0)
     rng = np.random.default_rng(seed)
     eval_seed = seed + 1_000_000  # same evaluation episodes in every round
     kwargs = {"obs_fn": obs_fn, "max_episode_steps": max_episode_steps}
-    results = [
-        RoundResult(
-            0, 0, 0, None, greedy_return(adapter, robot, eval_episodes, eval_seed, **kwargs)
-        )
-    ]
+
+    def measure() -> float:
+        return greedy_return(adapter, robot, eval_episodes, eval_seed, **kwargs)
+
+    best = _Best(0, measure(), adapter.params)
+    results = [RoundResult(0, 0, 0, None, best.greedy_return, acting_round=0)]
     if on_round:
         on_round(results[-1])
+    acting = 0
     for r in range(1, rounds + 1):
         with adapter.acting_with_meta() if support_from == "meta" else contextlib.nullcontext():
             accepted = collect(adapter, robot, support, epsilon, rng, seed + 1000 * r, **kwargs)
         report = adapter.adapt(steps)
-        ret = greedy_return(adapter, robot, eval_episodes, eval_seed, **kwargs)
-        results.append(RoundResult(r, support, accepted, report, ret))
+        if report.accepted:
+            acting = r
+        ret = measure()
+        rolled_back_to = None
+        if keep == "best":
+            if ret >= best.greedy_return:
+                best = _Best(acting, ret, adapter.params)
+            elif acting != best.round:
+                adapter.restore_params(best.params)
+                acting = rolled_back_to = best.round
+        results.append(
+            RoundResult(r, support, accepted, report, ret, acting, rolled_back_to=rolled_back_to)
+        )
         if on_round:
             on_round(results[-1])
     return results
+
+
+class _Best(NamedTuple):
+    """The best measured round of ``run_rounds(keep="best")`` and its parameters."""
+
+    round: int
+    greedy_return: float
+    params: dict[str, np.ndarray]
 
 
 TABLE_HEADER = (
@@ -226,6 +336,8 @@ def format_row(result: RoundResult) -> str:
             f"{result.greedy_return:13.2f}"
         )
     status = "accepted" if rep.accepted else ("rolled back" if rep.rolled_back else "skipped")
+    if result.rolled_back_to is not None:
+        status = f"back to r{result.rolled_back_to}"
     rejected = result.collected - result.accepted_transitions
     return (
         f"{result.round:5d} {result.collected:9d} {rejected:8d} {rep.loss_before:11.4g} "
@@ -233,10 +345,21 @@ def format_row(result: RoundResult) -> str:
     )
 
 
-def format_table(results: list[RoundResult]) -> str:
-    """The per-round table, with the reason of every round not accepted underneath."""
-    lines = [TABLE_HEADER, *(format_row(r) for r in results)]
+def format_notes(results: list[RoundResult]) -> list[str]:
+    """One line per round whose adaptation was not kept: the guard's reason, or the return
+    that made ``keep="best"`` roll back."""
+    lines = []
     for r in results:
         if r.report is not None and not r.report.accepted:
             lines.append(f"round {r.round}: {r.report.reason}")
-    return "\n".join(lines)
+        if r.rolled_back_to is not None:
+            lines.append(
+                f"round {r.round}: greedy return {r.greedy_return:.2f} fell below round "
+                f"{r.rolled_back_to}'s; rolled back to round {r.rolled_back_to}'s parameters"
+            )
+    return lines
+
+
+def format_table(results: list[RoundResult]) -> str:
+    """The per-round table, with the reason of every round not kept underneath."""
+    return "\n".join([TABLE_HEADER, *(format_row(r) for r in results), *format_notes(results)])

@@ -21,21 +21,39 @@ transitions under a guard:
   ``tolerance`` (relative, default 10%), the step sequence is discarded and the parameters
   stay what they were before the call. Parameters are only replaced at the end of an accepted
   call, so nothing can leave them half-updated.
+
+Every count an argument gives is an ``int`` (a numpy integer too; never a bool, float or str)
+within a documented maximum, else ``TypeError``/``ValueError`` naming the argument, the value,
+the range and the constant:
+
+| constant | bounds |
+|---|---|
+| :data:`MAX_CAPACITY` (1,000,000) | ``capacity``, ``min_transitions``; the manifest's ``inner.support_size`` when it sets the capacity |
+| :data:`MAX_ADAPT_STEPS` (10,000) | ``adapt(steps)`` and the manifest's ``inner.steps`` (training configs allow 1,000) |
+| :data:`MAX_THREADS` (256) | ``threads`` |
+
+Files are written atomically (:func:`atomic_write`): a temporary file named
+``.<name>.robometa-tmp-<pid>-<random>`` next to the target, renamed over it. One left by a
+killed process is removed by the next ``save_state``/``load_state`` of that target; files
+robometa did not name are never touched. A failed write raises :class:`WriteError` (one line
+naming the path) and leaves any previous file intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
-import tempfile
+import re
+import secrets
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -60,12 +78,80 @@ from robometa.deploy.bundle import (
 STATE_FORMAT = 1
 #: buffer size when neither ``capacity`` nor the bundle's support size says.
 DEFAULT_CAPACITY = 1000
+#: the most transitions a buffer holds (``capacity``, ``min_transitions``, and the manifest's
+#: ``inner.support_size`` where it sets the capacity): the training config's own cap.
+MAX_CAPACITY = 1_000_000
+#: the most gradient steps one ``adapt`` takes (``steps``, and the manifest's ``inner.steps``);
+#: ten times the training config's cap, so a fine-tuning run can take more than training did.
+MAX_ADAPT_STEPS = 10_000
+#: the most intra-op threads per ONNX Runtime session (``threads``).
+MAX_THREADS = 256
+#: why ``observe`` refused a transition (the keys of ``Adapter.rejected``).
+REJECTION_REASONS: tuple[str, ...] = (
+    "non_finite_obs",
+    "obs_out_of_range",
+    "action_not_integer",
+    "action_out_of_range",
+    "reward_not_number",
+    "non_finite_reward",
+    "bad_terminated",
+)
+#: marks robometa's temporary files: ``.<target name>.robometa-tmp-<pid>-<random>``.
+TEMP_MARKER = ".robometa-tmp-"
+#: key prefixes of a ``save_state`` file (besides ``param:``, the bundle's).
+BUFFER_PREFIX = "buffer:"
+REJECTED_PREFIX = "rejected:"
+_STALE_AFTER_S = 3600.0  # where a writer's process cannot be asked about (not POSIX)
 _ABS_TOLERANCE = 1e-6  # loss noise floor for the rollback test
 _FLOAT32 = np.dtype(np.float32)
+# The smallest magnitude that rounds to inf as float32 (halfway between the largest float32,
+# 2**128 - 2**104, and 2**128; the tie rounds to the even mantissa, which is inf).
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 
 class StateError(ValueError):
     """A saved adapter state cannot be loaded (the message names the file and key)."""
+
+
+class WriteError(OSError):
+    """A file could not be written; the one-line message names the path. Any previous file
+    at that path is unchanged and no partial file is left behind."""
+
+
+def check_count(name: str, value: Any, low: int, high: int, maximum: str = "") -> int:
+    """``value`` as an ``int`` in ``[low, high]``, else an error naming ``name``, the value,
+    the range and ``maximum`` (the constant behind ``high``).
+
+    ``int`` and numpy integers pass; a bool, float (even ``3.0``) or str is a ``TypeError``,
+    not coerced; out of range is a ``ValueError``.
+    """
+    bound = f" ({maximum})" if maximum else ""
+    expected = f"{name} must be an integer in [{low}, {high}]{bound}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{expected}, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{expected}, got {value}")
+    return int(value)
+
+
+def check_number(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = False
+) -> float:
+    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``low_open``), else an
+    error naming ``name``, the value and the range: a bool or str is a ``TypeError``, NaN and
+    out of range a ``ValueError``."""
+    interval = f"{'(' if low_open else '['}{low}, {high}]"
+    if not _is_number(value):
+        raise TypeError(
+            f"{name} must be a number in {interval}, got {type(value).__name__} {value!r}"
+        )
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond float range
+        x = math.inf if value > 0 else -math.inf
+    if not ((low < x) if low_open else (low <= x)) or not x <= high:
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return x
 
 
 class Transitions(NamedTuple):
@@ -82,12 +168,14 @@ class Transitions(NamedTuple):
 
 
 class TransitionBuffer:
-    """Fixed-capacity ring buffer; arrays are allocated once, the oldest entry is overwritten."""
+    """Fixed-capacity ring buffer; arrays are allocated once, the oldest entry is overwritten.
+
+    ``capacity`` is an int in ``[1, MAX_CAPACITY]``.
+    """
 
     def __init__(self, capacity: int, obs_dim: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
-        self.capacity = int(capacity)
+        capacity = check_count("capacity", capacity, 1, MAX_CAPACITY, "MAX_CAPACITY")
+        self.capacity = capacity
         self._data = Transitions(
             np.zeros((capacity, obs_dim), np.float32),
             np.zeros(capacity, np.int64),
@@ -181,14 +269,23 @@ class Adapter:
 
     Args:
         bundle: a verified :class:`Bundle` (``Adapter.load(path)`` reads and verifies one).
-        capacity: ring-buffer size; default the bundle's ``support_size`` (adaptation uses
-            the whole buffer, so this is the support set of the next ``adapt``).
+        capacity: ring-buffer size in ``[1, MAX_CAPACITY]``; ``None`` (the default): the
+            bundle's ``inner.support_size``, or ``DEFAULT_CAPACITY`` where that is 0
+            (adaptation uses the whole buffer, so this is the support set of the next
+            ``adapt``).
         holdout_fraction: share of the buffer held out for the guard, in [0, 0.5].
-        tolerance: relative rise of the held-out loss that still counts as "not worse".
-        max_update_norm: bound on each step's parameter change (global L2); ``None``: none.
-        min_transitions: fewer buffered transitions than this and ``adapt`` does nothing
-            (reported as not accepted).
-        threads: intra-op threads per session.
+        tolerance: relative rise of the held-out loss that still counts as "not worse", >= 0
+            (``math.inf``: never roll back for the loss).
+        max_update_norm: bound on each step's parameter change (global L2), > 0; ``None``:
+            none.
+        min_transitions: fewer buffered transitions than this (in ``[1, MAX_CAPACITY]``) and
+            ``adapt`` does nothing (reported as not accepted).
+        threads: intra-op threads per session, in ``[1, MAX_THREADS]``.
+
+    Bad arguments raise ``TypeError`` (a bool, str or float where a count belongs) or
+    ``ValueError`` (out of range) naming the argument; a manifest whose ``inner.steps`` exceeds
+    ``MAX_ADAPT_STEPS``, or whose ``inner.support_size`` exceeds ``MAX_CAPACITY`` where it sets
+    the capacity, raises ``BundleError``.
 
     One adapter serves one control loop: it is not safe to call from several threads at once.
     """
@@ -204,26 +301,27 @@ class Adapter:
         min_transitions: int = 10,
         threads: int = 1,
     ) -> None:
-        if not 0.0 <= holdout_fraction <= 0.5:
-            raise ValueError(f"holdout_fraction must be in [0, 0.5], got {holdout_fraction}")
-        if not tolerance >= 0.0:
-            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-        if max_update_norm is not None and not max_update_norm > 0.0:
-            raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm}")
-        if min_transitions < 1:
-            raise ValueError(f"min_transitions must be >= 1, got {min_transitions}")
+        self.holdout_fraction = check_number("holdout_fraction", holdout_fraction, 0.0, 0.5)
+        self.tolerance = check_number("tolerance", tolerance, 0.0, math.inf)
+        self.max_update_norm = (
+            None
+            if max_update_norm is None
+            else check_number("max_update_norm", max_update_norm, 0.0, math.inf, low_open=True)
+        )
+        self.min_transitions = check_count(
+            "min_transitions", min_transitions, 1, MAX_CAPACITY, "MAX_CAPACITY"
+        )
+        threads = check_count("threads", threads, 1, MAX_THREADS, "MAX_THREADS")
+        if capacity is not None:
+            capacity = check_count("capacity", capacity, 1, MAX_CAPACITY, "MAX_CAPACITY")
         self.bundle = bundle
-        self.holdout_fraction = float(holdout_fraction)
-        self.tolerance = float(tolerance)
-        self.max_update_norm = None if max_update_norm is None else float(max_update_norm)
-        self.min_transitions = int(min_transitions)
         self.obs_dim = bundle.obs_dim
         self.n_actions = bundle.n_actions
         self.obs_low = bundle.obs_low
         self.obs_high = bundle.obs_high
         self.obs_names = tuple(bundle.manifest["observation"]["names"])
         self.adapted = bundle.adapted
-        self.default_steps = int(bundle.manifest["inner"]["steps"])
+        self.default_steps = _manifest_count(bundle, "steps", MAX_ADAPT_STEPS, "MAX_ADAPT_STEPS")
         self.from_meta = bool(bundle.manifest["inner"].get("from_meta", False))
         self.support_epsilon = _support_epsilon(bundle)
         self._obs_shape = (self.obs_dim,)
@@ -249,8 +347,10 @@ class Adapter:
         self._params: dict[str, np.ndarray] = dict(self._meta)
         self._acting_meta = False  # inside acting_with_meta(): the meta-parameters act
         self._bind_params()
-        support = int(bundle.manifest["inner"]["support_size"]) or DEFAULT_CAPACITY
-        self.buffer = TransitionBuffer(capacity or support, self.obs_dim)
+        if capacity is None:
+            support = _manifest_count(bundle, "support_size", MAX_CAPACITY, "MAX_CAPACITY")
+            capacity = support or DEFAULT_CAPACITY
+        self.buffer = TransitionBuffer(capacity, self.obs_dim)
         self._rejected: Counter[str] = Counter()
 
     @classmethod
@@ -315,7 +415,8 @@ class Adapter:
         """The greedy action for one observation of shape ``(obs_dim,)``.
 
         Raises ``ValueError`` naming the problem for a wrong shape, a non-numeric dtype or a
-        NaN/inf entry.
+        NaN/inf entry, and ``BundleError`` if ``policy.onnx`` answers an action outside
+        ``[0, n_actions)`` (a broken graph must not drive the robot).
         """
         buf = self._obs1[0]
         if type(obs) is np.ndarray and obs.dtype is _FLOAT32 and obs.shape == self._obs_shape:
@@ -327,7 +428,13 @@ class Adapter:
         if not all(map(math.isfinite, buf.tolist())):
             raise ValueError(self._non_finite_message(buf, "obs"))
         self._policy.run_with_iobinding(self._binding)
-        return self._a1.item()
+        action = self._a1.item()
+        if not 0 <= action < self.n_actions:
+            raise BundleError(
+                f"{self.bundle.file(POLICY_GRAPH)}: output {ACTION_OUTPUT!r} is {action}, "
+                f"outside [0, {self.n_actions}) (action.n of the manifest)"
+            )
+        return action
 
     def q_values(self, obs: Any) -> np.ndarray:
         """Q-values for one observation ``(obs_dim,)`` -> ``(n_actions,)`` or a batch
@@ -373,10 +480,12 @@ class Adapter:
     def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
         """Store one transition; return False (and count why) if it is rejected.
 
-        Rejected, not stored: a NaN/inf entry in ``obs``/``next_obs``/``reward``, an
+        Rejected, not stored: a NaN/inf entry in ``obs``/``next_obs``/``reward`` *as float32*
+        (the dtype stored and trained on, so ``1e39`` or ``10**400`` counts as inf), an
         observation outside the bundle's observation bounds, an action that is not an integer
-        in ``[0, n_actions)``, a ``terminated`` that is not a bool or 0/1. An observation of the
-        wrong shape or a non-numeric type is a wiring error and raises ``ValueError``.
+        in ``[0, n_actions)``, a ``terminated`` that is not a bool or 0/1. The reasons are
+        :data:`REJECTION_REASONS`. An observation of the wrong shape or a non-numeric type is a
+        wiring error and raises ``ValueError``.
         """
         o = self._checked_obs(obs, self._obs_shape, "obs")
         o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
@@ -402,11 +511,11 @@ class Adapter:
             return "action_out_of_range"
         if not _is_number(reward):
             return "reward_not_number"
-        if not math.isfinite(float(reward)):
+        if not _finite_as_float32(reward):
             return "non_finite_reward"
         if not (isinstance(terminated, (bool, np.bool_)) or _is_whole_number(terminated)):
             return "bad_terminated"
-        if float(terminated) not in (0.0, 1.0):
+        if terminated not in (0, 1):  # compared as is: float() of 10**400 would overflow
             return "bad_terminated"
         return ""
 
@@ -473,16 +582,24 @@ class Adapter:
     def adapt(self, steps: int | None = None, from_meta: bool | None = None) -> AdaptReport:
         """``steps`` guarded gradient steps (default: the bundle's) on the buffered transitions.
 
-        ``from_meta`` (default: the manifest's ``inner.from_meta``, true for meta-learned
-        bundles) starts the steps from the meta-parameters, exactly as the inner loop was
-        meta-trained, instead of from the current parameters; either way the guard compares
-        the held-out loss with that of the current parameters and keeps the better.
+        ``steps`` is an int in ``[0, MAX_ADAPT_STEPS]`` (a bool, float or str is a
+        ``TypeError``, never rounded). ``from_meta`` (a bool; default: the manifest's
+        ``inner.from_meta``, true for meta-learned bundles) starts the steps from the
+        meta-parameters, exactly as the inner loop was meta-trained, instead of from the
+        current parameters; either way the guard compares the held-out loss with that of the
+        current parameters and keeps the better.
         """
-        steps = self.default_steps if steps is None else int(steps)
+        if steps is None:
+            steps = self.default_steps
+        else:
+            steps = check_count("steps", steps, 0, MAX_ADAPT_STEPS, "MAX_ADAPT_STEPS")
         if from_meta is None:
             from_meta = self.from_meta
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        elif not isinstance(from_meta, (bool, np.bool_)):
+            raise TypeError(
+                f"from_meta must be True, False or None, got {type(from_meta).__name__} "
+                f"{from_meta!r}"
+            )
         start = time.perf_counter()
         data = self.buffer.ordered()
         n = len(data.reward)
@@ -586,13 +703,41 @@ class Adapter:
         self.buffer.clear()
         self._rejected.clear()
 
+    def restore_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Make an earlier snapshot of :attr:`params` the current parameters.
+
+        ``run_rounds(keep="best")`` returns to its best round this way. Checked like a saved
+        state before anything changes (``ValueError`` naming the key): every adapted parameter
+        as a finite float32 array of its shape; the others, if given, must be the
+        meta-parameters (only adapted parameters ever change).
+        """
+        unknown = sorted(set(params) - set(self._meta))
+        if unknown:
+            raise ValueError(f"restore_params: unknown parameters {unknown}")
+        checked = {}
+        for k in self.adapted:
+            if k not in params:
+                raise ValueError(f"restore_params: adapted parameter {k!r} is missing")
+            problem = _param_problem(params[k], self._meta[k])
+            if problem:
+                raise ValueError(f"restore_params: {k} {problem}")
+            checked[k] = params[k]
+        for k in set(params) - set(self.adapted):
+            if not np.array_equal(params[k], self._meta[k]):
+                raise ValueError(
+                    f"restore_params: {k} is not adapted, so it must equal the meta-parameter"
+                )
+        self._params = {**self._meta, **{k: _frozen(v) for k, v in checked.items()}}
+        self._bind_params()
+
     # ------------------------------------------------------------------ persistence
 
     def save_state(self, path: str | Path) -> Path:
         """Write the adapted parameters and the buffer to ``path`` (``.npz``) atomically.
 
-        The file is written to a temporary file in the same directory, fsynced, then renamed
-        over ``path``: an interrupted write leaves any previous state file intact.
+        Written by :func:`atomic_write`: an interrupted or failed write leaves any previous
+        state file intact, a failure raises :class:`WriteError` naming ``path``, and temporary
+        files that killed processes left next to ``path`` are removed.
         """
         path = Path(path)
         data = self.buffer.ordered()
@@ -603,19 +748,25 @@ class Adapter:
         for k in self.adapted:
             arrays[PARAM_PREFIX + k] = self._params[k]
         for name, value in zip(BATCH_INPUTS, data, strict=True):
-            arrays["buffer:" + name] = value
+            arrays[BUFFER_PREFIX + name] = value
         for reason, count in self._rejected.items():
-            arrays["rejected:" + reason] = np.asarray(count, np.int64)
-        _atomic_write_npz(path, arrays)
+            arrays[REJECTED_PREFIX + reason] = np.asarray(count, np.int64)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         return path
 
     def load_state(self, path: str | Path) -> None:
         """Restore a state written by ``save_state`` for this same bundle.
 
-        Everything is checked before anything changes: on any error (``StateError`` naming the
-        file and key) the adapter keeps its current parameters and buffer.
+        Everything is checked before anything changes, with the rules ``observe`` applies to
+        each transition (finite float32 observations within the bounds, actions in
+        ``[0, n_actions)``, finite rewards, ``terminated`` 0 or 1) and non-negative integer
+        rejection counts of known reasons: on any error (``StateError`` naming the file, key and
+        first bad entry) the adapter keeps its current parameters and buffer. A saved buffer
+        longer than this adapter's capacity keeps its newest transitions, as ``observe`` would.
+        Stale temporary files of ``save_state`` next to ``path`` are removed (best effort).
         """
         path = Path(path)
+        remove_stale_temp_files(path)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: np.asarray(npz[k]) for k in npz.files}
@@ -641,40 +792,61 @@ class Adapter:
             return arrays[key]
 
         version = need("state_format")
-        if version.shape != () or int(version) != STATE_FORMAT:
+        if version.shape != () or version.dtype.kind not in "iu" or version != STATE_FORMAT:
             raise StateError(
                 f"{path}: state_format {version!r} is not supported (expected {STATE_FORMAT})"
             )
-        if str(need("bundle_identity")) != self.bundle.identity:
+        identity = need("bundle_identity")
+        if identity.shape != () or identity.dtype.kind != "U":
+            raise StateError(f"{path}: bundle_identity must be a string, got {identity!r}")
+        if str(identity) != self.bundle.identity:
             raise StateError(
-                f"{path}: saved for a different bundle (identity {str(arrays['bundle_identity'])[:12]}..., "
+                f"{path}: saved for a different bundle (identity {str(identity)[:12]}..., "
                 f"this bundle {self.bundle.identity[:12]}...)"
             )
+        expected = {"state_format", "bundle_identity"}
+        expected |= {PARAM_PREFIX + k for k in self.adapted}
+        expected |= {BUFFER_PREFIX + name for name in BATCH_INPUTS}
+        expected |= {REJECTED_PREFIX + reason for reason in REJECTION_REASONS}
+        unknown = sorted(set(arrays) - expected)
+        if unknown:
+            raise StateError(f"{path}: unexpected keys {unknown} (not written by save_state)")
         params = {}
         for k in self.adapted:
-            value = need(PARAM_PREFIX + k)
-            meta = self._meta[k]
-            if value.dtype != np.float32 or value.shape != meta.shape:
-                raise StateError(
-                    f"{path}: {PARAM_PREFIX + k} is {value.dtype}{list(value.shape)}, "
-                    f"expected float32{list(meta.shape)}"
-                )
-            if not np.isfinite(value).all():
-                raise StateError(f"{path}: {PARAM_PREFIX + k} contains NaN or inf")
-            params[k] = value
+            problem = _param_problem(need(PARAM_PREFIX + k), self._meta[k])
+            if problem:
+                raise StateError(f"{path}: {PARAM_PREFIX + k} {problem}")
+            params[k] = arrays[PARAM_PREFIX + k]
+        data = self._parse_buffer(path, need)
+        rejected = {}
+        for reason in REJECTION_REASONS:
+            key = REJECTED_PREFIX + reason
+            if key in arrays:
+                value = arrays[key]
+                if value.shape != () or value.dtype.kind not in "iu" or value < 0:
+                    raise StateError(
+                        f"{path}: {key} is {value!r}, expected a non-negative integer count"
+                    )
+                rejected[reason] = int(value)
+        return params, data, rejected
+
+    def _parse_buffer(self, path: Path, need: Callable[[str], np.ndarray]) -> Transitions:
+        """The saved buffer, every entry checked with ``observe``'s rules."""
         dtypes = (np.float32, np.int64, np.float32, np.float32, np.float32)
         columns = []
         for name, dtype in zip(BATCH_INPUTS, dtypes, strict=True):
-            value = need("buffer:" + name)
+            value = need(BUFFER_PREFIX + name)
             if value.dtype != dtype:
                 raise StateError(
-                    f"{path}: buffer:{name} has dtype {value.dtype}, expected {dtype.__name__}"
+                    f"{path}: {BUFFER_PREFIX}{name} has dtype {value.dtype}, expected "
+                    f"{dtype.__name__}"
                 )
             columns.append(value)
         data = Transitions(*columns)
-        n = len(data.reward)
+        n = len(data.reward) if data.reward.ndim == 1 else -1
         shapes_ok = (
-            data.obs.shape == (n, self.obs_dim)
+            n >= 0
+            and data.obs.shape == (n, self.obs_dim)
             and data.next_obs.shape == (n, self.obs_dim)
             and all(a.shape == (n,) for a in (data.action, data.reward, data.terminated))
         )
@@ -683,11 +855,33 @@ class Adapter:
                 f"{path}: buffer arrays have inconsistent shapes "
                 f"{[list(a.shape) for a in data]} for obs_dim {self.obs_dim}"
             )
-        rejected = {}
-        for key, value in arrays.items():
-            if key.startswith("rejected:"):
-                rejected[key.removeprefix("rejected:")] = int(value)
-        return params, data, rejected
+        low, high = self.obs_low, self.obs_high
+        checks = [
+            ("obs", ~np.isfinite(data.obs).all(axis=1), "NaN or inf"),
+            ("next_obs", ~np.isfinite(data.next_obs).all(axis=1), "NaN or inf"),
+            ("obs", ((data.obs < low) | (data.obs > high)).any(axis=1), "outside the bounds"),
+            (
+                "next_obs",
+                ((data.next_obs < low) | (data.next_obs > high)).any(axis=1),
+                "outside the bounds",
+            ),
+            (
+                "action",
+                (data.action < 0) | (data.action >= self.n_actions),
+                f"outside [0, {self.n_actions})",
+            ),
+            ("reward", ~np.isfinite(data.reward), "NaN or inf"),
+            ("terminated", (data.terminated != 0) & (data.terminated != 1), "not 0 or 1"),
+        ]
+        for name, bad, what in checks:
+            if bad.any():
+                i = int(np.argmax(bad))
+                value = getattr(data, name)[i]
+                raise StateError(
+                    f"{path}: {BUFFER_PREFIX}{name}[{i}] is {value.tolist()}: {what} "
+                    f"({int(bad.sum())} bad entries; observe() would have rejected them)"
+                )
+        return data
 
 
 # robometa's config default for adaptation.support_epsilon (the runtime cannot import it).
@@ -710,6 +904,20 @@ def _support_epsilon(bundle: Bundle) -> float:
             "expected a number in [0, 1]"
         )
     return float(value)
+
+
+def _manifest_count(bundle: Bundle, key: str, high: int, maximum: str) -> int:
+    """The manifest's ``inner.<key>`` (a non-negative int, checked when the bundle loaded),
+    refused with a ``BundleError`` above this runtime's ``maximum``, so that a manifest cannot
+    make ``adapt`` run for hours or the buffer take all memory."""
+    value = bundle.manifest["inner"][key]
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not whole or not 0 <= value <= high:
+        raise BundleError(
+            f"{bundle.path / MANIFEST_FILE}: inner.{key} is {value!r}, expected an integer in "
+            f"[0, {high}] ({maximum} of robometa.deploy.runtime)"
+        )
+    return int(value)
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -737,6 +945,26 @@ def _is_whole_number(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) or float(value).is_integer()
 
 
+def _finite_as_float32(value: Any) -> bool:
+    """Whether a real number stays finite when stored as float32 (ints of any size too)."""
+    try:
+        x = float(value)
+    except OverflowError:
+        return False
+    return abs(x) < _FLOAT32_OVERFLOW  # False for NaN and inf as well
+
+
+def _param_problem(value: np.ndarray, meta: np.ndarray) -> str:
+    """What is wrong with ``value`` as a replacement for the parameter ``meta`` ('' if
+    nothing): it must be a finite float32 array of the same shape."""
+    value = np.asarray(value)
+    if value.dtype != np.float32 or value.shape != meta.shape:
+        return f"is {value.dtype}{list(value.shape)}, expected float32{list(meta.shape)}"
+    if not np.isfinite(value).all():
+        return "contains NaN or inf"
+    return ""
+
+
 def _within(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
     return bool(np.all(x >= low) and np.all(x <= high))
 
@@ -751,22 +979,132 @@ def _session(
         raise BundleError(f"{path}: onnxruntime cannot load the graph ({err})") from err
 
 
-def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# ---------------------------------------------------------------------- writing files
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` all at once or not at all, and say which path failed.
+
+    ``write(f)`` fills a new temporary file next to ``path`` (``.<name>.robometa-tmp-<pid>-
+    <random>.tmp``, permissions as for any new file), which is fsynced and renamed over
+    ``path``; then the directory is fsynced. Any ``OSError`` (disk full, read-only medium, a
+    parent that is missing or a regular file, ``path`` a directory) becomes a one-line
+    :class:`WriteError` naming ``path``; the temporary file is removed and a previous file at
+    ``path`` is unchanged. Temporary files that killed writers of ``path`` left behind are
+    removed first (:func:`remove_stale_temp_files`).
+    """
+    path = Path(path)
+    remove_stale_temp_files(path)
+    tmp: Path | None = None
     try:
+        tmp, fd = _create_temp(path)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if os.name == "posix":
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        tmp = None
+    except OSError as err:
+        raise WriteError(
+            f"{path}: cannot write ({_os_reason(err)}); any previous file there is unchanged"
+        ) from err
+    finally:
+        if tmp is not None:  # failed or interrupted (KeyboardInterrupt too): leave nothing
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    try:
+        _fsync_dir(path.parent)
+    except OSError as err:
+        raise WriteError(
+            f"{path}: written, but its directory could not be synced ({_os_reason(err)}); "
+            "the file may not survive a power cut"
+        ) from err
+    return path
+
+
+def check_writable(path: str | Path) -> Path:
+    """Raise :class:`WriteError` now if :func:`atomic_write` could not write ``path`` (its
+    directory is missing, a regular file or read-only, or ``path`` is a directory), so a long
+    run fails before it starts instead of after. Creates and removes one empty temporary
+    file; a disk with room for an empty file but not the data is only found when writing."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{path}: cannot write (it is a directory)")
+    try:
+        tmp, fd = _create_temp(path)
+    except OSError as err:
+        raise WriteError(f"{path}: cannot write ({_os_reason(err)})") from err
+    os.close(fd)
+    os.unlink(tmp)
+    return path
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Remove the temporary files that writers of ``path`` killed mid-write left next to it.
+
+    Only files named as robometa names them for ``path`` (see :func:`atomic_write`) whose
+    process no longer runs (on POSIX; elsewhere: older than an hour); files robometa did not
+    name are never touched. Best effort: a directory that cannot be listed or written (a
+    read-only medium holding a state to load) is left as it is. Returns the removed paths.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}{TEMP_MARKER}") + r"(\d+)-[0-9a-f]{16}\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):
+        with os.scandir(path.parent) as entries:
+            candidates = [e for e in entries if pattern.fullmatch(e.name)]
+        for entry in candidates:
+            pid = int(pattern.fullmatch(entry.name).group(1))
+            if not entry.is_file(follow_symlinks=False) or not _writer_gone(pid, entry):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another process removed it
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    """A new, empty temporary file for ``path`` in its directory, opened for writing."""
+    prefix = f".{path.name}{TEMP_MARKER}{os.getpid()}-"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f"{prefix}{secrets.token_hex(8)}.tmp"
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:  # 2**-64 per try
+            continue
+
+
+def _writer_gone(pid: int, entry: os.DirEntry) -> bool:
+    """Whether the process that named a temporary file is gone (so the file is stale)."""
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_AFTER_S
+    if pid <= 0 or pid == os.getpid():  # robometa never writes pid 0; ours may be writing
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive under another user / not a pid
+        return False
+    return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; elsewhere a rename is as good as it
+    gets)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # EINVAL: this file system cannot sync directories
+            raise
+    finally:
+        os.close(fd)
+
+
+def _os_reason(err: OSError) -> str:
+    """An ``OSError``'s reason without the temporary file's name."""
+    return err.strerror or str(err)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,47 @@ import pytest
 from fake_robot import FakeCartPole
 from robometa.deploy import Adapter, BundleError
 from robometa.deploy.cli import main
-from robometa.deploy.loop import collect, format_table, greedy_return, run_rounds
+from robometa.deploy.loop import (
+    MAX_SUPPORT,
+    RoundResult,
+    collect,
+    format_table,
+    greedy_return,
+    run_rounds,
+)
+
+
+class PaysForTheMetaPolicy:
+    """A robot where adaptation can only hurt: each step pays 1 when the action is the one the
+    meta-parameters choose, 0 otherwise (observations are fresh random cart-pole states), so
+    the meta-policy earns the most and any adaptation that changes a greedy action earns less,
+    whatever it does to the inner loss."""
+
+    def __init__(self, meta: Adapter, length: int = 40) -> None:
+        self.meta, self.length = meta, length
+
+    def reset(self, *, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        self.rng, self.t = np.random.default_rng(seed), 0
+        self.obs = self._draw()
+        return self.obs, {}
+
+    def _draw(self) -> np.ndarray:
+        return (self.rng.normal(size=4) * [0.5, 1.0, 0.1, 1.0]).astype(np.float32)
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        paid = float(action == self.meta.act(self.obs))
+        self.obs, self.t = self._draw(), self.t + 1
+        return self.obs, paid, False, self.t >= self.length, {}
+
+
+class Untouchable:
+    """A robot for argument errors: they must be raised before the robot moves."""
+
+    def reset(self, *, seed=None):
+        raise AssertionError("the robot was reset despite a bad argument")
+
+    def step(self, action):
+        raise AssertionError("the robot was stepped despite a bad argument")
 
 
 class TestLoop:
@@ -59,6 +101,53 @@ class TestLoop:
             run_rounds(adapter, FakeCartPole(), rounds=1, support=5, epsilon=2.0)
         with pytest.raises(ValueError, match="support_from must be one of"):
             run_rounds(adapter, FakeCartPole(), rounds=1, support=5, support_from="adapted")
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "message"),
+        [
+            ({"rounds": True}, TypeError, r"rounds must be an integer in \[0, 10000\] \(MAX_"),
+            ({"rounds": 2.0}, TypeError, r"rounds .* got float 2.0"),
+            ({"rounds": 10**9}, ValueError, r"rounds .* \(MAX_ROUNDS\), got 1000000000"),
+            ({"support": "5"}, TypeError, r"support .* got str '5'"),
+            ({"support": MAX_SUPPORT + 1}, ValueError, r"support .* \(MAX_SUPPORT\)"),
+            ({"eval_episodes": -1}, ValueError, r"eval_episodes .* \(MAX_EVAL_EPISODES\)"),
+            ({"seed": -1}, ValueError, r"seed must be an integer in \[0, 4294967295\]"),
+            ({"seed": 1.5}, TypeError, r"seed .* got float"),
+            ({"max_episode_steps": 0}, ValueError, r"max_episode_steps .* \[1, 1000000\]"),
+            ({"epsilon": "0.1"}, TypeError, r"epsilon must be a number in \[0.0, 1.0\]"),
+            ({"epsilon": math.nan}, ValueError, r"epsilon must be a number in \[0.0, 1.0\]"),
+            ({"steps": 2.5}, TypeError, r"steps must be an integer .* \(MAX_ADAPT_STEPS\)"),
+            ({"keep": "worst"}, ValueError, r"keep must be one of \('latest', 'best'\)"),
+            ({"keep": "best", "eval_episodes": 0}, ValueError, r"eval_episodes must be >= 1"),
+        ],
+    )
+    def test_bad_counts_are_refused_before_the_robot_moves(
+        self, cavia, kwargs, error, message
+    ) -> None:
+        adapter = Adapter.load(cavia.path)
+        args = {"rounds": 1, "support": 5, **kwargs}
+        with pytest.raises(error, match=message):
+            run_rounds(adapter, Untouchable(), **args)
+
+    def test_collect_and_greedy_return_check_their_counts(self, cavia) -> None:
+        adapter = Adapter.load(cavia.path)
+        rng = np.random.default_rng(0)
+        with pytest.raises(ValueError, match=r"n must be an integer .* \(MAX_SUPPORT\), got -1"):
+            collect(adapter, Untouchable(), -1, 0.1, rng)
+        with pytest.raises(TypeError, match=r"episodes .* \(MAX_EVAL_EPISODES\), got float"):
+            greedy_return(adapter, Untouchable(), 2.0)
+        with pytest.raises(ValueError, match=r"max_episode_steps .* got 0"):
+            greedy_return(adapter, Untouchable(), 1, max_episode_steps=0)
+
+    @pytest.mark.parametrize("reward", [math.nan, math.inf, 10**400, None, "1"])
+    def test_a_bad_reward_in_an_evaluation_is_named(self, cavia, reward) -> None:
+        class BadReward(FakeCartPole):
+            def step(self, action):
+                obs, _, terminated, truncated, info = super().step(action)
+                return obs, reward if self.t == 3 else 1.0, terminated, truncated, info
+
+        with pytest.raises(ValueError, match=r"reward .* in evaluation episode 0, step 2; expe"):
+            greedy_return(Adapter.load(cavia.path), BadReward(), 1)
 
     def test_epsilon_defaults_to_the_training_support_epsilon(self, cavia, edited_bundle) -> None:
         assert Adapter.load(cavia.path).support_epsilon == 0.3  # no training config recorded
@@ -120,6 +209,63 @@ class TestLoop:
         assert all(np.allclose(q, meta_q) for q in round2) == acts_with_meta
         # after the collection, the adapted parameters act again (the last evaluation)
         np.testing.assert_allclose(seen[-1], adapted_q)
+
+
+class TestKeepBest:
+    """``keep="best"``: the measured return, not only the inner loss, decides what is kept."""
+
+    def run(self, cavia, edited_bundle, keep: str) -> tuple[Adapter, object, list[RoundResult]]:
+        # A step size at which the accepted adaptations change greedy actions (the guard
+        # accepts everything: tolerance inf, so only the return can object).
+        path = edited_bundle(cavia.path, lrs={"context": np.float32(5.0)})
+        adapter = Adapter.load(path, capacity=60, tolerance=math.inf, max_update_norm=None)
+        robot = PaysForTheMetaPolicy(Adapter.load(cavia.path))
+        results = run_rounds(
+            adapter, robot, rounds=2, support=60, steps=3, eval_episodes=2, keep=keep
+        )
+        return adapter, robot, results
+
+    def test_the_default_keeps_an_adaptation_that_lowers_the_return(
+        self, cavia, edited_bundle
+    ) -> None:
+        adapter, robot, results = self.run(cavia, edited_bundle, "latest")
+        returns = [r.greedy_return for r in results]
+        assert returns[0] == 40.0 and returns[-1] < returns[0]  # adaptation hurts here
+        assert all(r.report.accepted for r in results[1:])
+        assert [r.rolled_back_to for r in results] == [None, None, None]
+        assert [r.acting_round for r in results] == [0, 1, 2]
+        assert not np.array_equal(adapter.params["context"], adapter.meta_params["context"])
+        assert greedy_return(adapter, robot, 2, seed=1_000_000) == returns[-1]
+
+    def test_best_keeps_the_best_rounds_parameters_and_says_it_rolled_back(
+        self, cavia, edited_bundle
+    ) -> None:
+        adapter, robot, results = self.run(cavia, edited_bundle, "best")
+        latest = self.run(cavia, edited_bundle, "latest")[2]
+        # round 1 is the same run in both modes, and its adaptation returned less
+        assert results[1].greedy_return == latest[1].greedy_return < results[0].greedy_return
+        assert [r.rolled_back_to for r in results] == [None, 0, 0]
+        assert [r.acting_round for r in results] == [0, 0, 0]
+        assert all(r.report.accepted for r in results[1:])  # the inner-loss guard had no say
+        np.testing.assert_array_equal(adapter.params["context"], adapter.meta_params["context"])
+        assert greedy_return(adapter, robot, 2, seed=1_000_000) == results[0].greedy_return
+        table = format_table(results)
+        assert "back to r0" in table
+        assert "round 1: greedy return 37.50 fell below round 0's; rolled back to round 0's" in (
+            table
+        )
+        assert results[1].to_dict()["rolled_back_to"] == 0
+
+    def test_best_keeps_adaptations_that_do_not_lower_the_return(self, cavia) -> None:
+        adapter = Adapter.load(cavia.path, capacity=60, tolerance=math.inf)
+        robot = PaysForTheMetaPolicy(Adapter.load(cavia.path))
+        results = run_rounds(
+            adapter, robot, rounds=2, support=60, steps=3, eval_episodes=2, keep="best"
+        )
+        assert [r.greedy_return for r in results] == [40.0, 40.0, 40.0]  # too small to hurt
+        assert [r.acting_round for r in results] == [0, 1, 2]
+        assert [r.rolled_back_to for r in results] == [None, None, None]
+        assert not np.array_equal(adapter.params["context"], adapter.meta_params["context"])
 
 
 class TestCommandLine:
@@ -190,6 +336,81 @@ class TestCommandLine:
     ) -> None:
         assert main(["adapt", "--bundle", str(cavia.path), *extra]) == 2
         assert message in capsys.readouterr().err
+
+    @pytest.fixture
+    def fake_rounds(self, monkeypatch: pytest.MonkeyPatch) -> dict:
+        """``run_rounds`` replaced: records its arguments, returns a round-0 and a rolled-back
+        round 1."""
+        import robometa.deploy.cli as cli
+
+        seen: dict = {}
+
+        def fake_run_rounds(adapter, env, **kwargs):
+            seen.update(kwargs, adapter=adapter)
+            return [
+                RoundResult(0, 0, 0, None, 200.0, acting_round=0),
+                RoundResult(1, 5, 5, None, 172.0, acting_round=0, rolled_back_to=0),
+            ]
+
+        monkeypatch.setattr(cli, "run_rounds", fake_run_rounds)
+        return seen
+
+    @pytest.mark.parametrize(
+        ("flag", "value", "message"),
+        [
+            ("--support", "-5", r"must be an integer in \[1, 1000000\] \(MAX_SUPPORT\), got '-5'"),
+            ("--support", "0", r"got '0'"),
+            ("--capacity", "0", r"must be an integer in \[1, 1000000\] \(MAX_CAPACITY\)"),
+            ("--capacity", "1e3", r"got '1e3'"),
+            ("--steps", "2.7", r"\[0, 10000\] \(MAX_ADAPT_STEPS\), got '2.7'"),
+            ("--steps", "1000000000", r"\(MAX_ADAPT_STEPS\), got '1000000000'"),
+            ("--rounds", "-1", r"\[0, 10000\] \(MAX_ROUNDS\)"),
+            ("--eval-episodes", "-2", r"\(MAX_EVAL_EPISODES\), got '-2'"),
+            ("--seed", "-1", r"\[0, 4294967295\] \(MAX_SEED\)"),
+            ("--sample-test-task", "-1", r"\(MAX_SEED\), got '-1'"),
+            ("--epsilon", "nan", r"must be a number in \[0.0, 1.0\], got 'nan'"),
+            ("--epsilon", "1.5", r"got '1.5'"),
+            ("--holdout-fraction", "0.9", r"\[0.0, 0.5\], got '0.9'"),
+            ("--tolerance", "-1", r"\[0.0, inf\], got '-1'"),
+            ("--max-update-norm", "-0.5", r"got '-0.5'"),
+            ("--keep", "worst", r"invalid choice: 'worst'"),
+        ],
+    )
+    def test_bad_flags_are_named(
+        self, cavia, fake_rounds, flag, value, message, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        args = ["adapt", "--bundle", str(cavia.path), "--sample-test-task", "3", flag, value]
+        if flag == "--sample-test-task":
+            args = args[:3] + args[5:]
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: " in err
+        assert re.search(message, err), err
+        assert fake_rounds == {}
+
+    def test_keep_best_is_passed_and_its_rollbacks_are_reported(
+        self, cavia, fake_rounds, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        args = ["adapt", "--bundle", str(cavia.path), "--sample-test-task", "3"]
+        assert main([*args, "--keep", "best", "--capacity", "7", "--support", "5"]) == 0
+        assert fake_rounds["keep"] == "best" and fake_rounds["support"] == 5
+        assert fake_rounds["adapter"].buffer.capacity == 7
+        out = capsys.readouterr().out
+        assert "round 1: greedy return 172.00 fell below round 0's; rolled back to round 0's" in out
+        assert main(args) == 0
+        assert fake_rounds["keep"] == "latest"
+        assert fake_rounds["support"] == fake_rounds["adapter"].buffer.capacity == 64
+
+    def test_keep_best_needs_an_evaluation(
+        self, cavia, fake_rounds, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        args = ["adapt", "--bundle", str(cavia.path), "--sample-test-task", "3"]
+        assert main([*args, "--keep", "best", "--eval-episodes", "0"]) == 2
+        err = capsys.readouterr().err
+        assert "--keep best compares measured returns: --eval-episodes must be >= 1" in err
+        assert fake_rounds == {}
 
     def test_missing_bundle(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["info", "--bundle", str(tmp_path / "none")]) == 2

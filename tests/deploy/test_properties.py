@@ -1,18 +1,30 @@
-"""Property-based tests: no input, however malformed, gets past the runtime's checks."""
+"""Property-based tests: no input, however malformed, gets past the runtime's checks, and no
+sequence of calls breaks an adapter's invariants."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import tempfile
+from pathlib import Path
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from robometa.deploy import Adapter, BundleError, StateError
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from robometa.deploy import Adapter, BundleError, StateError, Transitions
 from robometa.deploy.bundle import MANIFEST_FILE
+from robometa.deploy.runtime import MAX_ADAPT_STEPS
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -166,3 +178,219 @@ def still_valid(where: tuple[str, ...], value: object) -> bool:
     if where in {("inner", "steps"), ("inner", "support_size")}:
         return type(value) is int and value >= 0
     return False
+
+
+# ---------------------------------------------------------------------- the adapter's life
+#
+# A state machine drives one adapter through random sequences of everything a control loop
+# does to it (act, observe, adapt, save, load, reset, restore an earlier snapshot, load a
+# damaged state) and checks after every step that its parameters are finite, its buffer holds
+# only what observe would accept, and that a rolled-back or refused call changed nothing.
+
+MACHINE_CAPACITY = 12
+MACHINE_SETTINGS = settings(
+    max_examples=1000,
+    stateful_step_count=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+step_counts = st.one_of(
+    st.integers(0, 3),
+    st.none(),
+    st.sampled_from([-1, MAX_ADAPT_STEPS + 1, 10**9, 2.7, 3.0, "3", True, np.float64(1)]),
+)
+plausible_obs = hnp.arrays(np.float32, 4, elements=st.floats(-1, 1, width=32))
+plausible = st.tuples(
+    plausible_obs, st.integers(0, 2), st.floats(-2, 2), plausible_obs, st.booleans()
+)
+damages = st.sampled_from(
+    [
+        ("buffer:action", 99),
+        ("buffer:reward", math.nan),
+        ("buffer:obs", math.inf),
+        ("buffer:next_obs", 1e3),
+        ("buffer:terminated", 0.5),
+        ("rejected:non_finite_obs", -1),
+        ("param:context", math.nan),
+        ("truncate", None),
+    ]
+)
+
+
+class AdapterLife(RuleBasedStateMachine):
+    def __init__(self, adapters: dict[str, Adapter], directory: Path) -> None:
+        super().__init__()
+        self.adapters, self.directory = adapters, directory
+        self.adapter = next(iter(adapters.values()))
+        self.saved: tuple[Path, dict, Transitions, dict] | None = None
+        self.snapshots: list[dict[str, np.ndarray]] = []
+
+    @initialize(
+        which=st.sampled_from(["calm", "wild"]),
+        batch=st.lists(plausible, max_size=MACHINE_CAPACITY),
+    )
+    def start(self, which: str, batch) -> None:
+        """A fresh adapter (the shared ones, reset) with some valid transitions buffered."""
+        self.adapter = self.adapters[which]
+        self.adapter.reset()
+        self.snapshots.append(self.adapter.params)
+        assert all(self.adapter.observe(*t) for t in batch)
+
+    # -------------------------------------------------------------- rules
+
+    @rule(obs=observations)
+    def act(self, obs) -> None:
+        try:
+            action = self.adapter.act(obs)
+        except ValueError as err:
+            assert "obs" in str(err)
+        else:
+            assert type(action) is int and 0 <= action < self.adapter.n_actions
+
+    @rule(t=transitions)
+    def observe(self, t) -> None:
+        n, rejected = len(self.adapter.buffer), sum(self.adapter.rejected.values())
+        stored = self.adapter.observe(*t)
+        if stored:
+            assert len(self.adapter.buffer) == min(n + 1, MACHINE_CAPACITY)
+        else:
+            assert len(self.adapter.buffer) == n
+            assert sum(self.adapter.rejected.values()) == rejected + 1
+
+    @rule(batch=st.lists(plausible, min_size=1, max_size=MACHINE_CAPACITY))
+    def observe_plausible(self, batch) -> None:
+        """Enough valid transitions for adapt to run (the random ones are mostly refused)."""
+        n = len(self.adapter.buffer)
+        assert all(self.adapter.observe(*t) for t in batch)
+        assert len(self.adapter.buffer) == min(n + len(batch), MACHINE_CAPACITY)
+
+    @rule(steps=step_counts, from_meta=st.sampled_from([None, True, False]))
+    def adapt(self, steps, from_meta) -> None:
+        before = self.adapter.params
+        try:
+            report = self.adapter.adapt(steps, from_meta=from_meta)
+        except (TypeError, ValueError) as err:
+            assert "steps must be an integer in [0, 10000] (MAX_ADAPT_STEPS)" in str(err)
+            assert isinstance(steps, (bool, float, str, np.floating)) or not (
+                0 <= steps <= MAX_ADAPT_STEPS
+            )
+            self.assert_unchanged(before)
+            return
+        assert steps is None or (type(steps) is int and 0 <= steps <= MAX_ADAPT_STEPS), steps
+        assert report.steps == (self.adapter.default_steps if steps is None else steps)
+        if report.accepted:
+            self.snapshots.append(self.adapter.params)
+        else:
+            self.assert_unchanged(before)  # a rollback never changes the parameters
+
+    @rule()
+    def save(self) -> None:
+        path = self.adapter.save_state(self.directory / "state.npz")
+        self.saved = (
+            path,
+            self.adapter.params,
+            self.adapter.buffer.ordered(),
+            self.adapter.rejected,
+        )
+
+    @precondition(lambda self: self.saved is not None)
+    @rule()
+    def load(self) -> None:
+        path, params, data, rejected = self.saved
+        self.adapter.load_state(path)
+        for k, v in params.items():
+            np.testing.assert_array_equal(self.adapter.params[k], v)
+        for a, b in zip(self.adapter.buffer.ordered(), data, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert self.adapter.rejected == rejected
+
+    @precondition(lambda self: self.saved is not None)
+    @rule(damage=damages)
+    def load_damaged(self, damage) -> None:
+        key, value = damage
+        source = self.saved[0]
+        damaged = self.directory / "damaged.npz"
+        if key == "truncate":
+            damaged.write_bytes(source.read_bytes()[:300])
+        else:
+            with np.load(source) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            if key.startswith("rejected:"):
+                arrays[key] = np.asarray(value, np.int64)
+            elif arrays[key].size == 0:
+                return  # an empty buffer has no entry to damage
+            else:
+                arrays[key] = arrays[key].copy()
+                arrays[key].flat[0] = value
+            np.savez(damaged, **arrays)
+        before, data, rejected = (
+            self.adapter.params,
+            self.adapter.buffer.ordered(),
+            self.adapter.rejected,
+        )
+        with pytest.raises(StateError, match="damaged.npz"):
+            self.adapter.load_state(damaged)
+        self.assert_unchanged(before)
+        for a, b in zip(self.adapter.buffer.ordered(), data, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert self.adapter.rejected == rejected
+
+    @rule()
+    def reset(self) -> None:
+        self.adapter.reset()
+        assert len(self.adapter.buffer) == 0 and self.adapter.rejected == {}
+        for k, v in self.adapter.params.items():
+            assert v is self.adapter.meta_params[k]
+
+    @rule(data=st.data())
+    def restore(self, data) -> None:
+        snapshot = data.draw(st.sampled_from(self.snapshots))
+        self.adapter.restore_params(snapshot)
+        for k, v in snapshot.items():
+            np.testing.assert_array_equal(self.adapter.params[k], v)
+
+    # -------------------------------------------------------------- invariants
+
+    def assert_unchanged(self, before: dict[str, np.ndarray]) -> None:
+        for k, v in self.adapter.params.items():
+            assert v is before[k], f"{k} changed"
+
+    @invariant()
+    def parameters_are_finite(self) -> None:
+        meta = self.adapter.meta_params
+        for k, v in self.adapter.params.items():
+            assert v.dtype == np.float32 and v.shape == meta[k].shape
+            assert np.isfinite(v).all()
+            if k not in self.adapter.adapted:
+                np.testing.assert_array_equal(v, meta[k])
+
+    @invariant()
+    def buffer_is_finite_and_in_range(self) -> None:
+        a = self.adapter
+        assert len(a.buffer) <= MACHINE_CAPACITY
+        data = a.buffer.ordered()
+        for obs in (data.obs, data.next_obs):
+            assert np.isfinite(obs).all()
+            assert (obs >= a.obs_low).all() and (obs <= a.obs_high).all()
+        assert np.isfinite(data.reward).all()
+        assert ((data.action >= 0) & (data.action < a.n_actions)).all()
+        assert set(np.unique(data.terminated)) <= {0.0, 1.0}
+        assert all(count >= 1 for count in a.rejected.values())
+
+
+@pytest.mark.slow
+def test_an_adapters_life_keeps_its_invariants(cavia, edited_bundle) -> None:
+    """1000 random lives of up to 10 steps, on a calm adapter and on a wild one (a huge inner
+    learning rate, so many adaptations are rolled back)."""
+    wild = edited_bundle(cavia.path, lrs={"context": np.float32(1e4)})
+    common = {"capacity": MACHINE_CAPACITY, "min_transitions": 2}
+    adapters = {
+        "calm": Adapter.load(cavia.path, **common),
+        "wild": Adapter.load(wild, max_update_norm=None, tolerance=0.0, **common),
+    }
+    # State files on tmpfs where there is one: save_state's fsync costs ~15 ms on a disk.
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as directory:
+        run_state_machine_as_test(
+            lambda: AdapterLife(adapters, Path(directory)), settings=MACHINE_SETTINGS
+        )
