@@ -15,7 +15,14 @@ simulated robots lazily, only when asked to run against one).
 """
 
 from robometa.deploy.bundle import FORMAT_VERSION, Bundle, BundleError
-from robometa.deploy.runtime import Adapter, AdaptReport, StateError, TransitionBuffer, Transitions
+from robometa.deploy.runtime import (
+    Adapter,
+    AdaptReport,
+    StateError,
+    TransitionBuffer,
+    Transitions,
+    WriteError,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -26,4 +33,5 @@ __all__ = [
     "StateError",
     "TransitionBuffer",
     "Transitions",
+    "WriteError",
 ]

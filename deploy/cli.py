@@ -56,6 +56,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"bundle      {bundle.path} (format {m['format_version']})")
     print(f"identity    sha256:{bundle.digest}")
     print("verified    files and hashes, manifest, arrays; graphs load, inputs/outputs match")
+    if bundle.unlisted:
+        print(f"not bundle  {', '.join(bundle.unlisted)} (not in the manifest: never read)")
     print(f"robot       {m['env_id']}  algorithm {m['algorithm']}  privileged {m['privileged']}")
     print(f"observation {m['observation']['shape']} {', '.join(m['observation']['names'])}")
     print(f"actions     {m['action']['n']}: {', '.join(m['action']['names'])}")
@@ -66,6 +68,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"discount    {m['discount']}")
     return 0
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as ``null``: strict JSON (a skipped round's losses
+    are NaN, which ``json.dumps`` would write as the invalid token ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _make_robot(bundle: Bundle, args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -80,6 +94,12 @@ def _make_robot(bundle: Bundle, args: argparse.Namespace) -> tuple[Any, Any, Any
         ) from None
 
     env_id = args.env or bundle.env_id
+    if env_id not in robometa.envs.FAMILIES:  # gym.make would import a module named before ':'
+        flag = "--env" if args.env else f"env_id in {bundle.path / 'manifest.json'}"
+        raise ValueError(
+            f"{flag}: {env_id!r} is not a robometa robot family "
+            f"(known: {', '.join(robometa.envs.FAMILIES)})"
+        )
     overrides = bundle.manifest.get("dynamics", {}).get("overrides") or {}
     try:
         env = gym.make(env_id, **({"dynamics": overrides} if overrides else {}))
@@ -237,7 +257,7 @@ def _write_outputs(
         }
         if state is not None:
             doc["state"] = state
-        text = json.dumps(doc, indent=2) + "\n"
+        text = json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
         try:
             atomic_write(args.json, lambda f: f.write(text.encode()))
         except WriteError as err:

@@ -973,8 +973,10 @@ def _session(
     bundle: Bundle, name: str, options: ort.SessionOptions, providers: list[str]
 ) -> ort.InferenceSession:
     path = bundle.file(name)
+    # The bytes Bundle.load verified, not the file again (it may have changed since).
+    options.add_session_config_entry("session.load_model_format", "ONNX")
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(bundle.graph(name), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types
         raise BundleError(f"{path}: onnxruntime cannot load the graph ({err})") from err
 
