@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
+from robometa.envs.safe_load import dump_yaml, load_file
 
 Distribution = Literal["uniform", "loguniform", "choice"]
 Split = Literal["train", "test"]
@@ -354,43 +355,107 @@ class DynamicsSpace:
 # --------------------------------------------------------------------------- task files
 
 
+#: the keys a task file may have at its top level
+TASK_FILE_KEYS = ("env", "tasks")
+
+
 def dump_tasks(
     tasks: Iterable[Mapping[str, float]], path: str | Path, env_id: str | None = None
 ) -> None:
-    """Write a task file (``.json`` or YAML) that :func:`load_tasks` reads back exactly."""
+    """Write a task file (``.json`` or YAML) that :func:`load_tasks` reads back exactly.
+
+    All at once or not at all: a failed write (disk full, read-only, a missing directory) is a
+    ``ValueError`` naming the file, leaves any previous file unchanged and no temporary file.
+    """
     path = Path(path)
     doc: dict[str, Any] = {}
     if env_id is not None:
         doc["env"] = env_id
     doc["tasks"] = [dict(t) for t in tasks]
-    text = (
-        json.dumps(doc, indent=2)
-        if path.suffix == ".json"
-        else yaml.safe_dump(doc, sort_keys=False)
-    )
+    if path.suffix.lower() == ".json":
+        try:
+            text = json.dumps(doc, indent=2, allow_nan=False)
+        except ValueError:
+            raise ValueError(
+                f"cannot write task file {path}: a task value is not a finite number"
+            ) from None
+    else:
+        text = dump_yaml(doc)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    pending = False  # a temporary file exists that is not yet renamed over ``path``
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            pending = True
+            f.write(text)
+        tmp.replace(path)
+        pending = False
+    except OSError as err:
+        raise ValueError(f"cannot write task file {path}: {err.strerror or err}") from None
+    finally:  # after a failed write or rename (Ctrl-C too) leave nothing behind
+        if pending:
+            tmp.unlink(missing_ok=True)
 
 
 def load_tasks(path: str | Path, space: DynamicsSpace) -> list[Task]:
-    """Read a task file ``{tasks: [{param: value, ...}, ...]}`` (YAML or JSON).
+    """Read a task file ``{tasks: [{param: value, ...}, ...]}`` (JSON for ``.json``, else YAML;
+    read by :mod:`robometa.envs.safe_load`: at most 1 MiB, UTF-8, no aliases or duplicate
+    keys), optionally with the ``env`` it was written for.
 
     Missing parameters take their nominal value; any problem raises ``ValueError`` naming the
-    file, the task index, the parameter and the allowed range.
+    file, the task index, the parameter, the value and the allowed range.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ValueError(f"cannot read task file {path}: {err.strerror}") from None
-    try:
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"task file {path} is not valid {path.suffix or 'YAML'}: {err}") from None
+    doc = load_file(path, "task file")
     if not isinstance(doc, Mapping) or "tasks" not in doc:
         raise ValueError(f"task file {path}: expected a mapping with a 'tasks' list at the top")
+    extra = [k for k in doc if k not in TASK_FILE_KEYS]
+    if extra:
+        raise ValueError(
+            f"task file {path}: unknown top-level key {_short(extra[0])}; allowed keys: "
+            f"{', '.join(TASK_FILE_KEYS)}"
+        )
+    if "env" in doc and not isinstance(doc["env"], str):
+        raise ValueError(f"task file {path}: 'env' must be an env id, got {_short(doc['env'])}")
     tasks = doc["tasks"]
     if not isinstance(tasks, list) or not tasks:
         raise ValueError(f"task file {path}: 'tasks' must be a non-empty list of mappings")
-    return [space.make_task(t, source=f"{path}, tasks[{i}]") for i, t in enumerate(tasks)]
+    out = []
+    for i, values in enumerate(tasks):
+        where = f"{path}, tasks[{i}]"
+        _check_file_task(values, space, where)
+        out.append(space.make_task(values, source=where))
+    return out
+
+
+def _check_file_task(values: Any, space: DynamicsSpace, where: str) -> None:
+    """What :meth:`DynamicsSpace.make_task` takes for granted of a mapping from a file: keys
+    that are strings, and numbers that fit in a float64 (a 400-digit integer does not)."""
+    if not isinstance(values, Mapping):
+        return  # make_task says a task must be a mapping
+    for key in values:
+        if not isinstance(key, str):
+            raise ValueError(
+                f"{space.family}: task key {_short(key)} ({type(key).__name__}) is not a "
+                f"parameter name{_where(where)}; known parameters: {', '.join(space.names)}"
+            )
+    for key, value in values.items():
+        if key not in space.names:
+            continue  # make_task names the unknown parameter
+        p = space[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and abs(value) > sys.float_info.max:
+            raise ValueError(
+                f"parameter {key!r}: value {_short(value)} is outside the physical range "
+                f"[{p.limits[0]}, {p.limits[1]}] ({p.unit}){_where(where)}"
+            )
+        if not number and len(repr(value)) > 60:  # make_task would quote all of it
+            raise ValueError(
+                f"parameter {key!r}: value {_short(value)} has type {type(value).__name__}, "
+                f"expected a number in [{p.limits[0]}, {p.limits[1]}] ({p.unit}){_where(where)}"
+            )
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to a line (an error must not quote a 400-digit number)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:28]}...{text[-28:]} ({len(text)} characters)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
@@ -32,28 +33,52 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    """argparse type of a count (``--steps``, ``--episodes``): an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return value
+def _int_in(low: int, high: int, check_low: bool = True) -> Callable[[str], int]:
+    """argparse type of an integer flag in ``[low, high]`` (argparse names the flag in front
+    of the message). ``check_low=False`` leaves the lower bound to the command, which words
+    that error itself (``robometa play --episodes 0``)."""
+    top = f"{high:_}" if high >= 100_000 else str(high)  # as the config reference shows it
+    allowed = f"the allowed range is [{low}, {top}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an integer >= {low} ({allowed})"
+            ) from None
+        if check_low and value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low} ({allowed})")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} is too large ({allowed})")
+        return value
+
+    parse.__name__ = "integer"  # what argparse's own messages call the type
+    return parse
 
 
-def _step_counts(text: str) -> list[int]:
-    """argparse type of ``--curve``: adaptation step counts >= 0, comma-separated."""
-    try:
-        steps = [int(k) for k in text.split(",")]
-    except ValueError:
-        steps = []
-    if not steps or any(k < 0 for k in steps):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected adaptation step counts >= 0 separated by commas, e.g. 0,1,2,5"
-        )
-    return steps
+def _step_counts(high: int) -> Callable[[str], list[int]]:
+    """argparse type of ``--curve``: adaptation step counts in ``[0, high]``, comma-separated."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            steps = [int(k) for k in text.split(",")]
+        except ValueError:
+            steps = []
+        if not steps or any(k < 0 for k in steps):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected adaptation step counts >= 0 separated by commas, e.g. "
+                f"0,1,2,5 (each at most {high})"
+            )
+        if max(steps) > high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {max(steps)} adaptation steps is outside the allowed range "
+                f"[0, {high}] (adaptation.steps allows at most {high})"
+            )
+        return steps
+
+    parse.__name__ = "step counts"
+    return parse
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -194,13 +219,18 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from robometa import __version__
+    from robometa.config import MAX_ADAPT_STEPS, MAX_ENV_STEPS, MAX_SEED
 
+    seed = _int_in(0, MAX_SEED)  # numpy's and gymnasium's seeds are unsigned 32-bit
+    env_steps = _int_in(1, MAX_ENV_STEPS)  # dqn.total_steps' range
     parser = argparse.ArgumentParser(prog="robometa", description=__doc__)
     parser.add_argument("--version", action="version", version=f"robometa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("envs", help=cmd_envs.__doc__)
-    p.add_argument("--episodes", type=int, default=5, help="episodes per family (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="task and action seed (default 0)")
+    p.add_argument(
+        "--episodes", type=_int_in(1, 1000), default=5, help="episodes per family (default 5)"
+    )
+    p.add_argument("--seed", type=seed, default=0, help="task and action seed (default 0)")
     p.set_defaults(func=cmd_envs)
 
     p = sub.add_parser(
@@ -209,23 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quickstart", help="output directory (default: quickstart)")
     p.add_argument(
         "--meta-steps",
-        type=int,
+        type=env_steps,
         default=30000,
         help="env steps of CAVIA meta-training (default 30000)",
     )
     p.add_argument(
         "--baseline-steps",
-        type=int,
+        type=env_steps,
         default=30000,
         help="env steps of the domain-randomized DQN baseline (default 30000)",
     )
     p.add_argument(
         "--eval-tasks",
-        type=int,
+        type=_int_in(1, 1000),
         default=5,
         help="held-out tasks per group in the evaluation (default 5)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of both runs (default 0)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("configs", help=cmd_configs.__doc__, description=cmd_configs.__doc__)
@@ -239,10 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="experiment YAML: a path, or a shipped config's name (`robometa configs` lists them)",
     )
     p.add_argument("--out", help="run directory (default: runs/<config name>-seed<seed>)")
-    p.add_argument(
-        "--steps", type=_positive_int, help="override dqn.total_steps (environment steps)"
-    )
-    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--steps", type=env_steps, help="override dqn.total_steps (environment steps)")
+    p.add_argument("--seed", type=seed, help="override the seed")
     p.add_argument(
         "--set",
         action="append",
@@ -261,14 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         "task file (YAML/JSON with a 'tasks' list)",
     )
     p.add_argument(
-        "--n-tasks", type=_positive_int, default=10, help="tasks per group with --tasks test"
+        "--n-tasks", type=_int_in(1, 1000), default=10, help="tasks per group with --tasks test"
     )
     p.add_argument(
-        "--episodes", type=_positive_int, default=2, help="greedy episodes per task and step"
+        "--episodes", type=_int_in(1, 1000), default=2, help="greedy episodes per task and step"
     )
     p.add_argument(
         "--curve",
-        type=_step_counts,
+        type=_step_counts(MAX_ADAPT_STEPS),
         help="adaptation steps to evaluate, e.g. 0,1,2,5 "
         "(default: 0,1,2,3 and each run's configured steps)",
     )
@@ -292,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     robot.add_argument(
         "--sample-test-task",
-        type=int,
+        type=seed,
         default=0,
         metavar="SEED",
         help="draw the robot from the test (out-of-distribution) ranges with this seed "
@@ -302,9 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-index", type=int, metavar="I", help="which robot of --tasks FILE (default 0)"
     )
     p.add_argument(
-        "--episodes", type=int, default=1, metavar="N", help="greedy episodes per panel (default 1)"
+        "--episodes",
+        type=_int_in(1, 100, check_low=False),  # play() words the error for N < 1
+        default=1,
+        metavar="N",
+        help="greedy episodes per panel (default 1, at most 100)",
     )
-    p.add_argument("--seed", type=int, default=0, help="episode and support seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="episode and support seed (default 0)")
     p.add_argument(
         "--no-adapt", action="store_true", help="show only the initial (meta-)parameters"
     )
@@ -315,10 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="video to write, .gif or .mp4 (mp4 needs imageio-ffmpeg) "
         "(default: play.gif in the current directory)",
     )
-    p.add_argument("--fps", type=int, default=25, help="frames per second (default 25)")
+    p.add_argument(
+        "--fps",
+        type=_int_in(1, 100, check_low=False),
+        default=25,
+        help="frames per second (default 25, at most 100)",
+    )
     p.add_argument(
         "--every",
-        type=int,
+        type=_int_in(1, 1000, check_low=False),
         default=2,
         metavar="K",
         help="keep every K-th step as a frame (default 2: real time at 25 fps for the 50 Hz "

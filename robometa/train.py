@@ -10,14 +10,31 @@ uninterrupted runs alike, so a run resumed from a checkpoint continues exactly a
 never stopped (same seed, CPU). A new run writes its first checkpoint at env step 0, before
 any step, so a run killed at any point after it started can be resumed. Ctrl-C writes one more
 where it stops, a boundary the uninterrupted run would not have had (see :func:`train`).
+
+Writing fails safely. Whole files (the checkpoint, ``policy.pt``, ``config.yaml``, the plot, a
+rewritten ``metrics.csv``) are written to a temporary file next to the target
+(``.<name>.robometa-tmp-<pid>-<random>.tmp``), fsynced and renamed over it, so a full disk, a
+read-only medium or a kill leaves the previous file as it was; rows appended to the CSV files
+are taken back when they cannot be written whole. A failure is a :class:`RunWriteError`, one
+line naming the path, which also says what is kept: a run that failed before its first
+checkpoint takes back the files it wrote (the same command works once there is room), a later
+one keeps its last checkpoint for ``--resume``. Temporary files a killed process left are
+removed when the run next starts or resumes. ``--resume`` reads only a checkpoint this
+robometa can continue (:func:`read_checkpoint`); anything else is a :class:`CheckpointError`
+naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import io
 import math
 import os
+import re
+import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -27,19 +44,31 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
-import yaml
 
 from robometa import __version__
 from robometa.config import META_ALGORITHMS, Config, config_from_dict, load_config
-from robometa.policy import Policy
+from robometa.envs.safe_load import parse_yaml, read_text
+from robometa.policy import POLICY_FILE, Policy
 
 CHECKPOINT_FORMAT = 1
 #: files whose presence marks a directory as holding a run (training into it refuses)
 RUN_FILES = ("checkpoint.pt", "policy.pt", "config.yaml", "metrics.csv")
+#: every file a run directory gets: only their temporary files are ever cleaned up
+WRITTEN_FILES = (*RUN_FILES, "selection.csv", "learning_curve.png")
+#: marks robometa's temporary files: ``.<target name>.robometa-tmp-<pid>-<random>.tmp``
+TEMP_MARKER = ".robometa-tmp-"
+#: what an uninterrupted checkpoint holds (and its type); read_checkpoint checks each
+CHECKPOINT_KEYS: dict[str, type] = {
+    "config": str,
+    "algorithm": dict,
+    "rng": dict,
+    "episodes": int,
+    "recent_returns": list,
+}
 METRIC_FIELDS = (
     "env_steps",
     "episodes",
@@ -88,13 +117,120 @@ def final_env_steps(env_steps: int, total: int, per_iteration: int) -> int:
     return env_steps + math.ceil((total - env_steps) / per_iteration) * per_iteration
 
 
+class RunWriteError(ValueError):
+    """A file of a run could not be written (disk full, read-only, a parent that is a regular
+    file): one line naming ``path``. A ``ValueError``, so ``robometa`` exits 2 with the
+    message; the previous file at ``path`` is unchanged and no temporary file is left."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CheckpointError(ValueError):
+    """``checkpoint.pt`` is not a checkpoint this robometa can continue (empty, truncated,
+    another kind of file, a newer format); the message names the file."""
+
+
+def _os_reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Fill ``path`` through ``write(f)`` all at once or not at all.
+
+    ``write`` fills a new temporary file next to ``path`` (see :data:`TEMP_MARKER`), which is
+    fsynced and renamed over ``path``. An ``OSError`` becomes a :class:`RunWriteError` naming
+    ``path``; on any failure (Ctrl-C too) the temporary file is removed.
+    """
+    tmp = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(8)}.tmp"
+    pending = False  # a temporary file exists that is not yet renamed over ``path``
+    try:
+        with open(tmp, "xb") as f:
+            pending = True
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        pending = False
+        _fsync_dir(path.parent)
+    except OSError as err:
+        raise RunWriteError(f"cannot write {path}: {_os_reason(err)}", path) from None
+    finally:
+        if pending:
+            with contextlib.suppress(FileNotFoundError):  # another process removed it
+                os.unlink(tmp)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX; a file system that cannot sync directories is fine)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file, fsync, then rename: a kill mid-write keeps the old file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`write_atomic`: a kill or a full disk keeps the old file."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` (whole CSV rows) to ``path``, or, when it cannot be written whole, take
+    back what was written and raise :class:`RunWriteError`: the file keeps ending in a whole
+    row."""
+    data = text.encode("utf-8")
+    try:
+        with open(path, "ab", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[f.write(view) :]
+            except OSError:
+                f.truncate(start)
+                raise
+    except OSError as err:
+        raise RunWriteError(f"cannot write {path}: {_os_reason(err)}", path) from None
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of the run's files (:data:`WRITTEN_FILES`) that a killed
+    process left in ``run_dir``: named as :func:`write_atomic` names them by a process that no
+    longer runs, or ``checkpoint.pt.tmp``/``policy.pt.tmp`` as robometa 0.1 named them. Files
+    robometa did not name are never touched. Returns the removed paths."""
+    names = "|".join(re.escape(n) for n in WRITTEN_FILES)
+    ours = re.compile(rf"\.({names}){re.escape(TEMP_MARKER)}(\d+)-[0-9a-f]{{16}}\.tmp")
+    legacy = {"checkpoint.pt.tmp", "policy.pt.tmp"}
+    removed = []
+    with os.scandir(run_dir) as entries:
+        for entry in entries:
+            match = ours.fullmatch(entry.name)
+            stale = entry.name in legacy or (match is not None and _gone(int(match.group(2))))
+            if stale and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):  # another process removed it
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process that named a temporary file no longer runs."""
+    if pid == os.getpid() or os.name != "posix":  # ours: may be writing; Windows: os.kill
+        return False  # would end the process, so such files stay
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive under another user / not a pid
+        return False
+    return False
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -154,7 +290,7 @@ class MetricsLog:
         self.losses: list[float] = []
         self.last_step: int | None = None  # env step of the last row written
         if resume_step is not None and self.path.exists():
-            rows = [r for r in self.read(self.path) if int(r["env_steps"]) <= resume_step]
+            rows = [r for r in self.read(self.path) if _row_steps(r, resume_step) is not None]
             self._write_all(rows)
             if rows:
                 self.episodes = int(rows[-1]["episodes"])
@@ -168,18 +304,20 @@ class MetricsLog:
             except ImportError:  # tensorboard is optional: CSV is always written
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(str(run_dir / "tb"))
+                try:
+                    self.writer = SummaryWriter(str(run_dir / "tb"))
+                except OSError as err:
+                    raise RunWriteError(
+                        f"cannot write {run_dir / 'tb'}: {_os_reason(err)}", run_dir / "tb"
+                    ) from None
 
     @staticmethod
     def read(path: Path) -> list[dict[str, str]]:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
 
     def _write_all(self, rows: list[dict[str, str]]) -> None:
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+        write_atomic(self.path, lambda f: f.write(_csv_text(rows, header=True).encode("utf-8")))
 
     def update(self, metrics: dict[str, Any]) -> None:
         for r in metrics.get("returns", []):
@@ -201,8 +339,7 @@ class MetricsLog:
             "steps_per_s": sps,
             "wall_s": wall,
         }
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow(row)
+        append_text(self.path, _csv_text([row], header=False))
         if self.writer is not None:
             for k in ("return_mean", "loss", "epsilon", "steps_per_s"):
                 self.writer.add_scalar(k, row[k], env_steps)
@@ -212,6 +349,27 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _csv_text(rows: list[dict[str, Any]], header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _row_steps(row: dict[str, Any], up_to: int) -> int | None:
+    """The env step of a whole metrics row at or before ``up_to``; ``None`` for a later row or
+    one a killed process left half-written (missing fields)."""
+    if None in row or any(row.get(k) in (None, "") for k in METRIC_FIELDS):
+        return None
+    try:
+        steps = int(row["env_steps"])
+    except ValueError:
+        return None
+    return steps if steps <= up_to else None
 
 
 def _read_selection(path: Path) -> list[dict[str, str]]:
@@ -224,8 +382,10 @@ def plot_learning_curve(run_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     out = run_dir / "learning_curve.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -241,7 +401,8 @@ def learning_curve_figure(run_dir: Path) -> Any:
 
     rows = MetricsLog.read(run_dir / "metrics.csv")
     selection = _read_selection(run_dir / "selection.csv")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    path = run_dir / "config.yaml"
+    cfg = parse_yaml(read_text(path, "config file"), f"config file {path}")
     steps = [int(r["env_steps"]) for r in rows]
     marker = "o" if len(rows) == 1 else None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -314,24 +475,104 @@ def selection_return(policy: Policy, cfg: Config) -> float:
     return float(np.mean([r[0] for r in res["selection"]]))
 
 
+SELECTION_HEADER = "env_steps,train_task_return,best\n"
+
+
 def _truncate_selection(path: Path, env_steps: int) -> None:
-    """Drop selection rows a killed run wrote after its last checkpoint."""
-    if path.exists():
-        lines = path.read_text().splitlines(keepends=True)
-        keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= env_steps]
-        path.write_text("".join(keep))
+    """Drop selection rows a killed run wrote after its last checkpoint (or half-wrote)."""
+    if not path.exists():
+        return
+    keep = [SELECTION_HEADER]
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True)[1:]:
+        fields = line.rstrip("\n").split(",")
+        if line.endswith("\n") and len(fields) == 3 and fields[0].isdigit():
+            if int(fields[0]) <= env_steps:
+                keep.append(line)
+    write_atomic(path, lambda f: f.write("".join(keep).encode("utf-8")))
 
 
 def _rng_state(alg: Algorithm) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": alg.rng.bit_generator.state}
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked to be one this robometa wrote and can continue.
+
+    Loaded with ``weights_only=True`` (tensors and plain data: nothing in it is imported or
+    run). An empty, truncated or foreign file, a checkpoint of another format or one missing
+    a part (:data:`CHECKPOINT_KEYS`) is a :class:`CheckpointError` naming the file; no file is
+    a ``FileNotFoundError``.
+    """
+    what = f"cannot resume from {path}"
+    if not path.exists():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{what}: it is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what}: the file is empty (a write that never finished?)")
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise CheckpointError(f"{what}: {_os_reason(err)}") from None
+    with f:
+        try:
+            state = torch.load(f, weights_only=True, map_location="cpu")
+        except Exception as err:  # zip, pickle, weights-only refusals (a truncated zip's seek
+            # is an OSError too): not a whole checkpoint
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise CheckpointError(
+                f"{what}: not a complete robometa checkpoint (truncated, or another kind of "
+                f"file): {type(err).__name__}: {first:.200}"
+            ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{what}: it holds a {type(state).__name__}, not a robometa checkpoint"
+        )
+    _check_format(state, what)
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(
+                f"{what}: its '{key}' is missing or not a {kind.__name__}: not a complete "
+                "robometa checkpoint"
+            )
+    steps = state["algorithm"].get("env_steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise CheckpointError(f"{what}: its algorithm state has no env step count")
+    return state
+
+
+def _check_format(state: dict[str, Any], what: str) -> None:
+    fmt = state.get("format")
+    if "format" not in state:
+        raise CheckpointError(
+            f"{what}: no 'format' key: not a robometa checkpoint (robometa train writes "
+            "checkpoint.pt into its run directory)"
+        )
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > CHECKPOINT_FORMAT:
+        version = state.get("robometa_version", "?")
+        raise CheckpointError(
+            f"{what}: checkpoint format {fmt} was written by a newer robometa ({version!s:.20}); "
+            f"robometa {__version__} reads format {CHECKPOINT_FORMAT}: upgrade to resume it"
+        )
+    if fmt != CHECKPOINT_FORMAT or isinstance(fmt, bool):
+        raise CheckpointError(
+            f"{what}: checkpoint format {fmt!r:.40} is not supported (robometa {__version__} "
+            f"reads format {CHECKPOINT_FORMAT})"
+        )
+
+
+def _checkpoint_config(state: dict[str, Any], path: Path) -> Config:
+    """The config a checkpoint was trained with, validated as a config file would be."""
+    return config_from_dict(
+        parse_yaml(state["config"], f"the config in checkpoint {path}") or {}, source=str(path)
+    )
+
+
 def checkpoint_steps(run_dir: str | Path) -> int | None:
     """Env steps of the checkpoint in ``run_dir`` (``None`` without a readable one)."""
     try:
-        state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True, map_location="cpu")
-        return int(state["algorithm"]["env_steps"])
-    except Exception:  # absent, half-written by an older version, or not a checkpoint
+        return int(read_checkpoint(Path(run_dir) / "checkpoint.pt")["algorithm"]["env_steps"])
+    except (FileNotFoundError, CheckpointError):
         return None
 
 
@@ -399,14 +640,11 @@ class _Run:
         policy = self.alg.policy()
         score = selection_return(policy, self.cfg)
         path = self.run_dir / "selection.csv"
-        new_file = not path.exists()
-        with open(path, "a") as f:
-            if new_file:
-                f.write("env_steps,train_task_return,best\n")
-            f.write(f"{self.alg.env_steps},{score},{max(self.best, score)}\n")
+        header = "" if path.exists() else SELECTION_HEADER
+        append_text(path, f"{header}{self.alg.env_steps},{score},{max(self.best, score)}\n")
         if score > self.best:
             self.best = score
-            policy.save(self.run_dir)
+            save_atomic(policy.state(), self.run_dir / POLICY_FILE)
         self.postfix["sel"] = f"{score:.1f}"
         self._show()
 
@@ -421,7 +659,7 @@ class _Run:
             "format": CHECKPOINT_FORMAT,
             "robometa_version": __version__,
             "torch_version": str(torch.__version__),
-            "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+            "config": self.cfg.to_yaml(),
             "algorithm": alg.state_dict(),
             "rng": _rng_state(alg),
             "episodes": log.episodes,
@@ -475,48 +713,126 @@ def _train(
 ) -> Policy:
     ckpt_path = run_dir / "checkpoint.pt"
     state = None
+    created: list[Path] = []
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"{ckpt_path}: checkpoint format {state.get('format')!r} is not "
-                f"supported (expected {CHECKPOINT_FORMAT})"
-            )
-        cfg = config_from_dict(yaml.safe_load(state["config"]), source=str(ckpt_path))
+        state = read_checkpoint(ckpt_path)
+        cfg = _checkpoint_config(state, ckpt_path)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # Also a run killed before its first checkpoint (config.yaml, metrics.csv only).
-        existing = [n for n in RUN_FILES if (run_dir / n).exists()]
-        if existing:
-            raise FileExistsError(
-                f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to "
-                "continue it (needs checkpoint.pt), or choose another --out"
-            )
+        created = _claim_run_dir(run_dir)
+    try:
+        remove_stale_temp_files(run_dir)
+    except OSError as err:
+        raise RunWriteError(f"cannot clean up {run_dir}: {_os_reason(err)}", run_dir) from None
 
     torch.set_num_threads(1)
-    alg = make_algorithm(cfg)
-    if state is None:
-        # Only now: an env id or dynamics override that fails to build leaves no run behind.
-        cfg.dump(run_dir / "config.yaml")
-    log = MetricsLog(
-        run_dir, state["algorithm"]["env_steps"] if state else None, cfg.logging.tensorboard
-    )
-    if state is not None:
-        _truncate_selection(run_dir / "selection.csv", int(state["algorithm"]["env_steps"]))
+    try:
+        alg = make_algorithm(cfg)
+    except BaseException:  # an env that cannot be built leaves no run behind
+        _remove_empty_dirs(created)
+        raise
+    run: _Run | None = None
+    log: MetricsLog | None = None
+    try:
+        # A checkpoint that does not fit fails here, before any file of the run is touched.
+        restored = _restore(alg, state, ckpt_path) if state is not None else None
+        if state is None:
+            config_text = cfg.to_yaml().encode("utf-8")
+            write_atomic(run_dir / "config.yaml", lambda f: f.write(config_text))
+        log = MetricsLog(
+            run_dir, state["algorithm"]["env_steps"] if state else None, cfg.logging.tensorboard
+        )
+        if restored is not None:
+            _truncate_selection(run_dir / "selection.csv", int(state["algorithm"]["env_steps"]))
+            log.episodes, log.last_return, log.losses = restored[:3]
+            log.recent.extend(restored[3])
+            if state.get("envs_restarted", True):
+                alg.boundary()
+        run = _Run(cfg, run_dir, alg, log, state)
+        policy, finished = _loop(run, stop, stop_after)
+    except RunWriteError as err:
+        raise _write_failure(err, run_dir, run, state, created) from None
+    finally:
+        if run is not None and run.bar is not None:
+            run.bar.close()
+        if log is not None:
+            log.close()
+        alg.close()
+    if finished:
+        try:
+            plot_learning_curve(run_dir)
+        except RunWriteError as err:
+            raise RunWriteError(
+                f"{err}; the run itself finished (policy.pt and checkpoint.pt are written)",
+                err.path,
+            ) from None
+    return policy
+
+
+def _claim_run_dir(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` for a new run, refusing one that holds a run; returns the
+    directories created, deepest first (a start that fails removes them again)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunWriteError(f"cannot create run directory {run_dir}: it is a file", run_dir)
+    created, missing = [], run_dir
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunWriteError(
+            f"cannot create run directory {run_dir}: {_os_reason(err)}", run_dir
+        ) from None
+    # Also a run killed before its first checkpoint (config.yaml, metrics.csv only).
+    existing = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if existing and "checkpoint.pt" not in existing:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(existing)}) that never wrote a "
+            "checkpoint, so it cannot be resumed: delete it or choose another --out"
+        )
+    if existing:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to "
+            "continue it, or choose another --out"
+        )
+    return created
+
+
+def _remove_empty_dirs(created: list[Path]) -> None:
+    for directory in created:  # deepest first
+        with contextlib.suppress(OSError):  # not empty (or gone): it stays
+            directory.rmdir()
+
+
+def _restore(
+    alg: Algorithm, state: dict[str, Any], path: Path
+) -> tuple[int, float, list[float], list[float]]:
+    """Put the checkpoint's algorithm and RNG state back; returns the metrics log's state
+    (episodes, last return, pending losses, recent returns). A state that does not fit its
+    own config (a hand-edited or foreign file) is a :class:`CheckpointError` naming it."""
+    try:
         alg.load_state_dict(state["algorithm"])
         torch.set_rng_state(state["rng"]["torch"])
         alg.rng.bit_generator.state = state["rng"]["numpy"]
-        if state.get("envs_restarted", True):
-            alg.boundary()
-        log.episodes = int(state["episodes"])
-        log.recent.extend(float(x) for x in state["recent_returns"])
-        # Older checkpoints lack these two; they only affect the first row after resuming.
-        log.last_return = float(state.get("last_return", math.nan))
-        log.losses = [float(x) for x in state.get("pending_losses", [])]
-    run = _Run(cfg, run_dir, alg, log, state)
+        # Older checkpoints lack the last two; they only affect the first row after resuming.
+        return (
+            int(state["episodes"]),
+            float(state.get("last_return", math.nan)),
+            [float(x) for x in state.get("pending_losses", [])],
+            [float(x) for x in state["recent_returns"]],
+        )
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"cannot resume from {path}: its state does not fit its own config "
+            f"({type(err).__name__}: {first:.200})"
+        ) from None
 
+
+def _loop(run: _Run, stop: _StopRequest, stop_after: int | None) -> tuple[Policy, bool]:
+    """Iterate to the end of the budget; returns the policy and whether the run finished
+    (``False``: ``stop_after`` ended this process's share first)."""
+    cfg, alg, log, run_dir = run.cfg, run.alg, run.log, run.run_dir
     total = cfg.dqn.total_steps
     end = final_env_steps(alg.env_steps, total, alg.steps_per_iteration)
     if end > total and alg.env_steps < total:
@@ -530,49 +846,72 @@ def _train(
     next_log = (alg.env_steps // cfg.logging.log_every + 1) * cfg.logging.log_every
     next_ckpt = (alg.env_steps // cfg.logging.checkpoint_every + 1) * cfg.logging.checkpoint_every
     next_eval = (alg.env_steps // every + 1) * every if every else math.inf
-    try:
-        if state is None:
-            run.checkpoint(restart_envs=False)  # resumable from the first second
-        if cfg.logging.progress:
-            run.open_bar(end)
-        while True:
-            if stop.requested:
-                run.interrupt()
-            if alg.env_steps >= total:
-                break
-            before = alg.env_steps
-            metrics = alg.iterate()
-            log.update(metrics)
-            run.epsilon = metrics.get("epsilon", run.epsilon)
-            if run.bar is not None:
-                run.bar.update(alg.env_steps - before)
-            if alg.env_steps >= next_log:
-                run.write_row(metrics.get("skipped_updates", 0))
-                next_log += cfg.logging.log_every
-            if alg.env_steps >= next_eval and alg.env_steps < total:
-                run.select()
-                next_eval += every
-            if alg.env_steps >= next_ckpt and alg.env_steps < total:
-                run.checkpoint()
-                next_ckpt += cfg.logging.checkpoint_every
-            if stop_after is not None and alg.env_steps >= stop_after:
-                return alg.policy()
-        if log.last_step != alg.env_steps:
-            run.write_row()  # the stretch since the last periodic row
-        if every:
-            run.select()  # the final policy competes too; policy.pt holds the best
-            policy = Policy.load(run_dir)
-        else:
-            policy = alg.policy()
-            policy.save(run_dir)
-        run.checkpoint(finished=True)
-    finally:
+    if run.checkpointed_at is None:
+        run.checkpoint(restart_envs=False)  # resumable from the first second
+    if cfg.logging.progress:
+        run.open_bar(end)
+    while True:
+        if stop.requested:
+            run.interrupt()
+        if alg.env_steps >= total:
+            break
+        before = alg.env_steps
+        metrics = alg.iterate()
+        log.update(metrics)
+        run.epsilon = metrics.get("epsilon", run.epsilon)
         if run.bar is not None:
-            run.bar.close()
-        log.close()
-        alg.close()
-    plot_learning_curve(run_dir)
-    return policy
+            run.bar.update(alg.env_steps - before)
+        if alg.env_steps >= next_log:
+            run.write_row(metrics.get("skipped_updates", 0))
+            next_log += cfg.logging.log_every
+        if alg.env_steps >= next_eval and alg.env_steps < total:
+            run.select()
+            next_eval += every
+        if alg.env_steps >= next_ckpt and alg.env_steps < total:
+            run.checkpoint()
+            next_ckpt += cfg.logging.checkpoint_every
+        if stop_after is not None and alg.env_steps >= stop_after:
+            return alg.policy(), False
+    if log.last_step != alg.env_steps:
+        run.write_row()  # the stretch since the last periodic row
+    if every:
+        run.select()  # the final policy competes too; policy.pt holds the best
+        policy = Policy.load(run_dir)
+    else:
+        policy = alg.policy()
+        save_atomic(policy.state(), run_dir / POLICY_FILE)
+    run.checkpoint(finished=True)
+    return policy, True
+
+
+def _write_failure(
+    err: RunWriteError,
+    run_dir: Path,
+    run: _Run | None,
+    state: dict[str, Any] | None,
+    created: list[Path],
+) -> RunWriteError:
+    """The error to show for a failed write, saying what the run keeps. A new run without a
+    checkpoint yet takes back the files it wrote, so the same command works again later."""
+    if run is not None and run.checkpointed_at is not None:
+        kept = run.checkpointed_at
+    elif state is not None:
+        kept = int(state["algorithm"]["env_steps"])
+    else:
+        for name in RUN_FILES:  # none existed when this start claimed the directory
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / name).unlink()
+        _remove_empty_dirs(created)
+        return RunWriteError(
+            f"{err}; nothing of the run was kept: run the same command again once it can be "
+            "written",
+            err.path,
+        )
+    return RunWriteError(
+        f"{err}; the checkpoint at {kept} env steps is intact: resume with robometa train "
+        f"--resume {shlex.quote(str(run_dir))}",
+        err.path,
+    )
 
 
 def run_logged(
@@ -650,12 +989,12 @@ def run_status(run_dir: str | Path, cfg: Config) -> str:
     if not ckpt.exists():
         return "stale"
     try:
-        state = torch.load(ckpt, weights_only=True, map_location="cpu")
-        saved = yaml.safe_load(state["config"])
-        env_steps = int(state["algorithm"]["env_steps"])
-    except Exception:
+        state = read_checkpoint(ckpt)
+        saved = parse_yaml(state["config"], f"the config in checkpoint {ckpt}")
+    except (FileNotFoundError, ValueError):  # unreadable, foreign or of another format
         return "stale"
-    if saved != yaml.safe_load(yaml.safe_dump(cfg.to_dict())):
+    env_steps = int(state["algorithm"]["env_steps"])
+    if saved != parse_yaml(cfg.to_yaml(), "config"):
         return "stale"
     # Older checkpoints lack the flag: their only one at the budget was the final one.
     finished = state.get("finished", env_steps >= cfg.dqn.total_steps)

@@ -270,3 +270,78 @@ def test_every_shipped_config_loads(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.env.id.startswith("robometa/")
     assert cfg.dqn.total_steps >= 1000
+
+
+def test_every_number_key_has_an_upper_bound() -> None:
+    """A value that could only exhaust memory or time is refused, not run."""
+    import dataclasses
+    import typing
+
+    def walk(cls: type, prefix: str = "") -> list[tuple[str, object, dict]]:
+        out = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                out += walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                out.append((f"{prefix}{f.name}", hints[f.name], f.metadata))
+        return out
+
+    ints = [(key, meta) for key, tp, meta in walk(Config) if tp is int]
+    assert len(ints) > 20
+    unbounded = [key for key, meta in ints if meta.get("hi") is None or meta.get("lo") is None]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("seed", "(range [0, 4_294_967_295])"),
+        ("dqn.total_steps", "(range [1, 10_000_000_000])"),
+        ("dqn.buffer_size", "(range [1, 10_000_000])"),
+        ("meta.task_pool", "(range [0, 1024])"),
+        ("network.hidden", "each in [1, 4096], at most 10_000_000 weights"),
+        ("env.id", "(one of `robometa/CartPole-v0`"),
+    ],
+)
+def test_reference_table_shows_the_maxima(key: str, shown: str) -> None:
+    (row,) = [r for r in reference_table().splitlines() if r.startswith(f"| `{key}` |")]
+    assert shown in row
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "accepted"),
+    [
+        (None, "seed", 2**32 - 1, True),
+        (None, "seed", 2**32, False),
+        ("dqn", "total_steps", 10**10, True),
+        ("dqn", "total_steps", 10**10 + 1, False),
+        ("dqn", "buffer_size", 10**7, True),
+        ("dqn", "buffer_size", 10**7 + 1, False),
+        ("network", "hidden", [4096, 2048], True),  # 8.4 M weights between them
+        ("network", "hidden", [4096, 4096], False),
+        ("network", "hidden", [4097], False),
+        ("network", "hidden", [8] * 8, True),
+        ("network", "hidden", [8] * 9, False),
+    ],
+)
+def test_maxima_are_inclusive(
+    tmp_path: Path, section: str | None, key: str, value: object, accepted: bool
+) -> None:
+    path = write(tmp_path, with_change(section, key, value))
+    if accepted:
+        load_config(path)
+    else:
+        with pytest.raises(ValueError, match=re.escape(f"{section + '.' if section else ''}{key}")):
+            load_config(path)
+
+
+def test_a_bad_set_into_dynamics_is_blamed_on_set(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as err:
+        load_config(write(tmp_path, BASE), ["env.dynamics.pole_length.train=[0.5, x]"])
+    assert str(err.value) == (
+        "--set env.dynamics.pole_length.train=[0.5, x]: config key "
+        "'env.dynamics.pole_length.train': 'x' is not a number"
+    )
+    with pytest.raises(ValueError, match=r"unknown parameter 'gravity'.*exp\.yaml with --set"):
+        load_config(write(tmp_path, BASE), ["env.dynamics.gravity.train=[9, 10]"])

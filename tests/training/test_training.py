@@ -260,11 +260,22 @@ class TestTaskSampling:
         assert seen == {CARTPOLE_DYNAMICS.nominal()}
 
 
-def test_a_config_that_cannot_build_its_env_leaves_no_run_behind(tmp_path: Path) -> None:
-    bad = config_from_dict({**SMALL, "env": {**SMALL["env"], "id": "robometa/Nope-v0"}})
-    with pytest.raises(ValueError, match="unknown env id 'robometa/Nope-v0'"):
-        train(bad, tmp_path / "run")
-    assert not list((tmp_path / "run").iterdir())
+def test_a_config_that_cannot_build_its_env_leaves_no_run_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unknown env id is refused by the config itself now; an env that fails to build
+    # for another reason must still leave nothing behind, not even the directory.
+    with pytest.raises(ValueError, match=r"config key 'env\.id': 'robometa/Nope-v0' is not one"):
+        config_from_dict({**SMALL, "env": {**SMALL["env"], "id": "robometa/Nope-v0"}})
+
+    def cannot_build(cfg: object) -> None:
+        raise ValueError("the simulator refused")
+
+    monkeypatch.setattr("robometa.train.make_algorithm", cannot_build)
+    with pytest.raises(ValueError, match="the simulator refused"):
+        train(config_from_dict(SMALL), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
     train(
         config_from_dict({**SMALL, "dqn": {**SMALL["dqn"], "total_steps": 300}}), tmp_path / "run"
     )
