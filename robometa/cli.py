@@ -379,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"robometa {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # e.g. an --out under a regular file, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"robometa {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

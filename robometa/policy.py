@@ -7,7 +7,6 @@ lists (loaded with ``torch.load(weights_only=True)``: no pickled code), plus a f
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,12 +83,10 @@ class Policy:
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / POLICY_FILE
+        from robometa.train import save_atomic  # the one atomic writer (train imports us)
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_atomic(self.state(), path)  # a failure is a RunWriteError naming the path
         return path
 
     @classmethod
