@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ import numpy as np
 
 from robometa.envs import Task, dump_tasks
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+#: the shipped configs (package data ``robometa.configs``), found in any install
+CONFIGS = Path(str(files("robometa.configs")))
 
 EVAL_EPISODES = 3  # greedy episodes per robot behind "before", "after" and the DR baseline
 GIF_EVERY = 2  # keep every 2nd env step in the GIF (25 fps: real time at the env's 50 Hz)
