@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from robometa.docs import END, START, config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +62,35 @@ def test_no_test_folder_shadows_the_package():
     names = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir()}
     assert "robometa" not in names
     assert Path(robometa.__file__).resolve().parent == ROOT / "robometa"
+
+
+def _api_snippets() -> list[str]:
+    """The ```python blocks of the README's "Python API" section, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+
+
+@pytest.mark.slow
+def test_readme_python_api_snippets_run_as_written(tmp_path, monkeypatch, capsys):
+    """Train, evaluate, export and adapt, exactly as the README shows them."""
+    snippets = _api_snippets()
+    assert len(snippets) == 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__readme__"}
+    for code in snippets:
+        exec(compile(code, "README.md:Python API", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "cavia robometa/CartPole-v0 5 steps on 200" in printed
+    for name in (
+        "runs/api-cavia/policy.pt",
+        "eval/api/results.md",
+        "eval/api/adaptation.png",
+        "bundles/api-cavia/manifest.json",
+        "adapter-state.npz",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    groups = {(r["group"], r["steps"]) for r in namespace["report"]["summary"]}
+    assert {("id", 0), ("ood", 0), ("id", 5), ("ood", 5)} <= groups
+    assert namespace["result"].steps == 5
+    assert f"before {namespace['before']:.1f}  after {namespace['after']:.1f}" in printed
