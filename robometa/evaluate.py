@@ -296,24 +296,29 @@ def summarize(
 
 
 def markdown_table(rows: list[dict[str, Any]], final_only: bool = True) -> str:
-    """Results table: the last adaptation step of every method (or every step)."""
-    lines = [
-        "| method | tasks | steps | normalized score [95% CI] | return [95% CI] | n |",
-        "|---|---|---|---|---|---|",
-    ]
+    """Results table: the last adaptation step of every method (or every step).
+
+    Without an oracle run there is no normalized score: the column is left out rather than
+    filled with n/a.
+    """
+    scored = any(not math.isnan(r["score"]) for r in rows)
+    head = "| method | tasks | steps |" + (" normalized score [95% CI] |" if scored else "")
+    lines = [head + " return [95% CI] | n |", "|---" * (6 if scored else 5) + "|"]
     last: dict[tuple[str, str], int] = {}
     for r in rows:
         last[(r["method"], r["group"])] = max(last.get((r["method"], r["group"]), 0), r["steps"])
     for r in rows:
         if final_only and r["steps"] != last[(r["method"], r["group"])]:
             continue
-        score = (
-            "n/a"
-            if math.isnan(r["score"])
-            else f"{r['score']:.2f} [{r['score_lo']:.2f}, {r['score_hi']:.2f}]"
-        )
+        score = ""
+        if scored:
+            score = (
+                " n/a |"
+                if math.isnan(r["score"])
+                else f" {r['score']:.2f} [{r['score_lo']:.2f}, {r['score_hi']:.2f}] |"
+            )
         lines.append(
-            f"| {r['method']} | {r['group']} | {r['steps']} | {score} | "
+            f"| {r['method']} | {r['group']} | {r['steps']} |{score} "
             f"{r['return']:.1f} [{r['return_lo']:.1f}, {r['return_hi']:.1f}] | {r['n']} |"
         )
     return "\n".join(lines)
@@ -501,8 +506,8 @@ def run_evaluation(
     (out / "results.md").write_text(
         f"# Adaptation results on {env_id}\n\n{table}\n\n"
         f"Normalized score: (R - R_random) / (R_oracle - R_random), returns pooled over "
-        f"(task, training seed) pairs; 95% bootstrap CI over those pairs (n/a without an "
-        f"oracle run). Support: transitions collected with each method's initial policy; "
+        f"(task, training seed) pairs; 95% bootstrap CI over those pairs (no score column "
+        f"without an oracle run). Support: transitions collected with each method's initial policy; "
         f"steps: gradient steps on them.\n"
     )
     plot_adaptation(rows, out / "adaptation.png")
