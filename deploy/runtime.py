@@ -243,6 +243,7 @@ class AdaptReport:
 def session_options(threads: int = 1) -> ort.SessionOptions:
     """Options for small graphs on a robot: sequential, ``threads`` intra-op threads."""
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.load_model_format", "ONNX")  # no ORT format
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -974,7 +975,6 @@ def _session(
 ) -> ort.InferenceSession:
     path = bundle.file(name)
     # The bytes Bundle.load verified, not the file again (it may have changed since).
-    options.add_session_config_entry("session.load_model_format", "ONNX")
     try:
         return ort.InferenceSession(bundle.graph(name), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types

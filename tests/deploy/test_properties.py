@@ -23,7 +23,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from robometa.deploy import Adapter, BundleError, StateError, Transitions
-from robometa.deploy.bundle import MANIFEST_FILE
+from robometa.deploy.bundle import ENV_ID_PATTERN, MANIFEST_FILE
 from robometa.deploy.runtime import MAX_ADAPT_STEPS
 
 SETTINGS = settings(
@@ -173,10 +173,15 @@ def test_tampered_manifests_fail_with_bundle_error(cavia, tmp_path_factory, wher
 
 
 def still_valid(where: tuple[str, ...], value: object) -> bool:
+    """Whether the bundle format allows ``value`` at ``where`` (deploy/bundle.py's rules)."""
     if where == ("env_id",):
-        return isinstance(value, str) and bool(value)
-    if where in {("inner", "steps"), ("inner", "support_size")}:
-        return type(value) is int and value >= 0
+        return isinstance(value, str) and bool(ENV_ID_PATTERN.fullmatch(value))
+    if where == ("discount",):
+        return type(value) in (int, float) and 0 <= value <= 1
+    if where == ("inner", "steps"):
+        return type(value) is int and 0 <= value <= 1000
+    if where == ("inner", "support_size"):
+        return type(value) is int and 1 <= value <= 10**6
     return False
 
 
