@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable
 
@@ -164,12 +165,20 @@ def cmd_configs(args: argparse.Namespace) -> int:
     """List the shipped configs (one line each), or print one to start your own from."""
     import yaml
 
-    from robometa.configs import available, resolve, summary
+    from robometa.configs import available, summary
 
-    if args.name:
-        print(resolve(args.name).read_text(encoding="utf-8"), end="")
-        return 0
     shipped = available()
+    if args.name:
+        name = args.name[: -len(".yaml")] if args.name.endswith(".yaml") else args.name
+        if name not in shipped:  # only shipped configs: this is no file viewer
+            close = difflib.get_close_matches(name, shipped, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise FileNotFoundError(
+                f"no shipped config of that name: {args.name!r}{hint}; shipped: "
+                f"{', '.join(shipped)}"
+            )
+        print(shipped[name].read_text(encoding="utf-8"), end="")
+        return 0
     width = max(map(len, shipped))
     print(f"{'name':{width}}  {'algorithm':9}  {'env':14}  {'env steps':>9}  description")
     for name, path in shipped.items():

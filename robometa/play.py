@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from robometa.config import AdaptationConfig
+from robometa.config import META_ALGORITHMS, AdaptationConfig
 from robometa.deploy import Adapter
 from robometa.deploy.bundle import MANIFEST_FILE
 from robometa.deploy.loop import collect as deploy_collect
@@ -156,7 +156,10 @@ def source_kind(source: str | Path) -> str:
         return "bundle"
     if (path.is_dir() and (path / POLICY_FILE).is_file()) or path.name == POLICY_FILE:
         return "run"
-    hint = " (the run has no policy.pt yet: has it finished?)" if path.is_dir() else ""
+    looks_like_run = path.is_dir() and any(
+        (path / name).exists() for name in ("config.yaml", "checkpoint.pt")
+    )
+    hint = " (the run has no policy.pt yet: has it finished?)" if looks_like_run else ""
     raise ValueError(
         f"RUN_OR_BUNDLE {path} is neither a run directory (with {POLICY_FILE}) nor a bundle "
         f"directory (with {MANIFEST_FILE}){hint}"
@@ -216,9 +219,11 @@ def run_scene(
         task, robot = choose(env.unwrapped.dynamics_space)
         scene = Scene(env, task, robot, [], policy.algorithm, policy.env_id, "")
         initial = method.initial_actor()
-        if not policy.lrs or policy.adapt_steps == 0:
+        if policy.algorithm not in META_ALGORITHMS or not policy.lrs or not policy.adapt_steps:
+            # As in robometa eval: DR and the oracle act as trained (eval's DR + fine-tuning
+            # tunes its rate on training robots first; play shows the policy as it is).
             scene.actors = [Actor("greedy policy", initial)]
-            scene.adaptation = f"{policy.algorithm} does not adapt (no inner learning rates)"
+            scene.adaptation = f"{policy.algorithm} does not adapt (not meta-trained)"
             return scene
         scene.actors = [Actor("before adapting", initial)]
         if not adapt:

@@ -118,6 +118,8 @@ class Policy:
     def load(cls, path: str | Path) -> Policy:
         """Load ``policy.pt`` (or the one inside a run directory)."""
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such run directory or policy file")
         if path.is_dir():
             path = path / POLICY_FILE
         if not path.exists():

@@ -296,3 +296,23 @@ def test_mp4_without_its_writer_says_what_to_install(
 ) -> None:
     assert cli_main(["play", str(tmp_path), "--out", str(tmp_path / "play.mp4")]) == 2
     assert "pip install imageio-ffmpeg" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_dr_run_plays_one_panel_as_trained(tmp_path: Path, capsys) -> None:
+    """DR does not adapt in eval (its fine-tuning tunes a rate first): play shows it as is."""
+    run = tmp_path / "dr"
+    args = ["train", "cartpole_dr", "--steps", "400", "--out", str(run)]
+    assert cli_main([*args, "--set", "logging.progress=false"]) == 0
+    gif = tmp_path / "dr.gif"
+    assert cli_main(["play", str(run), "--every", "5", "--out", str(gif)]) == 0
+    out = capsys.readouterr().out
+    assert "dqn does not adapt (not meta-trained)" in out
+    assert not [ln for ln in out.splitlines() if ln.startswith(("before", "after"))]
+    assert {f.shape[1] for f in imageio.mimread(gif)} == {PANEL_WIDTH}
+
+
+def test_a_directory_that_is_no_run_gets_no_run_hint(tmp_path: Path, capsys) -> None:
+    assert cli_main(["play", str(tmp_path), "--out", str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err
+    assert "is neither a run directory" in err and "has it finished" not in err
