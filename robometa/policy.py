@@ -119,7 +119,7 @@ class Policy:
         """Load ``policy.pt`` (or the one inside a run directory)."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such run directory or policy file")
+            raise FileNotFoundError(f"no trained policy at {path}: no such run directory or file")
         if path.is_dir():
             path = path / POLICY_FILE
         if not path.exists():
