@@ -28,12 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import io
 import math
 import os
-import re
-import secrets
 import shlex
 import signal
 import sys
@@ -59,8 +56,6 @@ CHECKPOINT_FORMAT = 1
 RUN_FILES = ("checkpoint.pt", "policy.pt", "config.yaml", "metrics.csv")
 #: every file a run directory gets: only their temporary files are ever cleaned up
 WRITTEN_FILES = (*RUN_FILES, "selection.csv", "learning_curve.png")
-#: marks robometa's temporary files: ``.<target name>.robometa-tmp-<pid>-<random>.tmp``
-TEMP_MARKER = ".robometa-tmp-"
 #: what an uninterrupted checkpoint holds (and its type); read_checkpoint checks each
 CHECKPOINT_KEYS: dict[str, type] = {
     "config": str,
@@ -137,43 +132,17 @@ def _os_reason(err: OSError) -> str:
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Fill ``path`` through ``write(f)`` all at once or not at all.
+    """Fill ``path`` through ``write(f)`` all at once or not at all: the runtime's one atomic
+    writer (:func:`robometa.deploy.runtime.atomic_write`: a temporary file next to ``path``,
+    fsynced, renamed, removed on any failure), its failure a :class:`RunWriteError`."""
+    from robometa.deploy.runtime import WriteError, atomic_write
 
-    ``write`` fills a new temporary file next to ``path`` (see :data:`TEMP_MARKER`), which is
-    fsynced and renamed over ``path``. An ``OSError`` becomes a :class:`RunWriteError` naming
-    ``path``; on any failure (Ctrl-C too) the temporary file is removed.
-    """
-    tmp = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(8)}.tmp"
-    pending = False  # a temporary file exists that is not yet renamed over ``path``
     try:
-        with open(tmp, "xb") as f:
-            pending = True
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        pending = False
-        _fsync_dir(path.parent)
-    except OSError as err:
-        raise RunWriteError(f"cannot write {path}: {_os_reason(err)}", path) from None
-    finally:
-        if pending:
-            with contextlib.suppress(FileNotFoundError):  # another process removed it
-                os.unlink(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX; a file system that cannot sync directories is fine)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
+        atomic_write(path, write)
+    except WriteError as err:
+        cause = err.__cause__
+        reason = _os_reason(cause) if isinstance(cause, OSError) else str(err)
+        raise RunWriteError(f"cannot write {path}: {reason}", path) from None
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -202,35 +171,19 @@ def append_text(path: Path, text: str) -> None:
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Remove the temporary files of the run's files (:data:`WRITTEN_FILES`) that a killed
-    process left in ``run_dir``: named as :func:`write_atomic` names them by a process that no
-    longer runs, or ``checkpoint.pt.tmp``/``policy.pt.tmp`` as robometa 0.1 named them. Files
-    robometa did not name are never touched. Returns the removed paths."""
-    names = "|".join(re.escape(n) for n in WRITTEN_FILES)
-    ours = re.compile(rf"\.({names}){re.escape(TEMP_MARKER)}(\d+)-[0-9a-f]{{16}}\.tmp")
-    legacy = {"checkpoint.pt.tmp", "policy.pt.tmp"}
-    removed = []
-    with os.scandir(run_dir) as entries:
-        for entry in entries:
-            match = ours.fullmatch(entry.name)
-            stale = entry.name in legacy or (match is not None and _gone(int(match.group(2))))
-            if stale and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):  # another process removed it
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+    process left in ``run_dir`` (as :func:`robometa.deploy.runtime.remove_stale_temp_files`
+    judges them), and ``checkpoint.pt.tmp``/``policy.pt.tmp`` as robometa 0.1 named them.
+    Files robometa did not name are never touched. Returns the removed paths."""
+    from robometa.deploy.runtime import remove_stale_temp_files as remove_stale
+
+    removed = [p for name in WRITTEN_FILES for p in remove_stale(run_dir / name)]
+    for name in ("checkpoint.pt.tmp", "policy.pt.tmp"):
+        legacy = run_dir / name
+        if legacy.is_file() and not legacy.is_symlink():
+            with contextlib.suppress(FileNotFoundError):  # another process removed it
+                legacy.unlink()
+                removed.append(legacy)
     return removed
-
-
-def _gone(pid: int) -> bool:
-    """Whether the process that named a temporary file no longer runs."""
-    if pid == os.getpid() or os.name != "posix":  # ours: may be writing; Windows: os.kill
-        return False  # would end the process, so such files stay
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):  # alive under another user / not a pid
-        return False
-    return False
 
 
 class TrainingInterrupted(KeyboardInterrupt):
