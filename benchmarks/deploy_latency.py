@@ -197,7 +197,7 @@ def entry(measured: float, baseline: float, target: str | None, ok: bool | None)
 
 def export_default_bundle(out: Path, hidden: tuple[int, ...]) -> Path:
     from robometa.bundle import export_bundle
-    from robometa.export import random_policy
+    from robometa.testing import random_policy
 
     return export_bundle(random_policy("cavia", "td+model", hidden=hidden, seed=0), out)
 

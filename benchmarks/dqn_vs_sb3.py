@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from robometa.config import load_config
-from robometa.dqn import DQN
+from robometa.methods.dqn import DQN
 from robometa.rollout import episode_return, greedy_act_fn, make_env
 
 REPO = Path(__file__).resolve().parents[1]

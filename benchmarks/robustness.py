@@ -367,7 +367,7 @@ class Fixtures:
 
         def build(out: Path) -> None:
             from robometa.bundle import export_bundle
-            from robometa.export import random_policy
+            from robometa.testing import random_policy
 
             policy = random_policy("cavia", "td+model", hidden=(16, 16), seed=3)
             export_bundle(policy, out / "cavia-td+model")
@@ -380,7 +380,7 @@ class Fixtures:
 
         def build(root: Path) -> None:
             from robometa.cli import main as cli_main
-            from robometa.export import random_policy
+            from robometa.testing import random_policy
 
             for seed, name in enumerate(("a", "b"), start=1):
                 random_policy("cavia", "td", hidden=(8,), seed=seed).save(root / "runs" / name)
@@ -1069,7 +1069,7 @@ def export_symlink_to_foreign(ctx: Context) -> Verdict:
 
 def export_env_id_module(where: str, ctx: Context) -> Verdict:
     """test_an_env_id_naming_a_module_is_refused_before_anything_is_imported."""
-    from robometa.export import random_policy
+    from robometa.testing import random_policy
 
     bad = "this:robometa/CartPole-v0"
     policy = random_policy("cavia", hidden=(8,))

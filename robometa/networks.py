@@ -106,5 +106,6 @@ def q_and_delta(net: QNetwork, params: Params, obs: Tensor) -> tuple[Tensor, Ten
 
 
 def head_names(net: QNetwork) -> tuple[str, ...]:
-    """Parameters of the Q output head (ANIL adapts only these)."""
-    return ("q_head.weight", "q_head.bias")
+    """Parameters of the two output heads, Q and dynamics model: what ANIL adapts (its body
+    stays the meta-learned one), in training, evaluation, export and ``random_policy``."""
+    return tuple(n for n, _ in net.named_parameters() if n.startswith(("q_head.", "model_head.")))

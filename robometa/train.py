@@ -96,10 +96,10 @@ class Algorithm(Protocol):
 
 def make_algorithm(cfg: Config) -> Algorithm:
     if cfg.algorithm in META_ALGORITHMS:
-        from robometa.meta import MetaLearner
+        from robometa.methods.gradient import MetaLearner
 
         return MetaLearner(cfg)
-    from robometa.dqn import DQN
+    from robometa.methods.dqn import DQN
 
     return DQN(cfg)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from robometa.export import random_policy
+from robometa.testing import random_policy
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_rounds.py"
 

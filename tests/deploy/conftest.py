@@ -23,7 +23,7 @@ class Built:
 
 def _build(tmp_path_factory: pytest.TempPathFactory, method: str, inner: str) -> Built:
     from robometa.bundle import export_bundle
-    from robometa.export import random_policy
+    from robometa.testing import random_policy
 
     policy = random_policy(method, inner, hidden=(16, 16), seed=3)
     path = export_bundle(policy, tmp_path_factory.mktemp("bundles") / f"{method}-{inner}")

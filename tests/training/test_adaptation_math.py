@@ -20,7 +20,7 @@ from robometa.adaptation import (
     td_loss,
 )
 from robometa.config import load_config
-from robometa.meta import LR_FLOOR, MetaLearner, adapted_names
+from robometa.methods.gradient import LR_FLOOR, MetaLearner, adapted_names
 from robometa.networks import NetworkSpec, Params, QNetwork, q_and_delta
 
 CAVIA_YAML = Path(__file__).resolve().parents[2] / "configs" / "cartpole_cavia.yaml"

@@ -10,7 +10,7 @@ import torch
 
 from robometa.adaptation import Batch, double_dqn_target, td_loss
 from robometa.config import config_from_dict
-from robometa.dqn import DQN, linear_epsilon
+from robometa.methods.dqn import DQN, linear_epsilon
 from robometa.networks import NetworkSpec, QNetwork
 from robometa.replay import ReplayBuffer
 

@@ -31,11 +31,10 @@ import robometa.bundle as writer
 from robometa import __version__
 from robometa.adaptation import INNER_LOSSES, Batch, adapt
 from robometa.bundle import adaptation_of, check_parity, export_bundle
+from robometa.testing import RANDOM_POLICY_METHODS, random_policy
 from robometa.export import (
-    RANDOM_POLICY_METHODS,
     add_export_command,
     export_adapt_graph,
-    random_policy,
 )
 from robometa.networks import NetworkSpec, QNetwork, q_values
 from robometa.policy import Policy
@@ -276,9 +275,11 @@ class TestMethods:
         lr_info = json.loads((path / MANIFEST_FILE).read_text())["inner"]["lr"]["q_head.weight"]
         assert lr_info["per_parameter"] is True and lr_info["shape"] == [3, 16]
 
-    def test_anil_adapts_the_head_only(self, exported) -> None:
+    def test_anil_adapts_the_two_heads_only(self, exported) -> None:
+        # the heads ANIL training adapts (robometa.methods.gradient.adapted_names)
         _, path = exported("anil-td")
-        assert Bundle.load(path).adapted == ("q_head.weight", "q_head.bias")
+        heads = ("q_head.weight", "q_head.bias", "model_head.weight", "model_head.bias")
+        assert Bundle.load(path).adapted == heads
 
     def test_a_method_without_adaptation_exports_fine_tuning(self, exported) -> None:
         policy, path = exported("oracle-finetune")

@@ -20,7 +20,7 @@ from robometa.envs.cartpole import CARTPOLE_DYNAMICS
 
 from robometa.cli import main as cli_main
 from robometa.config import config_from_dict
-from robometa.dqn import DQN
+from robometa.methods.dqn import DQN
 from robometa.train import train
 
 WALL_CLOCK = ("steps_per_s", "wall_s")

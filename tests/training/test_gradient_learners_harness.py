@@ -15,7 +15,7 @@ import torch
 
 from robometa.cli import main as cli_main
 from robometa.config import ALGORITHMS, META_ALGORITHMS, load_config
-from robometa.meta import MetaLearner
+from robometa.methods.gradient import MetaLearner
 from robometa.policy import Policy
 from robometa.replay import ReplayBuffer
 from robometa.train import train

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from robometa.adaptation import Batch, InnerLoss, double_dqn_target
 from robometa.config import Config
+from robometa.methods.base import Method
 from robometa.networks import NetworkSpec, QNetwork
 from robometa.policy import Policy
 from robometa.replay import ReplayBuffer
@@ -41,7 +42,7 @@ def build_network(cfg: Config, obs_dim: int, n_actions: int) -> QNetwork:
     return QNetwork(spec)
 
 
-class DQN:
+class DQN(Method):
     """DQN / domain-randomized DQN / privileged oracle (``algorithm: dqn | oracle``)."""
 
     def __init__(self, cfg: Config) -> None:

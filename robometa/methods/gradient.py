@@ -35,7 +35,8 @@ import torch
 
 from robometa.adaptation import Batch, InnerLoss, adapt_step, model_loss, td_loss
 from robometa.config import Config
-from robometa.dqn import build_network, linear_epsilon
+from robometa.methods.base import Method
+from robometa.methods.dqn import build_network, linear_epsilon
 from robometa.envs import Task
 from robometa.networks import Params
 from robometa.policy import Policy
@@ -77,9 +78,9 @@ class _TaskSlot:
         self.ep_return = 0.0
 
 
-class MetaLearner:
+class MetaLearner(Method):
     """Meta-trains a Q-network initialization (``algorithm`` in maml, fomaml, metasgd, anil,
-    cavia, reptile); same harness interface as :class:`robometa.dqn.DQN`."""
+    cavia, reptile); same harness interface as :class:`robometa.methods.dqn.DQN`."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg

@@ -1,0 +1,322 @@
+"""The algorithm registry: every method robometa can train, by name.
+
+Like the robot families in :data:`robometa.envs.FAMILIES`, each algorithm is a name mapped to a
+lazy ``"module:Class"`` entry point (imported only when a run of it starts) plus what the rest
+of robometa needs to know without importing it: its method family, whether it adapts, which
+bundle kind it exports, what it observes and which config rules it adds. Config validation,
+training, evaluation, export, the docs and the benchmarks read this table; nothing else lists
+algorithm names.
+
+```python
+from robometa.algorithms import register
+
+register(
+    "dueling",
+    "my_package.dueling:DuelingDQN",  # a class with the trainer interface (robometa.methods)
+    family="dqn",
+    summary="DQN with a dueling head",
+)
+```
+
+Installed packages plug in the way gymnasium environments do: an entry point in the group
+``robometa.algorithms`` names a function that calls :func:`register`; robometa calls each one
+once, the first time the table is read. Only installed code registers algorithms: a config file
+names a registered algorithm, never a module.
+
+The builtin table (:data:`BUILTIN`) keeps the order of the README's config reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # config imports this module: no import back at run time
+    from robometa.config import Config
+
+#: the Python entry-point group installed packages register algorithms through
+ENTRY_POINT_GROUP = "robometa.algorithms"
+#: bundle kinds a builtin method can export (the deploy runtime has one module per kind)
+BUNDLE_KINDS = ("gradient",)
+_NAME = re.compile(r"^[a-z][a-z0-9_+-]{0,39}$")
+_ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+Check = Callable[["Config", str], None]
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What robometa knows about an algorithm before importing it.
+
+    ``family``: the method family (``dqn``, ``gradient``, ...); ``adapts``: the method was
+    trained to adapt, so evaluation runs its adaptation (a method that does not adapt is
+    evaluated as it is, and may still be fine-tuned: ``fine_tunes``); ``bundle_kind``: the
+    ``kind`` its bundle's manifest names, which picks the on-device runtime; ``privileged``:
+    its observation carries the true dynamics parameters (the oracle); ``randomized_label``:
+    the name evaluation reports it under when it trained on sampled train tasks (``dqn`` is
+    domain randomization, ``dr``); ``check(cfg, where)``: rules across config keys, raising
+    ``ValueError`` naming the key (``where`` names the file).
+    """
+
+    name: str
+    entry_point: str
+    family: str
+    adapts: bool = False
+    bundle_kind: str = "gradient"
+    privileged: bool = False
+    fine_tunes: bool = False
+    randomized_label: str = ""
+    check: Check | None = None
+    summary: str = ""
+
+    def load(self) -> type:
+        """The trainer class (imported now, the first time it is needed)."""
+        module, attr = self.entry_point.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(
+                f"algorithm {self.name!r}: cannot load its entry point {self.entry_point!r}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+
+    def label(self, tasks: str) -> str:
+        """The name evaluation reports a run under (``tasks``: the run's ``env.tasks``)."""
+        return self.randomized_label if self.randomized_label and tasks == "train" else self.name
+
+
+_REGISTRY: dict[str, AlgorithmSpec] = {}
+_plugins_loaded = False
+
+
+def register(
+    name: str,
+    entry_point: str,
+    *,
+    family: str,
+    adapts: bool = False,
+    bundle_kind: str = "gradient",
+    privileged: bool = False,
+    fine_tunes: bool = False,
+    randomized_label: str = "",
+    check: Check | None = None,
+    summary: str = "",
+    replace: bool = False,
+) -> AlgorithmSpec:
+    """Add ``name`` to the table (``replace=True`` to redefine one); returns its spec."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"algorithm name {name!r} must be 1-40 characters of lowercase letters, digits, "
+            "'_', '+' or '-', starting with a letter"
+        )
+    if not isinstance(entry_point, str) or not _ENTRY_POINT.match(entry_point):
+        raise ValueError(
+            f"algorithm {name!r}: entry point {entry_point!r} is not 'package.module:Class'"
+        )
+    if not isinstance(family, str) or not _NAME.match(family):
+        raise ValueError(f"algorithm {name!r}: family {family!r} is not a lowercase name")
+    if not isinstance(bundle_kind, str) or not _NAME.match(bundle_kind):
+        raise ValueError(f"algorithm {name!r}: bundle kind {bundle_kind!r} is not a lowercase name")
+    if name in _REGISTRY and not replace:
+        raise ValueError(
+            f"algorithm {name!r} is already registered (entry point "
+            f"{_REGISTRY[name].entry_point!r}); pass replace=True to redefine it"
+        )
+    spec = AlgorithmSpec(
+        name,
+        entry_point,
+        family,
+        adapts=bool(adapts),
+        bundle_kind=bundle_kind,
+        privileged=bool(privileged),
+        fine_tunes=bool(fine_tunes),
+        randomized_label=randomized_label,
+        check=check,
+        summary=summary,
+    )
+    _REGISTRY[name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove ``name`` (tests that register a toy algorithm clean up with this)."""
+    _load_plugins()
+    if name not in _REGISTRY:
+        raise ValueError(f"algorithm {name!r} is not registered")
+    del _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    """Every registered algorithm, builtins first, in registration order."""
+    _load_plugins()
+    return tuple(_REGISTRY)
+
+
+def adapting() -> tuple[str, ...]:
+    """The registered algorithms that were trained to adapt."""
+    return tuple(n for n in names() if _REGISTRY[n].adapts)
+
+
+def get(name: str) -> AlgorithmSpec:
+    """The spec of ``name``; an unknown name is a ``ValueError`` listing the registered ones."""
+    _load_plugins()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown algorithm {name!r}; registered: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def load(name: str) -> type:
+    """The trainer class of ``name``."""
+    return get(name).load()
+
+
+def _load_plugins() -> None:
+    """Call every ``robometa.algorithms`` entry point once. A plugin that fails is reported
+    (a warning naming it and the error) and skipped: robometa's own algorithms still work."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()()
+        except Exception as err:  # a broken third-party package must not break robometa
+            warnings.warn(
+                f"robometa algorithm plugin {ep.name!r} ({ep.value}) failed to register: "
+                f"{type(err).__name__}: {err}",
+                stacklevel=2,
+            )
+
+
+# --------------------------------------------------------------------------- builtin rules
+
+
+def _needs_td_in_inner_loop(why: str) -> Check:
+    def check(cfg: Config, where: str) -> None:
+        if cfg.adaptation.loss == "model":
+            raise ValueError(
+                f"config key 'adaptation.loss': {cfg.algorithm} {why}, so it needs 'td' or "
+                f"'td+model', got 'model'{where}"
+            )
+
+    return check
+
+
+def _collects_in_rounds(cfg: Config, where: str) -> None:
+    if cfg.meta.collect_steps < 1:
+        raise ValueError(
+            f"config key 'meta.collect_steps': {cfg.algorithm} collects its data in rounds of "
+            f"meta.collect_steps env steps per task, so it needs >= 1 (0 never reaches "
+            f"dqn.total_steps){where}"
+        )
+
+
+def _all_of(*checks: Check) -> Check:
+    def check(cfg: Config, where: str) -> None:
+        for c in checks:
+            c(cfg, where)
+
+    return check
+
+
+def _needs_context(cfg: Config, where: str) -> None:
+    if cfg.network.context_dim < 1:
+        raise ValueError(
+            f"config key 'network.context_dim': {cfg.algorithm} needs a context vector (>= 1), "
+            f"got {cfg.network.context_dim}{where}"
+        )
+
+
+_DQN = "robometa.methods.dqn:DQN"
+_GRADIENT = "robometa.methods.gradient:MetaLearner"
+_anil_rule = _needs_td_in_inner_loop(
+    "adapts only the heads, and the model loss never reaches the Q head"
+)
+_reptile_rule = _needs_td_in_inner_loop("learns Q only through its inner loop")
+
+#: name -> (entry point, keyword arguments of :func:`register`), in the order configs list them
+BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
+    "dqn": (
+        _DQN,
+        {
+            "family": "dqn",
+            "fine_tunes": True,
+            "randomized_label": "dr",
+            "summary": "Double DQN over the task distribution (domain randomization)",
+        },
+    ),
+    "oracle": (
+        _DQN,
+        {
+            "family": "dqn",
+            "privileged": True,
+            "summary": "DQN that observes the true dynamics parameters (privileged oracle)",
+        },
+    ),
+    "maml": (
+        _GRADIENT,
+        {
+            "family": "gradient",
+            "adapts": True,
+            "check": _collects_in_rounds,
+            "summary": "MAML: second-order meta-gradient through the inner steps, all parameters",
+        },
+    ),
+    "fomaml": (
+        _GRADIENT,
+        {
+            "family": "gradient",
+            "adapts": True,
+            "check": _collects_in_rounds,
+            "summary": "first-order MAML",
+        },
+    ),
+    "metasgd": (
+        _GRADIENT,
+        {
+            "family": "gradient",
+            "adapts": True,
+            "check": _collects_in_rounds,
+            "summary": "Meta-SGD: MAML with learned per-parameter inner learning rates",
+        },
+    ),
+    "anil": (
+        _GRADIENT,
+        {
+            "family": "gradient",
+            "adapts": True,
+            "check": _all_of(_anil_rule, _collects_in_rounds),
+            "summary": "ANIL: adapts only the output heads (Q and dynamics)",
+        },
+    ),
+    "cavia": (
+        _GRADIENT,
+        {
+            "family": "gradient",
+            "adapts": True,
+            "check": _all_of(_needs_context, _collects_in_rounds),
+            "summary": "CAVIA: adapts only a context vector fed to the network",
+        },
+    ),
+    "reptile": (
+        _GRADIENT,
+        {
+            "family": "gradient",
+            "adapts": True,
+            "check": _all_of(_reptile_rule, _collects_in_rounds),
+            "summary": "Reptile: moves the initialization toward each task's adapted parameters",
+        },
+    ),
+}
+
+for _name, (_entry_point, _kwargs) in BUILTIN.items():
+    register(_name, _entry_point, **_kwargs)

@@ -1,0 +1,88 @@
+"""The trainer interface every method family implements, and its defaults.
+
+:func:`robometa.train.train` drives any registered algorithm through :class:`Method`: it builds
+the class from the validated config, calls :meth:`Method.iterate` until ``dqn.total_steps``,
+takes checkpoints at :meth:`Method.boundary` (every env restarts there, so a resumed run
+continues exactly) and saves :meth:`Method.policy` as ``policy.pt``.
+
+Beyond training, a family owns two things the rest of robometa asks it for (the rsl_rl
+``as_onnx`` pattern): how its network is rebuilt from a saved policy
+(:meth:`Method.network_from_spec`) and what its bundle holds (:meth:`Method.write_bundle`: the
+graphs and arrays, and their manifest entries). The defaults are the Q-network of
+:mod:`robometa.networks` and the ``gradient`` bundle kind (``policy.onnx``, ``adapt.onnx``,
+``params.npz``, ``lrs.npz``), which every builtin family uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from robometa.networks import NetworkSpec, QNetwork
+
+if TYPE_CHECKING:
+    from robometa.config import Config
+    from robometa.policy import Policy
+
+
+class Method:
+    """Base class of a trainer (see the module docstring); ``__init__(cfg)`` builds it."""
+
+    #: the network class :meth:`network_from_spec` rebuilds (a family with another head
+    #: overrides this or the method)
+    network_class: ClassVar[type[QNetwork]] = QNetwork
+
+    cfg: Config
+    env_steps: int
+    rng: np.random.Generator
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Env steps one :meth:`iterate` takes: a run ends at the first multiple of this at
+        or past ``dqn.total_steps``."""
+        raise NotImplementedError
+
+    def iterate(self) -> dict[str, Any]:
+        """One round of collection and learning: ``returns`` (finished episodes), ``loss``
+        (a list), ``epsilon``."""
+        raise NotImplementedError
+
+    def boundary(self) -> None:
+        """Restart every env: checkpoints are taken here."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def policy(self) -> Policy:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the envs."""
+
+    # -------------------------------------------------------------- what the family owns
+
+    @classmethod
+    def network_from_spec(cls, spec: Mapping[str, Any]) -> torch.nn.Module:
+        """The (untrained) network a saved policy's ``spec`` describes."""
+        spec = dict(spec)
+        spec["hidden"] = tuple(spec["hidden"])
+        return cls.network_class(NetworkSpec(**spec))
+
+    @classmethod
+    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
+        """Write the bundle's files and ``manifest.json`` into the empty directory ``root``
+        (the writer verifies, fsyncs and swaps it into place afterwards)."""
+        from robometa.bundle import _write
+
+        _write(policy, root, run_dir)
