@@ -10,14 +10,20 @@ report = adapter.adapt(steps=5)                  # guarded gradient steps, rolle
 adapter.save_state("adapter-state.npz")          # atomic; load_state() restores it
 ```
 
+``Adapter.load`` builds the runtime of the bundle's kind (the manifest's ``kind``; today every
+bundle is ``gradient``, :class:`GradientAdapter`); a plug-in adds a kind with
+:func:`robometa.deploy.kinds.register_kind`.
+
 This package never imports torch, PyBullet or gymnasium (the command line imports the
 simulated robots lazily, only when asked to run against one).
 """
 
 from robometa.deploy.bundle import FORMAT_VERSION, Bundle, BundleError
+from robometa.deploy.kinds import register_kind
 from robometa.deploy.runtime import (
     Adapter,
     AdaptReport,
+    GradientAdapter,
     StateError,
     TransitionBuffer,
     Transitions,
@@ -30,8 +36,10 @@ __all__ = [
     "Adapter",
     "Bundle",
     "BundleError",
+    "GradientAdapter",
     "StateError",
     "TransitionBuffer",
     "Transitions",
     "WriteError",
+    "register_kind",
 ]

@@ -1,7 +1,11 @@
 """The bundle format, reader side: what a bundle directory holds and how it is verified.
 
 A bundle is a directory written by ``robometa export`` (the writer is ``robometa.bundle``; this
-module is the single home of the format's names and version, and the writer imports them):
+module is the single home of the format's names and version, and the writer imports them).
+The manifest's ``kind`` names the bundle kind (:mod:`robometa.deploy.kinds`), whose runtime
+declares which graphs and files its bundles hold (a :class:`BundleLayout`); this module
+verifies whatever the layout declares with the same rules. A ``gradient`` bundle (every bundle
+robometa exports; :mod:`robometa.deploy.gradient`) holds:
 
 | file | content |
 |---|---|
@@ -19,9 +23,10 @@ loaded before the manifest passed):
 
 | what | rule |
 |---|---|
-| files | ``manifest.json`` and every file it lists are regular files inside the bundle (a symlink, directory, pipe or device is refused; the bundle directory itself may be a symlink); other entries of the directory are never opened and are not part of the bundle (``Bundle.unlisted`` names them; ``info`` prints them); only the names above can be listed; each file's size and sha256 match its ``files`` entry; sizes are capped before reading (``MAX_MANIFEST_BYTES``, ``MAX_GRAPH_BYTES``, ``MAX_CONFIG_BYTES``; the ``.npz`` files by the manifest's shapes) |
+| files | ``manifest.json`` and every file it lists are regular files inside the bundle (a symlink, directory, pipe or device is refused; the bundle directory itself may be a symlink); other entries of the directory are never opened and are not part of the bundle (``Bundle.unlisted`` names them; ``info`` prints them); only the kind's files and ``config.yaml`` can be listed; each file's size and sha256 match its ``files`` entry; sizes are capped before reading (``MAX_MANIFEST_BYTES``, ``MAX_GRAPH_BYTES``, ``MAX_CONFIG_BYTES``; the ``.npz`` files by the manifest's shapes) |
 | ``manifest.json`` | UTF-8 JSON object of at most ``MAX_MANIFEST_BYTES``, nested at most ``MAX_JSON_DEPTH`` deep, no duplicate keys, no NaN or infinite numbers anywhere |
 | ``format_version`` | exactly :data:`FORMAT_VERSION` |
+| ``kind`` | optional (missing: ``gradient``, :data:`DEFAULT_KIND`); a registered bundle kind (:func:`robometa.deploy.kinds.known_kinds`) |
 | ``env_id`` | ``robometa/<Name>-v<N>`` (letters and digits, no colon: gymnasium imports the module named before a colon); the robot family itself is checked by the command that builds a simulated robot |
 | ``algorithm`` | a non-empty printable string |
 | ``privileged`` | ``true`` or ``false`` |
@@ -30,10 +35,10 @@ loaded before the manifest passed):
 | ``discount`` | a number in ``[0, 1]`` |
 | ``inner`` | ``kind`` one of :data:`INNER_KINDS`; ``steps`` an integer in ``[0, MAX_INNER_STEPS]``; ``support_size`` an integer in ``[1, MAX_SUPPORT_SIZE]`` whose transition buffer (``support_size * (2 obs_dim + 3) * 4`` bytes) fits in ``MAX_BUFFER_BYTES``; ``adapted``: distinct parameter names, at least one; ``from_meta``, ``fine_tune``: booleans; ``huber_delta``, ``model_weight``: numbers >= 0 |
 | ``parameters`` | 1 to ``MAX_PARAMETERS`` names, each a ``shape`` of at most ``MAX_PARAMETER_NDIM`` positive integers and ``adapted`` (true exactly for ``inner.adapted``), ``MAX_PARAMETER_ELEMENTS`` numbers in all |
-| ``graphs`` | ``policy`` and ``adapt``: ``file``, ``inputs``, ``outputs`` equal to the graphs' own |
+| ``graphs`` | exactly the kind's graphs (gradient: ``policy`` and ``adapt``), each with its ``file``, and ``inputs``, ``outputs`` equal to the graphs' own |
 | ``dynamics``, ``config`` | objects when present; ``dynamics.overrides`` an object or null, ``dynamics.family`` a printable name; ``config.adaptation.support_epsilon`` a number in ``[0, 1]`` |
 | ``params.npz``, ``lrs.npz`` | exactly the manifest's parameters / adapted parameters, each member's npy header (dtype float32, shape from the manifest; ``lrs``: a scalar or the parameter's shape) checked before its data is read, so an archive cannot decompress beyond what the manifest's shapes allow; finite values; learning rates >= 0 |
-| graphs | ONNX IR ``ONNX_IR_VERSION`` (10) with opset ``ONNX_OPSET`` (20), in the manifest's ``graphs`` entries and in the files; no tensor keeps its data outside the graph file (ONNX external data: onnxruntime would read it from the graph's directory, or from the working directory for a graph given as bytes); onnxruntime loads each graph from the verified bytes, ONNX format only; its ``robometa.graph`` metadata, when stamped, names the file; inputs, outputs, element types and shapes match the manifest and the arrays; a probe run on zeros returns outputs of the declared shapes, and ``action`` is the first maximum of ``q_values`` |
+| graphs | ONNX IR ``ONNX_IR_VERSION`` (10) with opset ``ONNX_OPSET`` (20), in the manifest's ``graphs`` entries and in the files; no tensor keeps its data outside the graph file (ONNX external data: onnxruntime would read it from the graph's directory, or from the working directory for a graph given as bytes); onnxruntime loads each graph from the verified bytes, ONNX format only; its ``robometa.graph`` metadata, when stamped, names the file; inputs, outputs, element types and shapes match the manifest and the arrays (the inputs and outputs are the kind's :class:`GraphSpec`); a probe run on zeros returns outputs of the declared shapes, and the kind's own check of them passes (gradient: ``action`` is the first maximum of ``q_values``) |
 
 The bundle's identity, :attr:`Bundle.digest`, is one sha256 over ``manifest.json`` and every
 listed file, in a fixed order (see :func:`bundle_digest`): two bundles with equal digests hold
@@ -54,12 +59,14 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
+from robometa.deploy import kinds
+from robometa.deploy.kinds import DEFAULT_KIND
 
 #: version of the bundle layout; readers refuse any other.
 FORMAT_VERSION = 1
@@ -72,9 +79,13 @@ ADAPT_GRAPH = "adapt.onnx"
 PARAMS_FILE = "params.npz"
 LRS_FILE = "lrs.npz"
 CONFIG_FILE = "config.yaml"
+#: the files of a ``gradient`` bundle (:data:`GRADIENT_LAYOUT` of
+#: :mod:`robometa.deploy.gradient`); each kind declares its own (:class:`BundleLayout`).
 REQUIRED_FILES: tuple[str, ...] = (POLICY_GRAPH, ADAPT_GRAPH, PARAMS_FILE, LRS_FILE)
-#: every file a bundle may hold besides the manifest.
+#: every file a gradient bundle may hold besides the manifest.
 BUNDLE_FILES: tuple[str, ...] = (*REQUIRED_FILES, CONFIG_FILE)
+#: the array files the reader knows: the meta-parameters and the inner learning rates.
+ARRAY_FILES: tuple[str, ...] = (PARAMS_FILE, LRS_FILE)
 
 # Graph input and output names.
 PARAM_PREFIX = "param:"
@@ -86,7 +97,7 @@ GAMMA_INPUT = "gamma"
 Q_OUTPUT = "q_values"
 ACTION_OUTPUT = "action"
 LOSS_OUTPUT = "loss"
-#: the manifest's ``graphs`` key of each graph file.
+#: the manifest's ``graphs`` key of each graph file of a gradient bundle.
 GRAPH_KEYS: dict[str, str] = {POLICY_GRAPH: "policy", ADAPT_GRAPH: "adapt"}
 
 #: inner losses ``adapt.onnx`` can be traced from (``robometa.adaptation.InnerLoss.kind``).
@@ -131,6 +142,68 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 class BundleError(ValueError):
     """A bundle is missing, corrupted or of an unsupported format (the message names the file)."""
+
+
+# --------------------------------------------------------------------------- kinds' layouts
+
+#: a graph input's or output's element type and dims (``None``: the batch dimension)
+TensorSpec = tuple[str, tuple[int | None, ...]]
+
+
+def tensor_spec(dtype: str, shape: tuple[int, ...], batch: bool = False) -> TensorSpec:
+    """What a graph input or output must be: ``tensor(<dtype>)`` of ``shape``, after a batch
+    dimension when ``batch``."""
+    return f"tensor({dtype})", ((None,) if batch else ()) + tuple(shape)
+
+
+class GraphContext(NamedTuple):
+    """What the reader knows when it checks one graph: the manifest, the verified arrays and
+    the parameters the graph takes as ``param:<name>`` inputs (``used``)."""
+
+    where: Path
+    manifest: Mapping[str, Any]
+    params: dict[str, np.ndarray]
+    lrs: dict[str, np.ndarray]
+    used: list[str]
+
+
+class GraphIO(NamedTuple):
+    """A graph's inputs besides its ``param:`` ones (with a probe batch of 2 rows for each)
+    and its outputs, as the manifest and arrays imply them."""
+
+    inputs: dict[str, TensorSpec]
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, TensorSpec]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph a kind's bundles hold: its file, what it must take and give (``io``, which
+    may raise a ``BundleError`` itself), and a check of its outputs on the probe batch."""
+
+    file: str
+    io: Callable[[GraphContext], GraphIO]
+    check_probe: Callable[[Path, Mapping[str, np.ndarray], Mapping[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class BundleLayout:
+    """What a bundle of one kind holds besides ``manifest.json`` (and an optional
+    ``config.yaml``): its graphs by their key in the manifest's ``graphs`` table, verified in
+    this order, and its array files (of :data:`ARRAY_FILES`)."""
+
+    graphs: Mapping[str, GraphSpec]
+    arrays: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.arrays if name not in ARRAY_FILES]
+        if unknown:
+            raise ValueError(f"array files {unknown} are not of {ARRAY_FILES}")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file such a bundle must list: the graphs, then the arrays."""
+        return (*(g.file for g in self.graphs.values()), *self.arrays)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -249,6 +322,16 @@ class Bundle:
         return str(self.manifest["env_id"])
 
     @property
+    def kind(self) -> str:
+        """The bundle kind, which picks the runtime (``gradient`` where the manifest has none)."""
+        return str(self.manifest.get("kind", DEFAULT_KIND))
+
+    @property
+    def layout(self) -> BundleLayout:
+        """The graphs and files of this bundle's kind."""
+        return kinds.layout(self.kind)
+
+    @property
     def identity(self) -> str:
         """The bundle's one identity, :attr:`digest` (kept under this name for saved states)."""
         return self.digest
@@ -257,7 +340,7 @@ class Bundle:
         return self.path / name
 
     def graph(self, name: str) -> bytes:
-        """The verified bytes of ``policy.onnx`` or ``adapt.onnx`` (load sessions from these:
+        """The verified bytes of a graph file, e.g. ``policy.onnx`` (load sessions from these:
         the file on disk may have changed since)."""
         return self.graphs[name]
 
@@ -277,23 +360,19 @@ class Bundle:
             f"the {MAX_MANIFEST_BYTES} allowed (MAX_MANIFEST_BYTES)",
         )
         manifest = _parse_manifest(raw, where)
-        _check_manifest(manifest, where)
+        layout = _check_manifest(manifest, where)
         files, unlisted = _read_listed_files(root, manifest)
-        params = _read_npz(
-            files[PARAMS_FILE],
-            root / PARAMS_FILE,
-            {k: [_shape(v)] for k, v in manifest["parameters"].items()},
-        )
-        adapted = manifest["inner"]["adapted"]
-        lrs = _read_npz(
-            files[LRS_FILE],
-            root / LRS_FILE,
-            {k: [(), _shape(manifest["parameters"][k])] for k in adapted},
-        )
+        arrays = {
+            name: _read_npz(files[name], root / name, _array_shapes(manifest, name))
+            if name in layout.arrays
+            else {}
+            for name in ARRAY_FILES
+        }
+        params, lrs = arrays[PARAMS_FILE], arrays[LRS_FILE]
         _check_arrays(root, params, lrs)
-        graphs = {name: files[name] for name in GRAPH_KEYS}
-        for name, data in graphs.items():
-            _check_graph(root / name, data, manifest, params, lrs)
+        graphs = {spec.file: files[spec.file] for spec in layout.graphs.values()}
+        for key, spec in layout.graphs.items():
+            _check_graph(root / spec.file, key, spec, graphs[spec.file], manifest, params, lrs)
         return cls(root, manifest, params, lrs, bundle_digest(raw, files), graphs, unlisted)
 
 
@@ -473,8 +552,9 @@ def _shape(entry: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(entry["shape"])
 
 
-def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
-    """Every key the runtime and the command line read, before any other file is opened."""
+def _check_manifest(manifest: dict[str, Any], where: Path) -> BundleLayout:
+    """Every key the runtime and the command line read, before any other file is opened;
+    the layout of the bundle's kind."""
     version = manifest.get("format_version")
     if not _is_int(version) or version != FORMAT_VERSION:
         raise BundleError(
@@ -482,6 +562,11 @@ def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
             f"(this runtime reads format {FORMAT_VERSION}); re-export the bundle with a "
             "matching robometa"
         )
+    kind = manifest.get("kind", DEFAULT_KIND)
+    known = kinds.known_kinds()
+    if not isinstance(kind, str) or kind not in known:
+        _fail(where, "kind", kind, f"a known bundle kind ({', '.join(known)})")
+    layout = kinds.layout(kind)
     for key in _REQUIRED_KEYS:
         _get(manifest, key, where)
     env_id = manifest["env_id"]
@@ -501,9 +586,10 @@ def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
         _fail(where, "discount", gamma, "a number in [0, 1]")
     _check_parameters(manifest, where)
     _check_inner(manifest, obs_dim, where)
-    _check_graph_entries(manifest, where)
-    _check_file_entries(manifest, where)
+    _check_graph_entries(manifest, where, kind, layout)
+    _check_file_entries(manifest, where, layout)
     _check_optional_sections(manifest, where)
+    return layout
 
 
 def _check_observation(manifest: Mapping[str, Any], where: Path) -> int:
@@ -593,9 +679,14 @@ def _check_inner(manifest: Mapping[str, Any], obs_dim: int, where: Path) -> None
             )
 
 
-def _check_graph_entries(manifest: Mapping[str, Any], where: Path) -> None:
+def _check_graph_entries(
+    manifest: Mapping[str, Any], where: Path, kind: str, layout: BundleLayout
+) -> None:
+    """The ``graphs`` table lists exactly the kind's graphs, each with its file, the format's
+    ONNX versions and lists of input and output names."""
     graphs = _check_object(where, "graphs", manifest["graphs"])
-    for name, key in GRAPH_KEYS.items():
+    for key, spec in layout.graphs.items():
+        name = spec.file
         entry = _check_object(where, f"graphs.{key}", _get(graphs, key, where, "graphs."))
         if entry.get("file") != name:
             _fail(where, f"graphs.{key}.file", entry.get("file"), repr(name))
@@ -606,6 +697,21 @@ def _check_graph_entries(manifest: Mapping[str, Any], where: Path) -> None:
             names = _get(entry, part, where, f"graphs.{key}.")
             if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
                 _fail(where, f"graphs.{key}.{part}", names, "a list of names")
+    for key in graphs:
+        if key not in layout.graphs:
+            raise BundleError(
+                f"{where}: graphs lists {_show(key)}, not a graph of a {kind!r} bundle (its "
+                f"graphs: {', '.join(layout.graphs)})"
+            )
+
+
+def _array_shapes(manifest: Mapping[str, Any], name: str) -> dict[str, list[tuple[int, ...]]]:
+    """The arrays ``params.npz`` (every parameter) or ``lrs.npz`` (a scalar or the parameter's
+    shape per adapted parameter) must hold, with the shapes each may have."""
+    declared = manifest["parameters"]
+    if name == PARAMS_FILE:
+        return {k: [_shape(v)] for k, v in declared.items()}
+    return {k: [(), _shape(declared[k])] for k in manifest["inner"]["adapted"]}
 
 
 def _npz_limit(manifest: Mapping[str, Any], name: str) -> int:
@@ -615,23 +721,20 @@ def _npz_limit(manifest: Mapping[str, Any], name: str) -> int:
     return sum(4 * math.prod(_shape(declared[k])) + _NPZ_MEMBER_OVERHEAD for k in keys) + 1024
 
 
-def _check_file_entries(manifest: Mapping[str, Any], where: Path) -> None:
+def _check_file_entries(manifest: Mapping[str, Any], where: Path, layout: BundleLayout) -> None:
     files = _check_object(where, "files", manifest["files"])
-    for name in REQUIRED_FILES:
+    for name in layout.files:
         if name not in files:
             raise BundleError(f"{where}: required file {name!r} is not listed in 'files'")
-    limits = {
-        POLICY_GRAPH: MAX_GRAPH_BYTES,
-        ADAPT_GRAPH: MAX_GRAPH_BYTES,
-        CONFIG_FILE: MAX_CONFIG_BYTES,
-        PARAMS_FILE: _npz_limit(manifest, PARAMS_FILE),
-        LRS_FILE: _npz_limit(manifest, LRS_FILE),
-    }
+    limits = {g.file: MAX_GRAPH_BYTES for g in layout.graphs.values()}
+    limits |= {name: _npz_limit(manifest, name) for name in layout.arrays}
+    limits[CONFIG_FILE] = MAX_CONFIG_BYTES
+    allowed = (*layout.files, CONFIG_FILE)
     for name, entry in files.items():
-        if name not in BUNDLE_FILES:
+        if name not in allowed:
             raise BundleError(
                 f"{where}: files lists {_show(name)}; a bundle holds only "
-                f"{', '.join(BUNDLE_FILES)} besides {MANIFEST_FILE}"
+                f"{', '.join(allowed)} besides {MANIFEST_FILE}"
             )
         _check_object(where, f"files.{name}", entry)
         digest = _get(entry, "sha256", where, f"files.{name}.")
@@ -878,24 +981,19 @@ def _verification_session(data: bytes, where: Path) -> Any:
         raise BundleError(f"{where}: onnxruntime cannot load the graph ({_brief(err)})") from None
 
 
-_Spec = tuple[str, tuple[int | None, ...]]  # element type, dims (None: the batch dimension)
-
-
-def _spec(dtype: str, shape: tuple[int, ...], batch: bool = False) -> _Spec:
-    return f"tensor({dtype})", ((None,) if batch else ()) + tuple(shape)
-
-
-def _show_spec(spec: _Spec) -> str:
+def _show_spec(spec: TensorSpec) -> str:
     dtype, dims = spec
     return f"{dtype}[{', '.join('batch' if d is None else str(d) for d in dims)}]"
 
 
-def _arg_spec(arg: Any) -> _Spec:
+def _arg_spec(arg: Any) -> TensorSpec:
     """A graph input's or output's declared element type and dims (symbolic dims -> None)."""
     return arg.type, tuple(d if isinstance(d, int) else None for d in arg.shape or ())
 
 
-def _expect(where: Path, what: str, args: Mapping[str, Any], expected: Mapping[str, _Spec]) -> None:
+def _expect(
+    where: Path, what: str, args: Mapping[str, Any], expected: Mapping[str, TensorSpec]
+) -> None:
     """Graph inputs (or outputs) are exactly ``expected``, with their types and shapes."""
     if set(args) != set(expected):
         extra, missing = sorted(set(args) - set(expected)), sorted(set(expected) - set(args))
@@ -914,12 +1012,15 @@ def _expect(where: Path, what: str, args: Mapping[str, Any], expected: Mapping[s
 
 def _check_graph(
     where: Path,
+    key: str,
+    spec: GraphSpec,
     data: bytes,
     manifest: Mapping[str, Any],
     params: dict[str, np.ndarray],
     lrs: dict[str, np.ndarray],
 ) -> None:
-    """Load one graph from its verified bytes and check it against the manifest and arrays."""
+    """Load one graph from its verified bytes and check it against the manifest and arrays:
+    the format's rules for every graph, then the inputs and outputs its kind declares."""
     try:
         external = _external_tensor(data)
     except ValueError as err:
@@ -942,7 +1043,6 @@ def _check_graph(
     stamped = session.get_modelmeta().custom_metadata_map.get("robometa.graph", where.name)
     if stamped != where.name:
         raise BundleError(f"{where}: the graph is stamped {stamped!r} (robometa.graph metadata)")
-    key = GRAPH_KEYS[where.name]
     for part, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         names = [a.name for a in args]
         if manifest["graphs"][key][part] != names:
@@ -952,46 +1052,28 @@ def _check_graph(
             )
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    obs_dim, n = manifest["observation"]["shape"][0], manifest["action"]["n"]
     # Parameter inputs: any of the manifest's parameters (policy.onnx takes those Q uses).
     used = [k for k in params if PARAM_PREFIX + k in inputs]
-    expected_in = {PARAM_PREFIX + k: _spec("float", params[k].shape) for k in used}
+    expected_in = {PARAM_PREFIX + k: tensor_spec("float", params[k].shape) for k in used}
     feeds: dict[str, np.ndarray] = {PARAM_PREFIX + k: params[k] for k in used}
-    if where.name == POLICY_GRAPH:
-        expected_in[OBS_INPUT] = _spec("float", (obs_dim,), batch=True)
-        feeds[OBS_INPUT] = np.zeros((2, obs_dim), np.float32)
-        expected_out = {
-            Q_OUTPUT: _spec("float", (n,), batch=True),
-            ACTION_OUTPUT: _spec("int64", (), batch=True),
-        }
-    else:
-        missing = [k for k in lrs if k not in used]
-        if missing:
-            raise BundleError(f"{where}: no {PARAM_PREFIX} input for adapted parameters {missing}")
-        for k, lr in lrs.items():
-            expected_in[LR_PREFIX + k] = _spec("float", lr.shape)
-            feeds[LR_PREFIX + k] = lr
-        for name, shape in zip(BATCH_INPUTS, [(obs_dim,), (), (), (obs_dim,), ()], strict=True):
-            dtype = "int64" if name == "action" else "float"
-            expected_in[name] = _spec(dtype, shape, batch=True)
-            feeds[name] = np.zeros((2, *shape), np.int64 if dtype == "int64" else np.float32)
-        expected_in[GAMMA_INPUT] = _spec("float", ())
-        feeds[GAMMA_INPUT] = np.asarray(manifest["discount"], np.float32)
-        expected_out = {NEW_PREFIX + k: _spec("float", params[k].shape) for k in lrs}
-        expected_out[LOSS_OUTPUT] = _spec("float", ())
+    io = spec.io(GraphContext(where, manifest, params, lrs, used))
+    expected_in.update(io.inputs)
+    feeds.update(io.feeds)
     _expect(where, "inputs", inputs, expected_in)
-    _expect(where, "outputs", outputs, expected_out)
-    _probe(where, session, feeds, expected_out, n)
+    _expect(where, "outputs", outputs, io.outputs)
+    values = _probe(where, session, feeds, io.outputs)
+    if spec.check_probe is not None:
+        spec.check_probe(where, values, manifest)
 
 
 _ORT_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.int64): "tensor(int64)"}
 
 
 def _probe(
-    where: Path, session: Any, feeds: dict[str, np.ndarray], expected: Mapping[str, _Spec], n: int
-) -> None:
+    where: Path, session: Any, feeds: dict[str, np.ndarray], expected: Mapping[str, TensorSpec]
+) -> dict[str, np.ndarray]:
     """Run the graph once on a batch of two zero rows: every output has its declared type and
-    shape, and the policy's action is in ``[0, n)`` and the first maximum of its Q-values."""
+    shape. Returns the outputs (for the kind's own check of them)."""
     names = list(expected)
     try:
         values = dict(zip(names, session.run(names, feeds), strict=True))
@@ -1005,15 +1087,4 @@ def _probe(
                 f"{where}: output {name!r} of a probe batch of 2 is {value.dtype}"
                 f"{list(value.shape)}, expected {_show_spec(expected[name])}"
             )
-    if where.name == POLICY_GRAPH:
-        action, q = values[ACTION_OUTPUT], values[Q_OUTPUT]
-        if np.any(action < 0) or np.any(action >= n):
-            raise BundleError(
-                f"{where}: output {ACTION_OUTPUT!r} is {action.tolist()} on a probe batch, "
-                f"outside [0, {n})"
-            )
-        if np.isfinite(q).all() and not np.array_equal(action, q.argmax(axis=1)):
-            raise BundleError(
-                f"{where}: output {ACTION_OUTPUT!r} is {action.tolist()} on a probe batch, not "
-                f"the first maximum of {Q_OUTPUT!r} ({q.argmax(axis=1).tolist()})"
-            )
+    return values

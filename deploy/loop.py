@@ -53,12 +53,15 @@ Counts are ints (never a bool, float or str) within documented maxima: :data:`MA
 :data:`MAX_SUPPORT`, :data:`MAX_EVAL_EPISODES`, :data:`MAX_EPISODE_STEPS`, :data:`MAX_SEED`;
 anything else is a ``TypeError``/``ValueError`` naming the argument and the constant.
 
-Only numpy and the runtime: the loop never imports gymnasium.
+Only numpy and the runtime: the loop never imports gymnasium. Collecting is
+:mod:`robometa.collection`'s one epsilon-greedy loop (numpy only), the one training and
+evaluation run, so a seeded collection draws the same random numbers everywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +76,8 @@ from robometa.deploy.runtime import (
     check_count,
     check_number,
 )
+
+from robometa import collection
 
 ObsFn = Callable[[np.ndarray], np.ndarray]
 SUPPORT_FROM = ("auto", "meta", "current")
@@ -205,25 +210,53 @@ def collect(
     check_number("epsilon", epsilon, 0.0, 1.0)
     _check_episode_args(seed, max_episode_steps)
     see = obs_fn or _identity
-    accepted = 0
-    episode = 0
-    obs = see(robot.reset(seed=seed)[0])
-    length = 0
-    for _ in range(n):
-        if rng.random() < epsilon:
-            action = int(rng.integers(adapter.n_actions))
-        else:
-            action = adapter.act(obs)
-        next_raw, reward, terminated, truncated, _ = robot.step(action)
-        next_obs = see(next_raw)
-        accepted += adapter.observe(obs, action, reward, next_obs, bool(terminated))
-        length += 1
-        if terminated or truncated or length >= max_episode_steps:
-            episode += 1
-            obs, length = see(robot.reset(seed=seed + episode)[0]), 0
-        else:
-            obs = next_obs
-    return accepted
+    observer = _Observer(adapter, robot)
+    seeds = itertools.count(seed + 1)  # episode i starts from reset(seed=seed + i)
+    collection.collect(
+        observer,
+        collection.Episode(see(robot.reset(seed=seed)[0])),
+        adapter.act,
+        n,
+        epsilon,
+        rng,
+        adapter.n_actions,
+        observer.store,
+        lambda: see(robot.reset(seed=next(seeds))[0]),
+        max_episode_steps,
+        see,
+    )
+    return observer.accepted
+
+
+class _Observer:
+    """The robot as :func:`robometa.collection.collect` steps it, and ``adapter.observe`` as
+    its store, counting the accepted transitions.
+
+    The collection loop adds each reward to the episode's return, but a robot's reward goes to
+    ``observe`` untouched, which refuses a non-number (``None``, ``"1"``, ``10**400``) with a
+    reason instead of raising: so the loop is handed 0.0 and ``observe`` the robot's value.
+    """
+
+    def __init__(self, adapter: Adapter, robot: Robot) -> None:
+        self.adapter = adapter
+        self.robot = robot
+        self.accepted = 0
+        self._reward: Any = None
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, self._reward, terminated, truncated, info = self.robot.step(action)
+        return obs, 0.0, terminated, truncated, info
+
+    def store(
+        self,
+        obs: np.ndarray,
+        action: int,
+        _reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        _info: dict[str, Any],
+    ) -> None:
+        self.accepted += self.adapter.observe(obs, action, self._reward, next_obs, terminated)
 
 
 def run_rounds(

@@ -81,10 +81,12 @@ def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
     installed = run([str(python), "-m", "pip", "install", "-q", *wanted])
     assert installed.returncode == 0, installed.stdout + installed.stderr
 
-    # The deploy package as robometa.deploy, next to the (light) robometa/__init__.py.
+    # The deploy package as robometa.deploy, next to the (light) robometa/__init__.py and the
+    # numpy-only collection loop it shares with training.
     site = tmp_path / "site"
     (site / "robometa").mkdir(parents=True)
-    shutil.copy(REPO / "robometa" / "__init__.py", site / "robometa" / "__init__.py")
+    for name in ("__init__.py", "collection.py"):
+        shutil.copy(REPO / "robometa" / name, site / "robometa" / name)
     shutil.copytree(
         REPO / "deploy", site / "robometa" / "deploy", ignore=shutil.ignore_patterns("__pycache__")
     )

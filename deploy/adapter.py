@@ -1,0 +1,174 @@
+"""The one ``Adapter`` API every bundle kind's runtime serves, and what all kinds share.
+
+``Adapter.load(path)`` (or ``Adapter(bundle)``) reads the manifest's ``kind`` and builds that
+kind's runtime (:mod:`robometa.deploy.kinds`), an ``Adapter`` subclass; today's only kind is
+``gradient`` (:class:`robometa.deploy.gradient.GradientAdapter`). Shared here: checking
+observations, and ``observe``, which stores accepted transitions in the ring buffer and counts
+the rejected ones by reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from robometa.deploy import kinds
+from robometa.deploy.bundle import MANIFEST_FILE, Bundle, BundleError, BundleLayout
+from robometa.deploy.checks import check_real
+from robometa.deploy.guard import AdaptReport
+from robometa.deploy.transitions import TransitionBuffer, rejection
+
+
+class Adapter(abc.ABC):
+    """Acts with, and adapts, the policy of one bundle.
+
+    ``Adapter(bundle, **kwargs)`` and ``Adapter.load(bundle_dir, **kwargs)`` return the
+    runtime of the bundle's kind (an instance of a subclass; the keyword arguments are that
+    runtime's, see :class:`robometa.deploy.gradient.GradientAdapter`). A kind's runtime class
+    called directly serves bundles of its own kind and of kinds whose runtime subclasses it.
+
+    One adapter serves one control loop: it is not safe to call from several threads at once.
+    """
+
+    #: the graphs and files a bundle of this runtime's kind holds (read by ``Bundle.load``).
+    layout: ClassVar[BundleLayout]
+
+    bundle: Bundle
+    obs_dim: int
+    n_actions: int
+    obs_low: np.ndarray
+    obs_high: np.ndarray
+    obs_names: tuple[str, ...]
+    buffer: TransitionBuffer
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Adapter:
+        bundle = args[0] if args else kwargs.get("bundle")
+        if isinstance(bundle, Bundle):
+            runtime = kinds.runtime_class(bundle.kind)
+            if cls is Adapter:
+                cls = runtime
+            elif not issubclass(runtime, cls):
+                raise BundleError(
+                    f"{bundle.path / MANIFEST_FILE}: a {bundle.kind!r} bundle, served by "
+                    f"{runtime.__name__}, not {cls.__name__}"
+                )
+        return super().__new__(cls)
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, **kwargs: Any) -> Adapter:
+        """Read and verify a bundle directory and build its kind's adapter (kwargs: see the
+        kind's runtime)."""
+        return cls(Bundle.load(bundle_dir), **kwargs)
+
+    # ------------------------------------------------------------------ observations
+
+    def _set_bundle(self, bundle: Bundle) -> None:
+        """The bundle and its observation and action spaces, which ``observe`` checks."""
+        self.bundle = bundle
+        self.obs_dim = bundle.obs_dim
+        self.n_actions = bundle.n_actions
+        self.obs_low = bundle.obs_low
+        self.obs_high = bundle.obs_high
+        self.obs_names = tuple(bundle.manifest["observation"]["names"])
+        self._obs_shape = (self.obs_dim,)
+        self._rejected: Counter[str] = Counter()
+
+    def _checked_obs(self, obs: Any, shape: tuple[int, ...] | None, what: str) -> np.ndarray:
+        """``obs`` as float32 of ``shape`` (``None``: any ``(B, obs_dim)`` with ``B >= 1``)."""
+        array = check_real(obs, what)
+        ok = (
+            array.shape == shape
+            if shape is not None
+            else array.ndim == 2 and array.shape[0] >= 1 and array.shape[1] == self.obs_dim
+        )
+        if not ok:
+            expected = f"{shape}" if shape is not None else f"(batch, {self.obs_dim})"
+            raise ValueError(
+                f"{what} has shape {array.shape}, expected {expected} ({', '.join(self.obs_names)})"
+            )
+        with np.errstate(over="ignore"):  # beyond float32 range becomes inf, reported below
+            return array.astype(np.float32, copy=False)
+
+    def _non_finite_message(self, row: np.ndarray, what: str) -> str:
+        i = int(np.argmin(np.isfinite(row)))
+        return (
+            f"{what}[{i}] ({self.obs_names[i]}) is {row[i]} as float32; observations must be "
+            "finite float32 values"
+        )
+
+    # ------------------------------------------------------------------ collecting
+
+    def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
+        """Store one transition; return False (and count why) if it is rejected.
+
+        Rejected, not stored: a NaN/inf entry in ``obs``/``next_obs``/``reward`` *as float32*
+        (the dtype stored and trained on, so ``1e39`` or ``10**400`` counts as inf), an
+        observation outside the bundle's observation bounds, an action that is not an integer
+        in ``[0, n_actions)``, a ``terminated`` that is not a bool or 0/1. The reasons are
+        :data:`REJECTION_REASONS`. An observation of the wrong shape or a non-numeric type is a
+        wiring error and raises ``ValueError``.
+        """
+        o = self._checked_obs(obs, self._obs_shape, "obs")
+        o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
+        reason = rejection(
+            o, action, reward, o2, terminated, self.obs_low, self.obs_high, self.n_actions
+        )
+        if reason:
+            self._rejected[reason] += 1
+            return False
+        self.buffer.add(o, int(action), float(reward), o2, float(terminated))
+        return True
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Transitions refused by ``observe`` since the last ``reset``, by reason."""
+        return dict(self._rejected)
+
+    # ------------------------------------------------------------------ each kind's own
+
+    @abc.abstractmethod
+    def act(self, obs: Any) -> int:
+        """The greedy action for one observation of shape ``(obs_dim,)``."""
+
+    @abc.abstractmethod
+    def q_values(self, obs: Any) -> np.ndarray:
+        """Q-values for one observation ``(obs_dim,)`` or a batch ``(B, obs_dim)``."""
+
+    @abc.abstractmethod
+    def adapt(self, steps: int | None = None, from_meta: bool | None = None) -> AdaptReport:
+        """Adapt to the buffered transitions; the report says what was done and kept."""
+
+    @property
+    @abc.abstractmethod
+    def params(self) -> dict[str, np.ndarray]:
+        """The current parameters (read-only arrays)."""
+
+    @property
+    @abc.abstractmethod
+    def meta_params(self) -> dict[str, np.ndarray]:
+        """The bundle's meta-parameters (read-only arrays)."""
+
+    @abc.abstractmethod
+    def acting_with_meta(self) -> contextlib.AbstractContextManager[Adapter]:
+        """A block within which ``act`` and ``q_values`` use the meta-parameters."""
+
+    @abc.abstractmethod
+    def restore_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Make an earlier snapshot of :attr:`params` the current parameters."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Back to the meta-parameters, with an empty buffer and no rejection counts."""
+
+    @abc.abstractmethod
+    def save_state(self, path: str | Path) -> Path:
+        """Write the adapted state to ``path`` atomically."""
+
+    @abc.abstractmethod
+    def load_state(self, path: str | Path) -> None:
+        """Restore a state written by ``save_state`` for this same bundle."""

@@ -1,0 +1,100 @@
+"""Bundle kinds: the manifest's ``kind`` names the runtime that serves the bundle.
+
+A kind is a name and a lazy ``"module:Class"`` entry point to its runtime, a subclass of
+:class:`robometa.deploy.adapter.Adapter` whose ``layout`` (a
+:class:`robometa.deploy.bundle.BundleLayout`) declares the graphs and files a bundle of that
+kind holds. The module is imported on first use, so listing the kinds imports nothing.
+
+| kind | runtime | what ``adapt`` does |
+|---|---|---|
+| ``gradient`` | :class:`robometa.deploy.gradient.GradientAdapter` | guarded gradient steps of ``adapt.onnx`` (every method robometa trains) |
+
+A plug-in adds its kind with one call before loading its bundles::
+
+    from robometa.deploy.kinds import register_kind
+
+    register_kind("mykind", "mypackage.runtime:MyAdapter")
+
+A manifest without ``kind`` is a ``gradient`` bundle (:data:`DEFAULT_KIND`; bundles exported
+before kinds existed have none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from robometa.deploy.adapter import Adapter
+    from robometa.deploy.bundle import BundleLayout
+
+#: the kind of a manifest without a ``kind`` key.
+DEFAULT_KIND = "gradient"
+#: bundle kind -> its runtime, ``"module:Class"`` (imported on first use).
+KINDS: dict[str, str] = {
+    "gradient": "robometa.deploy.gradient:GradientAdapter",
+}
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
+_ENTRY_POINT = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+)
+
+
+def register_kind(name: str, entry_point: str) -> None:
+    """Add the bundle kind ``name`` served by the runtime class at ``entry_point``
+    (``"module:Class"``, imported when a bundle of that kind is first loaded).
+
+    ``name`` is lowercase letters, digits, ``_`` and ``-`` (starting with a letter, at most 64
+    characters); a name already registered is refused (``ValueError`` naming its runtime), as
+    is an entry point that is not ``"module:Class"``.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"bundle kind name {name!r} must be 1 to 64 lowercase letters, digits, '_' or '-', "
+            "starting with a letter"
+        )
+    if name in KINDS:
+        raise ValueError(f"bundle kind {name!r} is already registered (runtime {KINDS[name]})")
+    if not isinstance(entry_point, str) or not _ENTRY_POINT.fullmatch(entry_point):
+        raise ValueError(
+            f"bundle kind {name!r}: entry point {entry_point!r} must be 'module:Class'"
+        )
+    KINDS[name] = entry_point
+
+
+def known_kinds() -> tuple[str, ...]:
+    """The registered kinds, in registration order (``gradient`` first)."""
+    return tuple(KINDS)
+
+
+def runtime_class(name: str) -> type[Adapter]:
+    """The runtime class of the bundle kind ``name``, its module imported on first use.
+
+    An unknown kind is a ``ValueError`` naming the known ones; an entry point that cannot be
+    imported, or that is not an ``Adapter`` subclass, an ``ImportError``/``TypeError`` naming
+    the kind and the entry point.
+    """
+    from robometa.deploy.adapter import Adapter
+
+    if name not in KINDS:
+        raise ValueError(f"unknown bundle kind {name!r} (known kinds: {', '.join(KINDS)})")
+    entry = KINDS[name]
+    module_name, _, attr = entry.partition(":")
+    try:
+        runtime = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(
+            f"bundle kind {name!r}: cannot import its runtime {entry} ({err})"
+        ) from err
+    if not (isinstance(runtime, type) and issubclass(runtime, Adapter)):
+        raise TypeError(
+            f"bundle kind {name!r}: its runtime {entry} is not a subclass of "
+            "robometa.deploy.adapter.Adapter"
+        )
+    return runtime
+
+
+def layout(name: str) -> BundleLayout:
+    """The graphs and files a bundle of kind ``name`` holds (its runtime's ``layout``)."""
+    return runtime_class(name).layout
