@@ -4,24 +4,40 @@ The layout, file names, graph input/output names and the format version are defi
 :mod:`robometa.deploy.bundle` (the reader); this module fills them in from a trained
 :class:`~robometa.policy.Policy` and verifies the result with that same reader.
 
-``manifest.json`` keys:
+What a bundle holds belongs to the policy's method family (the rsl_rl ``as_onnx`` pattern):
+``export_bundle`` looks the policy's ``algorithm`` up in :mod:`robometa.algorithms` and calls
+its class's :meth:`~robometa.methods.base.Method.write_bundle`, which writes the graphs and
+arrays into an empty directory and the manifest through :func:`shared_manifest` and
+:func:`finish_bundle`. Every builtin family writes the ``gradient`` kind
+(:mod:`robometa.bundle_gradient`). This module keeps what every kind shares: the output
+directory (below), the env-id checks, the shared manifest sections, the files table, fsync and
+the verification with the reader.
 
-| key | content |
-|---|---|
-| ``format_version`` | layout version (readers refuse others) |
-| ``env_id``, ``algorithm``, ``privileged`` | the robot family, the method, whether the observation carries the true dynamics (oracle) |
-| ``observation`` | ``shape``, ``dtype``, ``low``, ``high`` (``null`` = unbounded), ``names``; for a privileged policy the normalized dynamics parameters are appended as ``dynamics:<name>`` |
-| ``action`` | ``n`` and ``names`` of the discrete actions |
-| ``discount`` | the ``gamma`` fed to ``adapt.onnx`` |
-| ``normalization`` | ``obs_mean``, ``obs_std``, ``delta_std`` (already inside the graphs; informational) |
-| ``network`` | the network spec (hidden sizes, context size, activation) |
-| ``inner`` | ``kind`` (td, model, td+model), ``huber_delta``, ``model_weight``, ``steps``, ``support_size``, ``adapted`` (parameter names), ``lr`` (per adapted parameter: a number, or ``{per_parameter, shape, min, max, mean}`` for Meta-SGD), ``fine_tune`` (true when the policy had no learning rates and the export added plain fine-tuning), ``from_meta`` (true: every ``adapt`` starts from the meta-parameters, as in meta-training) |
-| ``parameters`` | name -> ``shape``, ``adapted`` |
-| ``graphs`` | per graph: file, inputs, outputs, ``opset`` (always 20) and ``ir_version`` (always 10): what onnxruntime >= 1.19 reads |
-| ``dynamics`` | ``family``, ``overrides`` (the run's range overrides) and ``params`` (the dynamics space, overrides applied) |
-| ``config`` | the run's training config |
-| ``producer`` | versions of robometa, torch, onnx, onnxruntime, python |
-| ``files`` | name -> ``sha256``, ``bytes`` for every other file |
+``manifest.json`` keys (shared: written here for every kind; gradient: by
+:mod:`robometa.bundle_gradient`):
+
+| key | kind | content |
+|---|---|---|
+| ``format_version`` | shared | layout version (readers refuse others) |
+| ``kind`` | shared | the bundle kind, which picks the on-device runtime: the algorithm's ``bundle_kind`` in :mod:`robometa.algorithms` (``gradient`` for every builtin method; a reader treats a missing ``kind`` as ``gradient``) |
+| ``env_id``, ``algorithm``, ``privileged`` | shared | the robot family, the method, whether the observation carries the true dynamics (oracle) |
+| ``observation`` | shared | ``shape``, ``dtype``, ``low``, ``high`` (``null`` = unbounded), ``names``; for a privileged policy the normalized dynamics parameters are appended as ``dynamics:<name>`` |
+| ``action`` | shared | ``n`` and ``names`` of the discrete actions |
+| ``discount`` | gradient | the ``gamma`` fed to ``adapt.onnx`` |
+| ``normalization`` | gradient | ``obs_mean``, ``obs_std``, ``delta_std`` (already inside the graphs; informational) |
+| ``network`` | gradient | the network spec (hidden sizes, context size, activation) |
+| ``inner`` | gradient | ``kind`` (td, model, td+model), ``huber_delta``, ``model_weight``, ``steps``, ``support_size``, ``adapted`` (parameter names), ``lr`` (per adapted parameter: a number, or ``{per_parameter, shape, min, max, mean}`` for Meta-SGD), ``fine_tune`` (true when the policy had no learning rates and the export added plain fine-tuning), ``from_meta`` (true: every ``adapt`` starts from the meta-parameters, as in meta-training) |
+| ``parameters`` | gradient | name -> ``shape``, ``adapted`` |
+| ``graphs`` | per kind | per graph: file, inputs, outputs, ``opset`` (always 20) and ``ir_version`` (always 10): what onnxruntime >= 1.19 reads (:func:`graph_entry`); the gradient kind has ``policy`` and ``adapt`` |
+| ``dynamics`` | shared | ``family``, ``overrides`` (the run's range overrides) and ``params`` (the dynamics space, overrides applied) |
+| ``config`` | shared | the run's training config |
+| ``producer`` | shared | versions of robometa, torch, onnx, onnxruntime, python |
+| ``files`` | shared | name -> ``sha256``, ``bytes`` for every other file |
+
+Every ONNX graph is stamped (:func:`stamp_graph`) with ``metadata_props``
+``robometa.format_version``, ``robometa.graph`` (its file name), ``robometa.kind``,
+``robometa.env_id``, ``robometa.algorithm``, ``robometa.privileged``, ``robometa.version`` and
+what its kind adds (gradient: ``robometa.inner_kind``, ``robometa.adapted``).
 
 Methods that do not adapt (empty ``policy.lrs``, e.g. the privileged oracle) still get an
 ``adapt.onnx``: plain fine-tuning of every parameter with the TD inner loss and the learning
@@ -74,6 +90,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import importlib
 import json
 import os
 import platform
@@ -83,7 +100,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,64 +109,43 @@ import onnx
 import torch
 
 from robometa import __version__
-from robometa.adaptation import Batch, InnerLoss, adapt_step
+from robometa.algorithms import AlgorithmSpec
+from robometa.algorithms import get as get_algorithm
 from robometa.deploy.bundle import (
-    ADAPT_GRAPH,
     CONFIG_FILE,
     FORMAT_VERSION,
-    LOSS_OUTPUT,
-    LR_PREFIX,
-    LRS_FILE,
     MANIFEST_FILE,
-    NEW_PREFIX,
-    PARAM_PREFIX,
-    PARAMS_FILE,
-    POLICY_GRAPH,
     REQUIRED_FILES,
     Bundle,
     BundleError,
     sha256_file,
 )
-from robometa.export import export_adapt_graph, export_policy_graph, policy_param_names
-from robometa.networks import Params, q_values
 from robometa.policy import POLICY_FILE, Policy
 
-DEFAULT_FINE_TUNE_LR = 1e-3
-#: tolerances of the parity check run after every export.
-Q_TOLERANCE = 1e-5
-PARAM_TOLERANCE = 1e-4
+#: names that moved to :mod:`robometa.bundle_gradient` with the gradient kind; still readable
+#: here (imported on first use, so that importing this module imports no family's writer)
+_GRADIENT_NAMES = frozenset(
+    {
+        "DEFAULT_FINE_TUNE_LR",
+        "PARAM_TOLERANCE",
+        "Q_TOLERANCE",
+        "adaptation_of",
+        "build_manifest",
+        "check_parity",
+        "fine_tune_lr",
+    }
+)
+#: bundle kind -> its parity check ``(policy, bundle_dir)`` (``"module:function"``), what
+#: ``export_bundle(verify=True)`` runs on the written bundle
+PARITY_CHECKS: dict[str, str] = {"gradient": "robometa.bundle_gradient:check_parity"}
 
 
-def fine_tune_lr(config: dict[str, Any]) -> float:
-    """``adaptation.fine_tune_lr`` of a run config (or a top-level ``fine_tune_lr``)."""
-    adaptation = config.get("adaptation")
-    value = config.get("fine_tune_lr", DEFAULT_FINE_TUNE_LR)
-    if isinstance(adaptation, dict) and "fine_tune_lr" in adaptation:
-        value = adaptation["fine_tune_lr"]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"config fine_tune_lr must be a positive number, got {value!r}")
-    return float(value)
+def __getattr__(name: str) -> Any:
+    if name in _GRADIENT_NAMES:
+        from robometa import bundle_gradient
 
-
-def adaptation_of(policy: Policy) -> tuple[Params, InnerLoss, bool]:
-    """The learning rates and inner loss the bundle exports, and whether it is fine-tuning.
-
-    A method with learning rates exports them as trained (the trainer's DQN policies already
-    carry plain fine-tuning rates). A method without (``lrs`` empty, e.g. the oracle) exports
-    fine-tuning of every parameter with the TD loss at the config's ``fine_tune_lr``.
-    """
-    if policy.lrs:
-        lrs = {k: v.detach().float() for k, v in policy.lrs.items()}
-        return lrs, policy.inner, False
-    lr = fine_tune_lr(policy.config)
-    inner = InnerLoss(
-        kind="td",
-        gamma=policy.inner.gamma,
-        huber_delta=policy.inner.huber_delta,
-        model_weight=policy.inner.model_weight,
-    )
-    return {k: torch.tensor(lr) for k in policy.params}, inner, True
+        return getattr(bundle_gradient, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export_bundle(
@@ -166,7 +162,12 @@ def export_bundle(
     bundle is written and verified next to ``out_dir`` and swapped in atomically (the exact
     guarantee is in the module docstring).
     With ``verify`` the written bundle is read back with the runtime's reader and checked
-    against torch (Q-values within 1e-5, one adaptation step within 1e-4); a mismatch raises.
+    against torch by its kind's parity check (:data:`PARITY_CHECKS`; gradient: Q-values within
+    1e-5, one adaptation step within 1e-4); a mismatch raises.
+
+    What the bundle holds is the policy's method family's: the ``write_bundle`` of the class
+    :mod:`robometa.algorithms` registers for ``policy.algorithm`` (a ``ValueError`` naming the
+    algorithm, before anything is written, when none is registered).
     """
     run_dir: Path | None = None
     if isinstance(policy_or_run_dir, Policy):
@@ -176,6 +177,8 @@ def export_bundle(
         policy = Policy.load(run_dir)
         source = str(run_dir / POLICY_FILE if run_dir.is_dir() else run_dir)
     check_env_ids(policy, source)
+    spec = algorithm_of(policy, source)
+    parity = _parity_check(spec) if verify else None
     out = Path(out_dir)
     target = _resolve_target(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,8 +191,8 @@ def export_bundle(
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be copied and shared
             _write(policy, tmp, run_dir)
-            if verify:
-                check_parity(policy, tmp)
+            if parity is not None:
+                parity(policy, tmp)
             _fsync_tree(tmp)
             replaced = _swap_into_place(tmp, target)
         finally:
@@ -197,6 +200,29 @@ def export_bundle(
             if replaced is not None:
                 _empty_and_remove(replaced, target)
     return out
+
+
+def algorithm_of(policy: Policy, source: str = "policy") -> AlgorithmSpec:
+    """The registered spec of ``policy.algorithm``, its class loadable; else ``ValueError``."""
+    try:
+        spec = get_algorithm(policy.algorithm)
+        spec.load()
+    except ValueError as err:
+        raise ValueError(f"{source}: cannot export: {err}") from None
+    return spec
+
+
+def _parity_check(spec: AlgorithmSpec) -> Callable[[Policy, Path], Any]:
+    """The parity check of ``spec``'s bundle kind (:data:`PARITY_CHECKS`)."""
+    entry = PARITY_CHECKS.get(spec.bundle_kind)
+    if entry is None:
+        raise ValueError(
+            f"algorithm {spec.name!r} exports bundle kind {spec.bundle_kind!r}, which has no "
+            f"parity check (kinds with one: {', '.join(PARITY_CHECKS)}); export it without "
+            "verification (verify=False, --no-verify)"
+        )
+    module, attr = entry.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def check_env_ids(policy: Policy, source: str) -> None:
@@ -515,54 +541,93 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- the family's files
+
+
 def _write(policy: Policy, root: Path, run_dir: Path | None) -> None:
-    lrs, inner, fine_tune = adaptation_of(policy)
-    params = {k: v.detach().float() for k, v in policy.params.items()}
-    manifest = build_manifest(policy, params, lrs, inner, fine_tune)  # first: it checks shapes
-    export_policy_graph(policy.net, params, root / POLICY_GRAPH)
-    export_adapt_graph(policy.net, params, lrs, inner, root / ADAPT_GRAPH)
-    np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
-    np.savez(root / LRS_FILE, **{k: v.numpy().astype(np.float32) for k, v in lrs.items()})
+    """Have the policy's method family write its bundle into the empty ``root``, then check
+    that it wrote a robometa manifest of its kind listing every file it wrote."""
+    spec = algorithm_of(policy)
+    method = spec.load()
+    method.write_bundle(policy, root, run_dir)
+    who = f"algorithm {spec.name!r} ({method.__module__}.{method.__qualname__}.write_bundle)"
+    manifest = _robometa_manifest(root)
+    if manifest is None:
+        raise ValueError(
+            f"{who} wrote no robometa {MANIFEST_FILE} (write it with robometa.bundle.finish_bundle)"
+        )
+    if manifest.get("kind") != spec.bundle_kind:
+        raise ValueError(
+            f"{who} wrote a bundle of kind {manifest.get('kind')!r}, but the algorithm's "
+            f"bundle_kind is {spec.bundle_kind!r}"
+        )
+    owned = _owned_files(root, manifest)
+    unlisted = sorted(set(os.listdir(root)) - owned)
+    if unlisted:
+        raise ValueError(
+            f"{who} wrote {', '.join(unlisted)} without listing them in the manifest's files"
+        )
+    missing = sorted(set(manifest["files"]) - owned)
+    if missing:
+        raise ValueError(f"{who} lists {', '.join(map(repr, missing))} but did not write them")
+
+
+#: the order of the manifest's keys: the shared head, the kind's own sections, the shared tail
+_HEAD_KEYS = (
+    "format_version",
+    "kind",
+    "env_id",
+    "algorithm",
+    "privileged",
+    "observation",
+    "action",
+)
+_TAIL_KEYS = ("dynamics", "config", "producer", "graphs", "files")
+
+
+def finish_bundle(root: Path, manifest: Mapping[str, Any], run_dir: Path | None) -> dict[str, Any]:
+    """Copy the run's ``config.yaml`` (when ``run_dir`` has one), add the ``files`` table (every
+    file in ``root``) and write ``manifest.json``: the last step of a family's
+    ``write_bundle``. Returns the manifest written."""
     if run_dir is not None and (run_dir / CONFIG_FILE).is_file():
         shutil.copyfile(run_dir / CONFIG_FILE, root / CONFIG_FILE)
-    for name in (POLICY_GRAPH, ADAPT_GRAPH):
-        _finish_graph(root / name, manifest, name)
-    manifest["graphs"] = {
-        "policy": _graph_entry(root / POLICY_GRAPH),
-        "adapt": _graph_entry(root / ADAPT_GRAPH),
-    }
-    manifest["files"] = {
+    files = {
         f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         for f in sorted(root.iterdir())
         if f.name != MANIFEST_FILE
     }
-    (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    doc = {**manifest, "files": files}
+    ordered = {k: doc[k] for k in _HEAD_KEYS if k in doc}
+    ordered |= {k: v for k, v in doc.items() if k not in _HEAD_KEYS and k not in _TAIL_KEYS}
+    ordered |= {k: doc[k] for k in _TAIL_KEYS if k in doc}
+    (root / MANIFEST_FILE).write_text(json.dumps(ordered, indent=2) + "\n")
+    return ordered
 
 
-def _finish_graph(path: Path, manifest: dict[str, Any], name: str) -> None:
-    """Stamp ONNX ``metadata_props`` and run the full checker on a written graph."""
+def stamp_graph(
+    path: Path, manifest: Mapping[str, Any], doc: str, extra: Mapping[str, str] | None = None
+) -> None:
+    """Stamp ONNX ``metadata_props`` (the shared ones, then ``extra``) and ``doc_string`` on a
+    written graph, and run the full checker on it."""
     model = onnx.load(str(path))
     props = {
         "robometa.format_version": str(FORMAT_VERSION),
-        "robometa.graph": name,
+        "robometa.graph": path.name,
+        "robometa.kind": manifest["kind"],
         "robometa.env_id": manifest["env_id"],
         "robometa.algorithm": manifest["algorithm"],
         "robometa.privileged": json.dumps(manifest["privileged"]),
-        "robometa.inner_kind": manifest["inner"]["kind"],
-        "robometa.adapted": ",".join(manifest["inner"]["adapted"]),
+        **(extra or {}),
         "robometa.version": __version__,
     }
     onnx.helper.set_model_props(model, props)
-    model.doc_string = (
-        "robometa policy: obs -> Q-values, greedy action"
-        if name == POLICY_GRAPH
-        else "robometa adaptation step: params, lrs, transitions, gamma -> new params, loss"
-    )
+    model.doc_string = doc
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
 
-def _graph_entry(path: Path) -> dict[str, Any]:
+def graph_entry(path: Path) -> dict[str, Any]:
+    """A graph's ``manifest["graphs"]`` entry: file, inputs, outputs, opset, IR version."""
     model = onnx.load(str(path))
     return {
         "file": path.name,
@@ -577,10 +642,10 @@ def _json_bound(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def build_manifest(
-    policy: Policy, params: Params, lrs: Params, inner: InnerLoss, fine_tune: bool
-) -> dict[str, Any]:
-    """Everything but ``graphs`` and ``files`` (those need the written files)."""
+def shared_manifest(policy: Policy, kind: str) -> dict[str, Any]:
+    """The manifest sections every bundle kind has, ``kind`` included (see the module
+    docstring). A family's ``write_bundle`` calls this first: it refuses an env id that is not
+    a robometa family, and a network that does not fit the env's observation and actions."""
     import gymnasium as gym
 
     import robometa.envs  # noqa: F401  (registers the robot families)
@@ -619,9 +684,9 @@ def build_manifest(
             f"{' (with the dynamics appended)' if policy.privileged else ''}, "
             f"n_actions={n_actions}"
         )
-    net = policy.net
     return {
         "format_version": FORMAT_VERSION,
+        "kind": kind,
         "env_id": policy.env_id,
         "algorithm": policy.algorithm,
         "privileged": bool(policy.privileged),
@@ -633,34 +698,6 @@ def build_manifest(
             "names": names,
         },
         "action": {"n": n_actions, "names": action_names},
-        "discount": float(inner.gamma),
-        "normalization": {
-            "obs_mean": net.obs_mean.tolist(),
-            "obs_std": net.obs_std.tolist(),
-            "delta_std": net.delta_std.tolist(),
-        },
-        "network": {
-            "obs_dim": spec.obs_dim,
-            "n_actions": spec.n_actions,
-            "hidden": list(spec.hidden),
-            "context_dim": spec.context_dim,
-            "activation": spec.activation,
-            "policy_inputs": policy_param_names(params),
-        },
-        "inner": {
-            "kind": inner.kind,
-            "huber_delta": inner.huber_delta,
-            "model_weight": inner.model_weight,
-            "steps": int(policy.adapt_steps),
-            "support_size": int(policy.support_size),
-            "adapted": list(lrs),
-            "lr": {k: _lr_summary(v) for k, v in lrs.items()},
-            "fine_tune": fine_tune,
-            # Meta-learned inner loops were trained to start from the meta-parameters on
-            # fresh support data; fine-tuning continues from wherever it is.
-            "from_meta": not fine_tune,
-        },
-        "parameters": {k: {"shape": list(v.shape), "adapted": k in lrs} for k, v in params.items()},
         "dynamics": {
             "family": space.family,
             "overrides": policy.dynamics,
@@ -668,18 +705,6 @@ def build_manifest(
         },
         "config": policy.config,
         "producer": _producer(),
-    }
-
-
-def _lr_summary(lr: torch.Tensor) -> float | dict[str, Any]:
-    if lr.dim() == 0:
-        return float(lr)
-    return {
-        "per_parameter": True,
-        "shape": list(lr.shape),
-        "min": float(lr.min()),
-        "max": float(lr.max()),
-        "mean": float(lr.mean()),
     }
 
 
@@ -693,83 +718,3 @@ def _producer() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
     }
-
-
-# --------------------------------------------------------------------------- parity
-
-
-def check_parity(policy: Policy, bundle_dir: str | Path, seed: int = 0) -> dict[str, float]:
-    """Compare a written bundle with torch; raise ``AssertionError`` beyond the tolerances.
-
-    Returns the largest absolute differences (``q_values``, ``adapted_params``) for reporting.
-    """
-    import onnxruntime as ort
-
-    bundle = Bundle.load(bundle_dir)
-    lrs, inner, _ = adaptation_of(policy)
-    net = policy.net
-    params = {k: v.detach().float() for k, v in policy.params.items()}
-    gen = torch.Generator().manual_seed(seed)
-    obs = net.obs_mean + net.obs_std * torch.randn(7, net.spec.obs_dim, generator=gen)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    pol = ort.InferenceSession(str(bundle.file(POLICY_GRAPH)), options, ["CPUExecutionProvider"])
-    feeds = _feeds(pol, bundle.params, obs=obs.numpy())
-    q_ort, a_ort = pol.run(None, feeds)
-    with torch.no_grad():
-        q_torch = q_values(net, params, obs)
-    q_err = float(np.abs(q_ort - q_torch.numpy()).max())
-    if q_err > Q_TOLERANCE or not np.array_equal(a_ort, q_torch.argmax(1).numpy()):
-        raise AssertionError(f"{bundle.file(POLICY_GRAPH)}: Q-values differ from torch by {q_err}")
-    n = 9
-    b_obs = net.obs_mean + net.obs_std * torch.randn(n, net.spec.obs_dim, generator=gen)
-    batch = Batch(
-        b_obs,
-        torch.randint(0, net.spec.n_actions, (n,), generator=gen),
-        torch.randn(n, generator=gen),
-        b_obs + 0.1 * net.obs_std * torch.randn(n, net.spec.obs_dim, generator=gen),
-        (torch.rand(n, generator=gen) < 0.2).float(),
-    )
-    with torch.no_grad():
-        new_torch, loss_torch = adapt_step(net, params, lrs, batch, inner)
-    ad = ort.InferenceSession(str(bundle.file(ADAPT_GRAPH)), options, ["CPUExecutionProvider"])
-    feeds = _feeds(
-        ad,
-        bundle.params,
-        lrs=bundle.lrs,
-        obs=batch.obs.numpy(),
-        action=batch.action.numpy(),
-        reward=batch.reward.numpy(),
-        next_obs=batch.next_obs.numpy(),
-        terminated=batch.terminated.numpy(),
-        gamma=np.float32(bundle.discount),
-    )
-    outputs = dict(zip([o.name for o in ad.get_outputs()], ad.run(None, feeds), strict=True))
-    p_err = max(
-        float(np.abs(outputs[NEW_PREFIX + k] - new_torch[k].numpy()).max()) for k in bundle.adapted
-    )
-    loss_err = abs(float(outputs[LOSS_OUTPUT]) - float(loss_torch))
-    if p_err > PARAM_TOLERANCE or loss_err > PARAM_TOLERANCE:
-        raise AssertionError(
-            f"{bundle.file(ADAPT_GRAPH)}: adapted parameters differ from torch by {p_err}, "
-            f"loss by {loss_err}"
-        )
-    return {"q_values": q_err, "adapted_params": p_err, "loss": loss_err}
-
-
-def _feeds(
-    session: Any,
-    params: dict[str, np.ndarray],
-    lrs: dict[str, np.ndarray] | None = None,
-    **data: Any,
-) -> dict[str, np.ndarray]:
-    """Feed every input the session declares, by its prefix."""
-    feeds: dict[str, np.ndarray] = {}
-    for i in session.get_inputs():
-        if i.name.startswith(PARAM_PREFIX):
-            feeds[i.name] = params[i.name.removeprefix(PARAM_PREFIX)]
-        elif i.name.startswith(LR_PREFIX):
-            feeds[i.name] = (lrs or {})[i.name.removeprefix(LR_PREFIX)]
-        else:
-            feeds[i.name] = np.asarray(data[i.name])
-    return feeds

@@ -226,6 +226,50 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a trained run (RUN_DIR/policy.pt) as an ONNX bundle for the robot."""
+    from robometa.bundle import export_bundle
+
+    try:
+        out = export_bundle(
+            args.run_dir, args.out, verify=not args.no_verify, overwrite=args.overwrite
+        )
+    except (FileExistsError, FileNotFoundError):
+        raise  # the CLI prints these as one error line
+    except OSError as err:  # permissions, a read-only or full disk: one line naming the path
+        raise ValueError(f"cannot write bundle {args.out}: {err}") from err
+    print(f"wrote bundle {out}")
+    return 0
+
+
+def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``robometa export RUN_DIR --out BUNDLE_DIR`` on the CLI's subparsers."""
+    from pathlib import Path
+
+    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
+    p.add_argument("run_dir", type=Path, help="run directory holding policy.pt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="bundle directory to write: a new or empty directory, or an existing bundle with "
+        "--overwrite (a symlink to one is followed; the current directory is refused)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the robometa bundle already at --out (a directory that is not a bundle, "
+        "or also holds files robometa did not write, is refused and never touched)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the ONNX-vs-torch parity check after writing (default: check)",
+    )
+    p.set_defaults(func=cmd_export)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robometa import __version__
     from robometa.config import MAX_ADAPT_STEPS, MAX_ENV_STEPS, MAX_SEED
@@ -371,8 +415,6 @@ def build_parser() -> argparse.ArgumentParser:
         "robot families)",
     )
     p.set_defaults(func=cmd_play)
-
-    from robometa.export import add_export_command
 
     add_export_command(sub)
     return parser

@@ -1,4 +1,8 @@
-"""Tracing the Q-network and the one ``adapt_step`` into ONNX graphs, and ``robometa export``.
+"""Tracing the Q-network and the one ``adapt_step`` into ONNX graphs.
+
+This module only traces: the bundle writer (:mod:`robometa.bundle`, and the gradient kind's
+files in :mod:`robometa.bundle_gradient`) calls it, and the ``robometa export`` command lives in
+:mod:`robometa.cli`; nothing here imports either.
 
 Both graphs take the parameters as *inputs* (no initializers for them), so the runtime feeds
 the meta-parameters or any adapted ones through the same graph. The normalization buffers
@@ -13,7 +17,6 @@ others pass through unchanged, and the inner loss before the step.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import warnings
@@ -37,7 +40,6 @@ from robometa.deploy.bundle import (
     Q_OUTPUT,
 )
 from robometa.networks import Params, QNetwork, q_values
-from robometa.policy import Policy
 
 #: the smallest batch the graphs accept (batch 1 is what ``act`` runs).
 MIN_BATCH = 1
@@ -184,50 +186,3 @@ def _example_batch(net: QNetwork, n: int) -> Batch:
         obs + 0.1 * net.obs_std * torch.randn(n, net.spec.obs_dim, generator=gen),
         torch.zeros(n),
     )
-
-
-# --------------------------------------------------------------------------- random policies
-
-# --------------------------------------------------------------------------- command line
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Export a trained run (RUN_DIR/policy.pt) as an ONNX bundle for the robot."""
-    from robometa.bundle import export_bundle
-
-    try:
-        out = export_bundle(
-            args.run_dir, args.out, verify=not args.no_verify, overwrite=args.overwrite
-        )
-    except (FileExistsError, FileNotFoundError):
-        raise  # the CLI prints these as one error line
-    except OSError as err:  # permissions, a read-only or full disk: one line naming the path
-        raise ValueError(f"cannot write bundle {args.out}: {err}") from err
-    print(f"wrote bundle {out}")
-    return 0
-
-
-def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``robometa export RUN_DIR --out BUNDLE_DIR`` on the CLI's subparsers."""
-    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
-    p.add_argument("run_dir", type=Path, help="run directory holding policy.pt")
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="bundle directory to write: a new or empty directory, or an existing bundle with "
-        "--overwrite (a symlink to one is followed; the current directory is refused)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the robometa bundle already at --out (a directory that is not a bundle, "
-        "or also holds files robometa did not write, is refused and never touched)",
-    )
-    p.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip the ONNX-vs-torch parity check after writing (default: check)",
-    )
-    p.set_defaults(func=cmd_export)
-    return p

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -27,17 +31,18 @@ from robometa.deploy.bundle import (
 )
 from robometa.deploy.cli import main as deploy_main
 
+import robometa.algorithms as algorithms
 import robometa.bundle as writer
 from robometa import __version__
 from robometa.adaptation import INNER_LOSSES, Batch, adapt
-from robometa.bundle import adaptation_of, check_parity, export_bundle
-from robometa.testing import RANDOM_POLICY_METHODS, random_policy
-from robometa.export import (
-    add_export_command,
-    export_adapt_graph,
-)
+from robometa.bundle import export_bundle
+from robometa.bundle_gradient import adaptation_of, check_parity
+from robometa.cli import add_export_command
+from robometa.export import export_adapt_graph
+from robometa.methods.dqn import DQN
 from robometa.networks import NetworkSpec, QNetwork, q_values
 from robometa.policy import Policy
+from robometa.testing import RANDOM_POLICY_METHODS, random_policy
 
 ENV_ID = "robometa/CartPole-v0"
 #: one bundle per kind of learning rates; together they cover every inner loss and the oracle.
@@ -346,6 +351,131 @@ class TestExportErrors:
         assert len(calls) == 2  # the refused export wrote nothing
         assert json.loads((out / MANIFEST_FILE).read_text())["n"] == 2
         assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+#: the manifest's keys in the order an export writes them (``kind`` is the only new one)
+MANIFEST_KEYS = [
+    "format_version",
+    "kind",
+    "env_id",
+    "algorithm",
+    "privileged",
+    "observation",
+    "action",
+    "discount",
+    "normalization",
+    "network",
+    "inner",
+    "parameters",
+    "dynamics",
+    "config",
+    "producer",
+    "graphs",
+    "files",
+]
+
+
+class TestKind:
+    def test_manifest_and_graphs_name_the_gradient_kind(self, case) -> None:
+        policy, path = case
+        m = json.loads((path / MANIFEST_FILE).read_text())
+        assert m["kind"] == "gradient" == algorithms.get(policy.algorithm).bundle_kind
+        assert list(m) == MANIFEST_KEYS
+        for name in (POLICY_GRAPH, ADAPT_GRAPH):
+            props = {p.key: p.value for p in onnx.load(str(path / name)).metadata_props}
+            assert props["robometa.kind"] == "gradient"
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("robometa.export", ("robometa.bundle", "robometa.bundle_gradient", "robometa.cli")),
+        ("robometa.bundle", ("robometa.export", "robometa.bundle_gradient", "robometa.cli")),
+        ("robometa.cli", ("robometa.export", "robometa.bundle", "robometa.bundle_gradient")),
+    ],
+)
+def test_the_tracer_and_the_writer_do_not_import_each_other(module: str, absent) -> None:
+    """export.py traces, bundle.py writes: neither imports the other (nor the CLI) at import."""
+    code = f"import sys, {module}; print(sorted(m for m in {list(absent)!r} if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+class RecordingDQN(DQN):
+    """DQN whose bundle is the default one, written through an override that records the call."""
+
+    calls: ClassVar[list[tuple[str, Path, Any]]] = []
+
+    @classmethod
+    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
+        cls.calls.append((policy.algorithm, root, run_dir))
+        super().write_bundle(policy, root, run_dir)
+
+
+class ManifestlessDQN(DQN):
+    """A broken family: its bundle has a file but no manifest."""
+
+    @classmethod
+    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
+        (root / PARAMS_FILE).write_bytes(b"not a bundle")
+
+
+@contextlib.contextmanager
+def registered(name: str, cls: type, **kwargs: Any) -> Iterator[None]:
+    algorithms.register(name, f"{__name__}:{cls.__name__}", family="dqn", replace=True, **kwargs)
+    try:
+        yield
+    finally:
+        algorithms.unregister(name)
+
+
+class TestFamilyExport:
+    def test_an_unregistered_algorithm_is_refused_before_anything_is_written(
+        self, tmp_path: Path
+    ) -> None:
+        policy = random_policy("cavia")
+        policy.algorithm = "no-such-method"
+        with pytest.raises(ValueError, match="unknown algorithm 'no-such-method'"):
+            export_bundle(policy, tmp_path / "out" / "bundle")
+        assert list(tmp_path.iterdir()) == []
+
+    def test_export_calls_the_familys_write_bundle(self, tmp_path: Path) -> None:
+        RecordingDQN.calls.clear()
+        policy = random_policy("dqn", hidden=(16, 16), seed=3)
+        policy.algorithm = "toy-recording"
+        out = tmp_path / "bundle"
+        with registered("toy-recording", RecordingDQN):
+            export_bundle(policy, out)  # verified: the parity check of the gradient kind
+        [(algorithm, root, run_dir)] = RecordingDQN.calls
+        assert algorithm == "toy-recording" and run_dir is None
+        assert root.parent == tmp_path and root != out  # the temp directory, swapped in
+        m = Bundle.load(out).manifest
+        assert (m["algorithm"], m["kind"]) == ("toy-recording", "gradient")
+        assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+    def test_a_family_that_writes_no_manifest_is_refused_and_cleaned_up(
+        self, tmp_path: Path
+    ) -> None:
+        policy = random_policy("dqn")
+        policy.algorithm = "toy-broken"
+        with (
+            registered("toy-broken", ManifestlessDQN),
+            pytest.raises(ValueError, match="'toy-broken'.*wrote no robometa manifest.json"),
+        ):
+            export_bundle(policy, tmp_path / "bundle", verify=False)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_kind_without_a_parity_check_needs_no_verify(self, tmp_path: Path) -> None:
+        policy = random_policy("dqn")
+        policy.algorithm = "toy-other"
+        with (
+            registered("toy-other", RecordingDQN, bundle_kind="other"),
+            pytest.raises(ValueError, match="bundle kind 'other', which has no parity check"),
+        ):
+            export_bundle(policy, tmp_path / "bundle")
+        assert list(tmp_path.iterdir()) == []
 
 
 COVERED = {(m, i) for m, i, _ in CASES.values()}

@@ -27,8 +27,8 @@ from robometa.deploy.bundle import MANIFEST_FILE, PARAMS_FILE
 
 import robometa.bundle as writer
 from robometa.cli import main as cli_main
-from robometa.testing import random_policy
 from robometa.policy import Policy
+from robometa.testing import random_policy
 
 USER_FILES = {"adapter-state.npz": b"the user's adapted state", "notes.txt": b"keep me\n"}
 
