@@ -19,16 +19,14 @@ import reprlib
 import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import robometa.algorithms
 from robometa.envs import FAMILIES
 from robometa.envs.safe_load import InputError, dump_yaml, parse_yaml, read_text
-
-ALGORITHMS = ("dqn", "oracle", "maml", "fomaml", "metasgd", "anil", "cavia", "reptile")
-META_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "cavia", "reptile")
 
 #: the largest seed: numpy and gymnasium seeds are unsigned 32-bit numbers
 MAX_SEED = 2**32 - 1
@@ -49,9 +47,13 @@ def _f(
     *,
     lo: float | None = None,
     hi: float | None = None,
-    choices: Sequence[Any] | None = None,
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
 ) -> Any:
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": tuple(choices) if choices else None}
+    """A field with its documentation and allowed values; ``choices`` may be a function, read
+    each time a value is checked (``algorithm``: whatever is registered then)."""
+    if choices is not None and not callable(choices):
+        choices = tuple(choices) or None
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -238,7 +240,7 @@ class LoggingConfig:
 class Config:
     """A whole experiment, read top to bottom."""
 
-    algorithm: str = _f("dqn", "what to train", choices=ALGORITHMS)
+    algorithm: str = _f("dqn", "what to train", choices=robometa.algorithms.names)
     seed: int = _f(0, "seed of everything (tasks, envs, networks, exploration)", lo=0, hi=MAX_SEED)
     env: EnvConfig = field(default_factory=EnvConfig, metadata={"doc": "robot family"})
     network: NetworkConfig = field(default_factory=NetworkConfig, metadata={"doc": "Q-network"})
@@ -297,6 +299,14 @@ def range_text(meta: Mapping[str, Any]) -> str:
     return f"[{_number_text(meta.get('lo'), '-inf')}, {_number_text(meta.get('hi'), 'inf')}]"
 
 
+def allowed_values(meta: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A field's allowed values now (``None``: any value of its type)."""
+    choices = meta.get("choices")
+    if callable(choices):
+        choices = tuple(choices())
+    return choices or None
+
+
 def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any], source: str) -> Any:
     where = f" in {source}" if source else ""
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -316,10 +326,9 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any], source: str)
         name = _type_name(tp)
         article = "an" if name[0] in "aeiou" else "a"
         raise ValueError(f"config key '{key}': {_show(value)} is not {article} {name}{where}")
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ValueError(
-            f"config key '{key}': {_show(value)} is not one of {list(meta['choices'])}{where}"
-        )
+    choices = allowed_values(meta)
+    if choices and value not in choices:
+        raise ValueError(f"config key '{key}': {_show(value)} is not one of {list(choices)}{where}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if tp in (int, float) and (
         (lo is not None and value < lo)
@@ -520,28 +529,11 @@ def _check_combination(cfg: Config, where: str) -> None:
             f"config key 'dqn.epsilon_end': {cfg.dqn.epsilon_end} must not exceed "
             f"dqn.epsilon_start = {cfg.dqn.epsilon_start}{where}"
         )
-    if cfg.algorithm == "anil" and cfg.adaptation.loss == "model":
-        raise ValueError(
-            "config key 'adaptation.loss': anil adapts only the heads, and the model loss never "
-            f"reaches the Q head, so it needs 'td' or 'td+model', got 'model'{where}"
-        )
-    if cfg.algorithm == "reptile" and cfg.adaptation.loss == "model":
-        # Checked here, not only by MetaLearner: train() writes the run directory first.
-        raise ValueError(
-            "config key 'adaptation.loss': reptile learns Q only through its inner loop, so it "
-            f"needs 'td' or 'td+model', got 'model'{where}"
-        )
-    if cfg.algorithm == "cavia" and cfg.network.context_dim < 1:
-        raise ValueError(
-            f"config key 'network.context_dim': cavia needs a context vector (>= 1), got "
-            f"{cfg.network.context_dim}{where}"
-        )
-    if cfg.algorithm in META_ALGORITHMS and cfg.meta.collect_steps < 1:
-        raise ValueError(
-            f"config key 'meta.collect_steps': {cfg.algorithm} collects its data in rounds of "
-            f"meta.collect_steps env steps per task, so it needs >= 1 (0 never reaches "
-            f"dqn.total_steps){where}"
-        )
+    # The algorithm's own rules (robometa.algorithms), checked here rather than when it is
+    # built: train() writes the run directory first.
+    check = robometa.algorithms.get(cfg.algorithm).check
+    if check is not None:
+        check(cfg, where)
 
 
 def _check_env(cfg: Config, where: str) -> None:
@@ -621,8 +613,9 @@ def reference_table() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             doc = f.metadata.get("doc", "")
-            if f.metadata.get("choices"):
-                doc += " (one of " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + ")"
+            choices = allowed_values(f.metadata)
+            if choices:
+                doc += " (one of " + ", ".join(f"`{c}`" for c in choices) + ")"
             elif f.metadata.get("lo") is not None or f.metadata.get("hi") is not None:
                 doc += f" (range {range_text(f.metadata)})"
             rows.append(
@@ -632,6 +625,3 @@ def reference_table() -> str:
 
     walk(Config, "")
     return "\n".join(rows)
-
-
-Algorithm = Literal["dqn", "oracle", "maml", "fomaml", "metasgd", "anil", "cavia", "reptile"]

@@ -8,16 +8,24 @@ next-state change for every action (the ``model`` inner loss: no reward needed o
 
 Normalization constants are buffers, fitted once before training and never adapted; they are
 exported inside the ONNX graphs.
+
+Acting once per environment step is faster in numpy than through torch's per-call overhead:
+:meth:`QNetwork.numpy_actor` is the Q path as a numpy function (what
+:func:`robometa.rollout.greedy_act_fn` uses; a network class without one is run through torch).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from robometa.collection import ActFn
 
 Params = dict[str, Tensor]
 
@@ -44,6 +52,12 @@ class NetworkSpec:
 
 
 ACTIVATIONS = {"relu": nn.functional.relu, "tanh": torch.tanh, "elu": nn.functional.elu}
+#: the same activations in numpy (:meth:`QNetwork.numpy_actor`)
+NUMPY_ACTIVATIONS = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "tanh": np.tanh,
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+}
 
 
 class QNetwork(nn.Module):
@@ -95,6 +109,39 @@ class QNetwork(nn.Module):
         """A detached copy of the parameters as a plain dict (the functional form)."""
         return {k: v.detach().clone() for k, v in self.named_parameters()}
 
+    def numpy_actor(self, params: Params) -> ActFn | None:
+        """The greedy single-observation actor of the Q path under ``params``, in numpy: the
+        weights are copied once, and ``act(obs)`` equals ``q_values(self, params,
+        obs).argmax()``. ``None`` for a subclass that changes :meth:`features` or
+        :meth:`forward` (this copy of the Q path would not be its own)."""
+        cls = type(self)
+        if cls.forward is not QNetwork.forward or cls.features is not QNetwork.features:
+            return None
+        spec = self.spec
+
+        def array(name: str, transpose: bool = False) -> np.ndarray:
+            value = params[name].detach().numpy()
+            return (value.T if transpose else value).copy()
+
+        layers = [
+            (array(f"body.{i}.weight", True), array(f"body.{i}.bias"))
+            for i in range(len(spec.hidden))
+        ]
+        w_q, b_q = array("q_head.weight", True), array("q_head.bias")
+        mean, std = self.obs_mean.numpy().copy(), self.obs_std.numpy().copy()
+        context = array("context") if spec.context_dim else None
+        activation = NUMPY_ACTIVATIONS[spec.activation]
+
+        def act(obs: np.ndarray) -> int:
+            x = (np.asarray(obs, np.float32) - mean) / std
+            if context is not None:
+                x = np.concatenate([x, context])
+            for w, b in layers:
+                x = activation(x @ w + b)
+            return int(np.argmax(x @ w_q + b_q))
+
+        return act
+
 
 def q_values(net: QNetwork, params: Params, obs: Tensor) -> Tensor:
     """Q-values of ``obs`` under ``params`` (a full parameter dict)."""
@@ -105,7 +152,9 @@ def q_and_delta(net: QNetwork, params: Params, obs: Tensor) -> tuple[Tensor, Ten
     return functional_call(net, params, (obs,))
 
 
-def head_names(net: QNetwork) -> tuple[str, ...]:
+def head_names(net: nn.Module | Iterable[str]) -> tuple[str, ...]:
     """Parameters of the two output heads, Q and dynamics model: what ANIL adapts (its body
-    stays the meta-learned one), in training, evaluation, export and ``random_policy``."""
-    return tuple(n for n, _ in net.named_parameters() if n.startswith(("q_head.", "model_head.")))
+    stays the meta-learned one), in training, evaluation, export and ``random_policy``.
+    ``net``: a network, or its parameter names (in their order)."""
+    names = [n for n, _ in net.named_parameters()] if isinstance(net, nn.Module) else net
+    return tuple(n for n in names if n.startswith(("q_head.", "model_head.")))

@@ -2,23 +2,66 @@
 
 Saved as ``policy.pt`` in a run directory. The file holds only tensors, numbers, strings and
 lists (loaded with ``torch.load(weights_only=True)``: no pickled code), plus a format version.
+Its network is rebuilt by the family of the algorithm it names
+(:meth:`robometa.methods.base.Method.network_from_spec`), looked up in the registry
+(:mod:`robometa.algorithms`): a file never names code to import.
+
+This module also holds the one atomic writer of robometa's training files
+(:func:`write_atomic`, :func:`save_atomic`): policies here and the run's files in
+:mod:`robometa.train`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
+import robometa.algorithms
 from robometa import __version__
 from robometa.adaptation import Batch, InnerLoss, adapt
-from robometa.networks import NetworkSpec, Params, QNetwork, q_values
+from robometa.networks import Params, QNetwork, q_values
 
 POLICY_FORMAT = 1
 POLICY_FILE = "policy.pt"
+
+
+class RunWriteError(ValueError):
+    """A file of a run could not be written (disk full, read-only, a parent that is a regular
+    file): one line naming ``path``. A ``ValueError``, so ``robometa`` exits 2 with the
+    message; the previous file at ``path`` is unchanged and no temporary file is left."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def os_reason(err: OSError) -> str:
+    """What an ``OSError`` says, without its errno prefix."""
+    return err.strerror or str(err)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Fill ``path`` through ``write(f)`` all at once or not at all: the runtime's one atomic
+    writer (:func:`robometa.deploy.runtime.atomic_write`: a temporary file next to ``path``,
+    fsynced, renamed, removed on any failure), its failure a :class:`RunWriteError`."""
+    from robometa.deploy.runtime import WriteError, atomic_write  # onnxruntime: when writing
+
+    try:
+        atomic_write(path, write)
+    except WriteError as err:
+        cause = err.__cause__
+        reason = os_reason(cause) if isinstance(cause, OSError) else str(err)
+        raise RunWriteError(f"cannot write {path}: {reason}", path) from None
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through :func:`write_atomic`: a kill or a full disk keeps the old file."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 @dataclass
@@ -83,8 +126,6 @@ class Policy:
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / POLICY_FILE
-        from robometa.train import save_atomic  # the one atomic writer (train imports us)
-
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(self.state(), path)  # a failure is a RunWriteError naming the path
         return path
@@ -96,9 +137,7 @@ class Policy:
                 f"{source}: policy format {state.get('format')!r} is not supported "
                 f"(this robometa reads format {POLICY_FORMAT})"
             )
-        spec = json.loads(state["spec"])
-        spec["hidden"] = tuple(spec["hidden"])
-        net = QNetwork(NetworkSpec(**spec))
+        net = _network(state["algorithm"], json.loads(state["spec"]), source)
         net.load_state_dict({**state["params"], **state["buffers"]})
         return cls(
             algorithm=state["algorithm"],
@@ -132,3 +171,18 @@ class Policy:
                 f"{POLICY_FILE}): {type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
             ) from err
         return cls.from_state(state, path)
+
+
+def _network(algorithm: Any, spec: dict[str, Any], source: str | Path) -> QNetwork:
+    """The untrained network of a saved policy, built by its algorithm's family. Only a
+    registered name is looked up (nothing the file names is imported); another one is a
+    ``ValueError`` naming the file, the name and the registered ones."""
+    try:
+        family = robometa.algorithms.get(algorithm)
+    except ValueError:
+        raise ValueError(
+            f"{source}: the policy was trained with algorithm {str(algorithm)!r:.80}, which is "
+            f"not registered here (registered: {', '.join(robometa.algorithms.names())}); "
+            "install the package that registers it"
+        ) from None
+    return family.load().network_from_spec(spec)

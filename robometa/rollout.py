@@ -1,8 +1,9 @@
-"""Running policies on robot families: env construction, collection and greedy returns."""
+"""Running policies on robot families: env construction, training tasks, greedy actors,
+collection (through the one loop of :mod:`robometa.collection`) and greedy returns."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -10,12 +11,12 @@ import numpy as np
 import torch
 
 import robometa.envs
-from robometa.envs import Task
+from robometa import collection
+from robometa.collection import ActFn, Episode, StoreFn
+from robometa.envs import DynamicsSpace, Task
 from robometa.envs.wrappers import PrivilegedObservation
-from robometa.networks import Params, QNetwork
+from robometa.networks import Params, QNetwork, q_values
 from robometa.replay import ReplayBuffer
-
-ActFn = Callable[[np.ndarray], int]
 
 
 def make_env(
@@ -43,40 +44,40 @@ def seed_from(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 
 
-_NUMPY_ACTIVATIONS = {
-    "relu": lambda x: np.maximum(x, 0.0),
-    "tanh": np.tanh,
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
-}
+def train_tasks(
+    space: DynamicsSpace, which: str, n: int, seed: int | np.random.Generator
+) -> list[Task]:
+    """``n`` training tasks as ``env.tasks`` (``which``) says: the nominal robot ``n`` times
+    (``nominal``: nothing is drawn), else ``n`` draws from the train split seeded by ``seed``.
+    A generator ``seed`` gives that seed (:func:`seed_from`) only when tasks are drawn, so a
+    nominal run's generator is not advanced."""
+    if which == "nominal":
+        return [space.nominal()] * n
+    if isinstance(seed, np.random.Generator):
+        seed = seed_from(seed)
+    return space.sample(n, seed=seed, split="train")
 
 
-def greedy_act_fn(net: QNetwork, params: Params) -> ActFn:
-    """Greedy single-observation actor: the Q path of ``net`` under ``params``, in numpy.
+def greedy_act_fn(net: torch.nn.Module, params: Params) -> ActFn:
+    """Greedy single-observation actor: the Q path of ``net`` under ``params``.
 
-    Acting runs once per environment step, where torch's per-call overhead would dominate; the
-    weights are copied once, and the result equals ``q_values(net, params, obs).argmax()``.
+    Acting runs once per environment step, where torch's per-call overhead would dominate, so
+    the network's numpy actor (:meth:`QNetwork.numpy_actor <robometa.networks.QNetwork.numpy_actor>`)
+    is used when it has one; otherwise (another family's network) :func:`torch_act_fn`. Either
+    equals ``q_values(net, params, obs).argmax()``.
     """
-    spec = net.spec
-    layers = [
-        (
-            params[f"body.{i}.weight"].detach().numpy().T.copy(),
-            params[f"body.{i}.bias"].detach().numpy().copy(),
-        )
-        for i in range(len(spec.hidden))
-    ]
-    w_q = params["q_head.weight"].detach().numpy().T.copy()
-    b_q = params["q_head.bias"].detach().numpy().copy()
-    mean, std = net.obs_mean.numpy().copy(), net.obs_std.numpy().copy()
-    context = params["context"].detach().numpy().copy() if spec.context_dim else None
-    activation = _NUMPY_ACTIVATIONS[spec.activation]
+    numpy_actor = getattr(net, "numpy_actor", None)
+    act = numpy_actor(params) if callable(numpy_actor) else None
+    return act if act is not None else torch_act_fn(net, params)
+
+
+def torch_act_fn(net: torch.nn.Module, params: Params) -> ActFn:
+    """Greedy single-observation actor through torch: ``q_values(net, params, obs).argmax()``."""
 
     def act(obs: np.ndarray) -> int:
-        x = (np.asarray(obs, np.float32) - mean) / std
-        if context is not None:
-            x = np.concatenate([x, context])
-        for w, b in layers:
-            x = activation(x @ w + b)
-        return int(np.argmax(x @ w_q + b_q))
+        x = torch.from_numpy(np.asarray(obs, np.float32)).unsqueeze(0)
+        with torch.no_grad():
+            return int(q_values(net, params, x).argmax(1)[0])
 
     return act
 
@@ -102,20 +103,33 @@ def collect(
     rng: np.random.Generator,
     buffer: ReplayBuffer | None = None,
 ) -> ReplayBuffer:
-    """``n`` epsilon-greedy transitions on ``task`` (episodes restart as needed)."""
+    """``n`` epsilon-greedy transitions on ``task`` (episodes restart as needed), through
+    :func:`robometa.collection.collect`; a step the physics rejected is not stored."""
     buf = buffer if buffer is not None else ReplayBuffer(n, env.observation_space.shape[0])
     env.unwrapped.set_task(task)
-    obs, _ = env.reset(seed=seed_from(rng))
-    n_actions = env.action_space.n
-    for _ in range(n):
-        a = int(rng.integers(n_actions)) if rng.random() < epsilon else act(obs)
-        nxt, r, term, trunc, info = env.step(a)
-        if not info.get("physics_error", False):
-            buf.add(obs, a, r, nxt, term)
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset(seed=seed_from(rng))
+
+    def restart() -> np.ndarray:
+        return env.reset(seed=seed_from(rng))[0]
+
+    episode = Episode(restart())
+    collection.collect(
+        env, episode, act, n, epsilon, rng, int(env.action_space.n), store_into(buf), restart
+    )
     return buf
+
+
+def store_into(*buffers: ReplayBuffer) -> StoreFn:
+    """A collection ``store`` that adds each transition to ``buffers`` unless the env reported
+    a physics error for the step (``info["physics_error"]``)."""
+
+    def store(
+        obs: np.ndarray, action: int, reward: float, nxt: np.ndarray, term: bool, info: dict
+    ) -> None:
+        if not info.get("physics_error", False):
+            for buf in buffers:
+                buf.add(obs, action, reward, nxt, term)
+
+    return store
 
 
 def fit_normalization(

@@ -41,15 +41,24 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
+import robometa.algorithms
 from robometa import __version__
-from robometa.config import META_ALGORITHMS, Config, config_from_dict, load_config
+from robometa.config import Config, config_from_dict, load_config
 from robometa.envs.safe_load import parse_yaml, read_text
-from robometa.policy import POLICY_FILE, Policy
+from robometa.methods.base import Method
+from robometa.policy import (  # the one atomic writer; importable from here as before
+    POLICY_FILE,
+    Policy,
+    RunWriteError,
+    os_reason,
+    save_atomic,
+    write_atomic,
+)
 
 CHECKPOINT_FORMAT = 1
 #: files whose presence marks a directory as holding a run (training into it refuses)
@@ -76,32 +85,15 @@ METRIC_FIELDS = (
 )
 
 
-class Algorithm(Protocol):
-    env_steps: int
-    rng: np.random.Generator
-
-    @property
-    def steps_per_iteration(self) -> int:
-        """Env steps one ``iterate()`` takes: a run ends at the first multiple of this at or
-        past ``dqn.total_steps``."""
-        ...
-
-    def iterate(self) -> dict[str, Any]: ...
-    def boundary(self) -> None: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-    def policy(self) -> Policy: ...
-    def close(self) -> None: ...
+def make_algorithm(cfg: Config) -> Method:
+    """The trainer of ``cfg.algorithm``, as the registry (:mod:`robometa.algorithms`) names it."""
+    return robometa.algorithms.load(cfg.algorithm)(cfg)
 
 
-def make_algorithm(cfg: Config) -> Algorithm:
-    if cfg.algorithm in META_ALGORITHMS:
-        from robometa.methods.gradient import MetaLearner
-
-        return MetaLearner(cfg)
-    from robometa.methods.dqn import DQN
-
-    return DQN(cfg)
+def _adapts(algorithm: str) -> bool:
+    """Whether ``algorithm`` was trained to adapt (the learning curve's label; a run of an
+    algorithm not registered in this process is drawn as one that does not)."""
+    return algorithm in robometa.algorithms.adapting()
 
 
 def final_env_steps(env_steps: int, total: int, per_iteration: int) -> int:
@@ -112,42 +104,9 @@ def final_env_steps(env_steps: int, total: int, per_iteration: int) -> int:
     return env_steps + math.ceil((total - env_steps) / per_iteration) * per_iteration
 
 
-class RunWriteError(ValueError):
-    """A file of a run could not be written (disk full, read-only, a parent that is a regular
-    file): one line naming ``path``. A ``ValueError``, so ``robometa`` exits 2 with the
-    message; the previous file at ``path`` is unchanged and no temporary file is left."""
-
-    def __init__(self, message: str, path: Path) -> None:
-        super().__init__(message)
-        self.path = path
-
-
 class CheckpointError(ValueError):
     """``checkpoint.pt`` is not a checkpoint this robometa can continue (empty, truncated,
     another kind of file, a newer format); the message names the file."""
-
-
-def _os_reason(err: OSError) -> str:
-    return err.strerror or str(err)
-
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Fill ``path`` through ``write(f)`` all at once or not at all: the runtime's one atomic
-    writer (:func:`robometa.deploy.runtime.atomic_write`: a temporary file next to ``path``,
-    fsynced, renamed, removed on any failure), its failure a :class:`RunWriteError`."""
-    from robometa.deploy.runtime import WriteError, atomic_write
-
-    try:
-        atomic_write(path, write)
-    except WriteError as err:
-        cause = err.__cause__
-        reason = _os_reason(cause) if isinstance(cause, OSError) else str(err)
-        raise RunWriteError(f"cannot write {path}: {reason}", path) from None
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`write_atomic`: a kill or a full disk keeps the old file."""
-    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def append_text(path: Path, text: str) -> None:
@@ -166,7 +125,7 @@ def append_text(path: Path, text: str) -> None:
                 f.truncate(start)
                 raise
     except OSError as err:
-        raise RunWriteError(f"cannot write {path}: {_os_reason(err)}", path) from None
+        raise RunWriteError(f"cannot write {path}: {os_reason(err)}", path) from None
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
@@ -261,7 +220,7 @@ class MetricsLog:
                     self.writer = SummaryWriter(str(run_dir / "tb"))
                 except OSError as err:
                     raise RunWriteError(
-                        f"cannot write {run_dir / 'tb'}: {_os_reason(err)}", run_dir / "tb"
+                        f"cannot write {run_dir / 'tb'}: {os_reason(err)}", run_dir / "tb"
                     ) from None
 
     @staticmethod
@@ -366,14 +325,14 @@ def learning_curve_figure(run_dir: Path) -> Any:
         label="episode return (mean of last 20, exploring)",
     )
     if selection:
-        adapts = cfg["algorithm"] in META_ALGORITHMS
+        adapted = _adapts(cfg["algorithm"])
         ax1.plot(
             [int(r["env_steps"]) for r in selection],
             [float(r["train_task_return"]) for r in selection],
             marker="o",
             markersize=3,
             color="tab:green",
-            label="greedy return on training tasks" + (" after adaptation" if adapts else ""),
+            label="greedy return on training tasks" + (" after adaptation" if adapted else ""),
         )
     ax1.set(
         xlabel="environment steps",
@@ -404,24 +363,20 @@ def selection_return(policy: Policy, cfg: Config) -> float:
     the train split, so choosing the best policy never looks at held-out robots.
     """
     from robometa.evaluate import PolicyMethod, TaskSet, evaluate_method
-    from robometa.rollout import make_env
+    from robometa.rollout import make_env, train_tasks
 
     env = make_env(cfg.env.id, cfg.env.dynamics)
     space = env.unwrapped.dynamics_space
     env.close()
-    n = cfg.logging.eval_tasks
-    if cfg.env.tasks == "nominal":
-        tasks = [space.nominal()] * n
-    else:
-        tasks = space.sample(n, seed=SELECTION_SEED, split="train")
-    adapts = cfg.algorithm in META_ALGORITHMS
+    tasks = train_tasks(space, cfg.env.tasks, cfg.logging.eval_tasks, SELECTION_SEED)
+    adapted = robometa.algorithms.get(cfg.algorithm).adapts
     method = PolicyMethod(
-        "selection", policy, cfg.adaptation.support_epsilon, lrs=None if adapts else {}
+        "selection", policy, cfg.adaptation.support_epsilon, lrs=None if adapted else {}
     )
     res = evaluate_method(
         method,
         [TaskSet("selection", tasks)],
-        [policy.adapt_steps if adapts else 0],
+        [policy.adapt_steps if adapted else 0],
         1,
         cfg.env.dynamics,
     )
@@ -444,7 +399,7 @@ def _truncate_selection(path: Path, env_steps: int) -> None:
     write_atomic(path, lambda f: f.write("".join(keep).encode("utf-8")))
 
 
-def _rng_state(alg: Algorithm) -> dict[str, Any]:
+def _rng_state(alg: Method) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": alg.rng.bit_generator.state}
 
 
@@ -466,7 +421,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         f = open(path, "rb")
     except OSError as err:
-        raise CheckpointError(f"{what}: {_os_reason(err)}") from None
+        raise CheckpointError(f"{what}: {os_reason(err)}") from None
     with f:
         try:
             state = torch.load(f, weights_only=True, map_location="cpu")
@@ -529,29 +484,210 @@ def checkpoint_steps(run_dir: str | Path) -> int | None:
         return None
 
 
+def train(
+    cfg: Config, run_dir: str | Path, resume: bool = False, stop_after: int | None = None
+) -> Policy:
+    """Train ``cfg`` into ``run_dir`` (or continue the run there with ``resume=True``).
+
+    The run ends at the first whole iteration at or past ``dqn.total_steps`` (a DQN iteration
+    steps every env once; a meta-learner's collects a whole round of tasks), and the progress
+    bar, the last ``metrics.csv`` row and the final checkpoint all show that step.
+
+    Ctrl-C (SIGINT) stops after the current iteration: a checkpoint is written there and
+    :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised. That checkpoint is an
+    episode boundary like every other (all envs restart), so a run resumed after Ctrl-C
+    continues from that boundary: it equals a run that restarted its envs at that step, not
+    the uninterrupted run, whose episodes went on. A second Ctrl-C stops at once; the last
+    checkpoint (at env step 0 at the latest) stays resumable.
+
+    ``stop_after`` ends the process's work early at that env step (tests use it); the run can
+    then be resumed.
+    """
+    with _StopRequest() as stop:
+        run = _Run.open(cfg, Path(run_dir), resume)
+        try:
+            run.begin()
+            finished = run.iterate_until_done(stop, stop_after)
+            policy = run.finish() if finished else run.alg.policy()
+        except RunWriteError as err:
+            raise run.write_failure(err) from None
+        finally:
+            run.close()
+        if finished:
+            _plot_finished_run(run.run_dir)
+        return policy
+
+
 class _Run:
-    """One process's share of a run: the algorithm with its metrics log and progress bar, and
-    what the loop does besides iterating (metric rows, model selection, checkpoints)."""
+    """One process's share of a run, in the order :func:`train` takes its steps.
+
+    :meth:`open` claims the directory (or reads the checkpoint to resume) and builds the
+    algorithm; :meth:`begin` puts a resumed state back (or writes a new run's ``config.yaml``)
+    and opens the metrics log; :meth:`iterate_until_done` runs :meth:`step` (one iteration,
+    then the metric rows, model selection and checkpoints that are due) to the end of the
+    budget; :meth:`finish` writes the last row, the final policy and the final checkpoint;
+    :meth:`close` releases the envs, the log and the progress bar.
+    """
 
     def __init__(
         self,
         cfg: Config,
         run_dir: Path,
-        alg: Algorithm,
-        log: MetricsLog,
+        alg: Method,
         state: dict[str, Any] | None,
+        created: list[Path],
     ) -> None:
-        self.cfg, self.run_dir, self.alg, self.log = cfg, run_dir, alg, log
-        self.best = float(state.get("best_selection", -math.inf)) if state else -math.inf
+        self.cfg, self.run_dir, self.alg = cfg, run_dir, alg
+        self.state = state  # the checkpoint this run resumes (None: a new run)
+        self.created = created  # directories a new run made (taken back if nothing is kept)
+        self.log: MetricsLog | None = None
+        self.best = -math.inf  # the best selection return so far
         self.checkpointed_at: int | None = int(state["algorithm"]["env_steps"]) if state else None
         self.epsilon = math.nan
         self.t0 = self.last_t = time.perf_counter()
         self.last_steps = alg.env_steps
         self.bar: Any = None
         self.postfix: dict[str, Any] = {}
-        selected = _read_selection(run_dir / "selection.csv")
-        if selected:  # a resumed run shows its last selection return until the next one
+        # env steps at which the next metrics row, selection and checkpoint are due
+        self.next_log = self.next_ckpt = 0
+        self.next_eval: float = math.inf
+
+    # -------------------------------------------------------------- the steps of a run
+
+    @classmethod
+    def open(cls, cfg: Config, run_dir: Path, resume: bool) -> _Run:
+        """Claim ``run_dir`` for a new run, or read the checkpoint (and its config) to resume;
+        remove stale temporary files; build the algorithm."""
+        state, created = None, []
+        if resume:
+            state = read_checkpoint(run_dir / "checkpoint.pt")
+            cfg = _checkpoint_config(state, run_dir / "checkpoint.pt")
+        else:
+            created = _claim_run_dir(run_dir)
+        _clean_up_temp_files(run_dir)
+        torch.set_num_threads(1)
+        return cls(cfg, run_dir, _build_algorithm(cfg, created), state, created)
+
+    def begin(self) -> None:
+        """Resume the checkpoint's state (a checkpoint that does not fit fails here, before any
+        file of the run is touched) or write a new run's ``config.yaml``; open the metrics log."""
+        state = self.state
+        ckpt = self.run_dir / "checkpoint.pt"
+        restored = _restore(self.alg, state, ckpt) if state is not None else None
+        if state is None:
+            config_text = self.cfg.to_yaml().encode("utf-8")
+            write_atomic(self.run_dir / "config.yaml", lambda f: f.write(config_text))
+        resume_step = int(state["algorithm"]["env_steps"]) if state is not None else None
+        self.log = MetricsLog(self.run_dir, resume_step, self.cfg.logging.tensorboard)
+        if restored is not None:
+            self._continue_log(restored)
+        self._start_clock()
+
+    def iterate_until_done(self, stop: _StopRequest, stop_after: int | None) -> bool:
+        """Iterate to the end of the budget: ``True`` there, ``False`` when ``stop_after``
+        ended this process's share first. Ctrl-C checkpoints and stops (:meth:`interrupt`)."""
+        end = self._announce_end()
+        self._schedule()
+        if self.checkpointed_at is None:
+            self.checkpoint(restart_envs=False)  # resumable from the first second
+        if self.cfg.logging.progress:
+            self.open_bar(end)
+        while True:
+            if stop.requested:
+                self.interrupt()
+            if self.alg.env_steps >= self.cfg.dqn.total_steps:
+                return True
+            self.step()
+            if stop_after is not None and self.alg.env_steps >= stop_after:
+                return False
+
+    def step(self) -> None:
+        """One iteration, then what is due after it: a metrics row, and model selection and a
+        checkpoint unless the budget is reached (:meth:`finish` does those two there)."""
+        alg, log, total = self.alg, self.log, self.cfg.dqn.total_steps
+        before = alg.env_steps
+        metrics = alg.iterate()
+        log.update(metrics)
+        self.epsilon = metrics.get("epsilon", self.epsilon)
+        if self.bar is not None:
+            self.bar.update(alg.env_steps - before)
+        if alg.env_steps >= self.next_log:
+            self.write_row(metrics.get("skipped_updates", 0))
+            self.next_log += self.cfg.logging.log_every
+        if self.next_eval <= alg.env_steps < total:
+            self.select()
+            self.next_eval += self.cfg.logging.eval_every
+        if self.next_ckpt <= alg.env_steps < total:
+            self.checkpoint()
+            self.next_ckpt += self.cfg.logging.checkpoint_every
+
+    def finish(self) -> Policy:
+        """The end of the budget: the last row, the final policy (with model selection, the
+        best one competes with it; ``policy.pt`` holds the winner) and the final checkpoint."""
+        if self.log.last_step != self.alg.env_steps:
+            self.write_row()  # the stretch since the last periodic row
+        if self.cfg.logging.eval_every:
+            self.select()
+            policy = Policy.load(self.run_dir)
+        else:
+            policy = self.alg.policy()
+            save_atomic(policy.state(), self.run_dir / POLICY_FILE)
+        self.checkpoint(finished=True)
+        return policy
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.log is not None:
+            self.log.close()
+        self.alg.close()
+
+    # -------------------------------------------------------------- beginning
+
+    def _continue_log(self, restored: tuple[int, float, list[float], list[float]]) -> None:
+        """A resumed run: the metrics as the checkpoint left them, the selection rows up to
+        it, and the env restart the checkpoint recorded (older checkpoints always had one)."""
+        steps = int(self.state["algorithm"]["env_steps"])
+        _truncate_selection(self.run_dir / "selection.csv", steps)
+        log = self.log
+        log.episodes, log.last_return, log.losses = restored[:3]
+        log.recent.extend(restored[3])
+        if self.state.get("envs_restarted", True):
+            self.alg.boundary()
+
+    def _start_clock(self) -> None:
+        """Time and steps per second count from here; a resumed run shows its best and last
+        selection return until the next one."""
+        if self.state is not None:
+            self.best = float(self.state.get("best_selection", -math.inf))
+        self.t0 = self.last_t = time.perf_counter()
+        self.last_steps = self.alg.env_steps
+        selected = _read_selection(self.run_dir / "selection.csv")
+        if selected:
             self.postfix["sel"] = f"{float(selected[-1]['train_task_return']):.1f}"
+
+    def _announce_end(self) -> int:
+        """Where the run ends; said on stderr when whole iterations pass ``dqn.total_steps``."""
+        alg, total = self.alg, self.cfg.dqn.total_steps
+        end = final_env_steps(alg.env_steps, total, alg.steps_per_iteration)
+        if end > total and alg.env_steps < total:
+            print(
+                f"{self.cfg.algorithm} takes {alg.steps_per_iteration} env steps per iteration: "
+                f"this run ends at {end} env steps (dqn.total_steps = {total})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return end
+
+    def _schedule(self) -> None:
+        """The first row, selection and checkpoint due after the current env step."""
+        steps, logging = self.alg.env_steps, self.cfg.logging
+        self.next_log = (steps // logging.log_every + 1) * logging.log_every
+        self.next_ckpt = (steps // logging.checkpoint_every + 1) * logging.checkpoint_every
+        every = logging.eval_every
+        self.next_eval = (steps // every + 1) * every if every else math.inf
+
+    # -------------------------------------------------------------- what is due
 
     def open_bar(self, end: int) -> None:
         from tqdm import tqdm
@@ -637,88 +773,51 @@ class _Run:
             self.checkpoint()
         raise TrainingInterrupted(self.run_dir, self.alg.env_steps)
 
+    # -------------------------------------------------------------- failing
 
-def train(
-    cfg: Config, run_dir: str | Path, resume: bool = False, stop_after: int | None = None
-) -> Policy:
-    """Train ``cfg`` into ``run_dir`` (or continue the run there with ``resume=True``).
-
-    The run ends at the first whole iteration at or past ``dqn.total_steps`` (a DQN iteration
-    steps every env once; a meta-learner's collects a whole round of tasks), and the progress
-    bar, the last ``metrics.csv`` row and the final checkpoint all show that step.
-
-    Ctrl-C (SIGINT) stops after the current iteration: a checkpoint is written there and
-    :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised. That checkpoint is an
-    episode boundary like every other (all envs restart), so a run resumed after Ctrl-C
-    continues from that boundary: it equals a run that restarted its envs at that step, not
-    the uninterrupted run, whose episodes went on. A second Ctrl-C stops at once; the last
-    checkpoint (at env step 0 at the latest) stays resumable.
-
-    ``stop_after`` ends the process's work early at that env step (tests use it); the run can
-    then be resumed.
-    """
-    with _StopRequest() as stop:
-        return _train(cfg, Path(run_dir), resume, stop_after, stop)
+    def write_failure(self, err: RunWriteError) -> RunWriteError:
+        """The error to show for a failed write, saying what the run keeps. A new run without a
+        checkpoint yet takes back the files it wrote, so the same command works again later."""
+        if self.checkpointed_at is None:
+            for name in RUN_FILES:  # none existed when this start claimed the directory
+                with contextlib.suppress(FileNotFoundError):
+                    (self.run_dir / name).unlink()
+            _remove_empty_dirs(self.created)
+            return RunWriteError(
+                f"{err}; nothing of the run was kept: run the same command again once it can "
+                "be written",
+                err.path,
+            )
+        return RunWriteError(
+            f"{err}; the checkpoint at {self.checkpointed_at} env steps is intact: resume with "
+            f"robometa train --resume {shlex.quote(str(self.run_dir))}",
+            err.path,
+        )
 
 
-def _train(
-    cfg: Config, run_dir: Path, resume: bool, stop_after: int | None, stop: _StopRequest
-) -> Policy:
-    ckpt_path = run_dir / "checkpoint.pt"
-    state = None
-    created: list[Path] = []
-    if resume:
-        state = read_checkpoint(ckpt_path)
-        cfg = _checkpoint_config(state, ckpt_path)
-    else:
-        created = _claim_run_dir(run_dir)
+def _clean_up_temp_files(run_dir: Path) -> None:
     try:
         remove_stale_temp_files(run_dir)
     except OSError as err:
-        raise RunWriteError(f"cannot clean up {run_dir}: {_os_reason(err)}", run_dir) from None
+        raise RunWriteError(f"cannot clean up {run_dir}: {os_reason(err)}", run_dir) from None
 
-    torch.set_num_threads(1)
+
+def _build_algorithm(cfg: Config, created: list[Path]) -> Method:
     try:
-        alg = make_algorithm(cfg)
+        return make_algorithm(cfg)
     except BaseException:  # an env that cannot be built leaves no run behind
         _remove_empty_dirs(created)
         raise
-    run: _Run | None = None
-    log: MetricsLog | None = None
+
+
+def _plot_finished_run(run_dir: Path) -> None:
     try:
-        # A checkpoint that does not fit fails here, before any file of the run is touched.
-        restored = _restore(alg, state, ckpt_path) if state is not None else None
-        if state is None:
-            config_text = cfg.to_yaml().encode("utf-8")
-            write_atomic(run_dir / "config.yaml", lambda f: f.write(config_text))
-        log = MetricsLog(
-            run_dir, state["algorithm"]["env_steps"] if state else None, cfg.logging.tensorboard
-        )
-        if restored is not None:
-            _truncate_selection(run_dir / "selection.csv", int(state["algorithm"]["env_steps"]))
-            log.episodes, log.last_return, log.losses = restored[:3]
-            log.recent.extend(restored[3])
-            if state.get("envs_restarted", True):
-                alg.boundary()
-        run = _Run(cfg, run_dir, alg, log, state)
-        policy, finished = _loop(run, stop, stop_after)
+        plot_learning_curve(run_dir)
     except RunWriteError as err:
-        raise _write_failure(err, run_dir, run, state, created) from None
-    finally:
-        if run is not None and run.bar is not None:
-            run.bar.close()
-        if log is not None:
-            log.close()
-        alg.close()
-    if finished:
-        try:
-            plot_learning_curve(run_dir)
-        except RunWriteError as err:
-            raise RunWriteError(
-                f"{err}; the run itself finished (policy.pt and checkpoint.pt are written)",
-                err.path,
-            ) from None
-    return policy
+        raise RunWriteError(
+            f"{err}; the run itself finished (policy.pt and checkpoint.pt are written)",
+            err.path,
+        ) from None
 
 
 def _claim_run_dir(run_dir: Path) -> list[Path]:
@@ -734,7 +833,7 @@ def _claim_run_dir(run_dir: Path) -> list[Path]:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunWriteError(
-            f"cannot create run directory {run_dir}: {_os_reason(err)}", run_dir
+            f"cannot create run directory {run_dir}: {os_reason(err)}", run_dir
         ) from None
     # Also a run killed before its first checkpoint (config.yaml, metrics.csv only).
     existing = [n for n in RUN_FILES if (run_dir / n).exists()]
@@ -758,7 +857,7 @@ def _remove_empty_dirs(created: list[Path]) -> None:
 
 
 def _restore(
-    alg: Algorithm, state: dict[str, Any], path: Path
+    alg: Method, state: dict[str, Any], path: Path
 ) -> tuple[int, float, list[float], list[float]]:
     """Put the checkpoint's algorithm and RNG state back; returns the metrics log's state
     (episodes, last return, pending losses, recent returns). A state that does not fit its
@@ -780,91 +879,6 @@ def _restore(
             f"cannot resume from {path}: its state does not fit its own config "
             f"({type(err).__name__}: {first:.200})"
         ) from None
-
-
-def _loop(run: _Run, stop: _StopRequest, stop_after: int | None) -> tuple[Policy, bool]:
-    """Iterate to the end of the budget; returns the policy and whether the run finished
-    (``False``: ``stop_after`` ended this process's share first)."""
-    cfg, alg, log, run_dir = run.cfg, run.alg, run.log, run.run_dir
-    total = cfg.dqn.total_steps
-    end = final_env_steps(alg.env_steps, total, alg.steps_per_iteration)
-    if end > total and alg.env_steps < total:
-        print(
-            f"{cfg.algorithm} takes {alg.steps_per_iteration} env steps per iteration: this run "
-            f"ends at {end} env steps (dqn.total_steps = {total})",
-            file=sys.stderr,
-            flush=True,
-        )
-    every = cfg.logging.eval_every
-    next_log = (alg.env_steps // cfg.logging.log_every + 1) * cfg.logging.log_every
-    next_ckpt = (alg.env_steps // cfg.logging.checkpoint_every + 1) * cfg.logging.checkpoint_every
-    next_eval = (alg.env_steps // every + 1) * every if every else math.inf
-    if run.checkpointed_at is None:
-        run.checkpoint(restart_envs=False)  # resumable from the first second
-    if cfg.logging.progress:
-        run.open_bar(end)
-    while True:
-        if stop.requested:
-            run.interrupt()
-        if alg.env_steps >= total:
-            break
-        before = alg.env_steps
-        metrics = alg.iterate()
-        log.update(metrics)
-        run.epsilon = metrics.get("epsilon", run.epsilon)
-        if run.bar is not None:
-            run.bar.update(alg.env_steps - before)
-        if alg.env_steps >= next_log:
-            run.write_row(metrics.get("skipped_updates", 0))
-            next_log += cfg.logging.log_every
-        if alg.env_steps >= next_eval and alg.env_steps < total:
-            run.select()
-            next_eval += every
-        if alg.env_steps >= next_ckpt and alg.env_steps < total:
-            run.checkpoint()
-            next_ckpt += cfg.logging.checkpoint_every
-        if stop_after is not None and alg.env_steps >= stop_after:
-            return alg.policy(), False
-    if log.last_step != alg.env_steps:
-        run.write_row()  # the stretch since the last periodic row
-    if every:
-        run.select()  # the final policy competes too; policy.pt holds the best
-        policy = Policy.load(run_dir)
-    else:
-        policy = alg.policy()
-        save_atomic(policy.state(), run_dir / POLICY_FILE)
-    run.checkpoint(finished=True)
-    return policy, True
-
-
-def _write_failure(
-    err: RunWriteError,
-    run_dir: Path,
-    run: _Run | None,
-    state: dict[str, Any] | None,
-    created: list[Path],
-) -> RunWriteError:
-    """The error to show for a failed write, saying what the run keeps. A new run without a
-    checkpoint yet takes back the files it wrote, so the same command works again later."""
-    if run is not None and run.checkpointed_at is not None:
-        kept = run.checkpointed_at
-    elif state is not None:
-        kept = int(state["algorithm"]["env_steps"])
-    else:
-        for name in RUN_FILES:  # none existed when this start claimed the directory
-            with contextlib.suppress(FileNotFoundError):
-                (run_dir / name).unlink()
-        _remove_empty_dirs(created)
-        return RunWriteError(
-            f"{err}; nothing of the run was kept: run the same command again once it can be "
-            "written",
-            err.path,
-        )
-    return RunWriteError(
-        f"{err}; the checkpoint at {kept} env steps is intact: resume with robometa train "
-        f"--resume {shlex.quote(str(run_dir))}",
-        err.path,
-    )
 
 
 def run_logged(

@@ -1,10 +1,13 @@
-"""Shared fixtures: every robot family, built headless."""
+"""Shared fixtures: every robot family, built headless; one torch thread per test."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import gymnasium as gym
 import pytest
 import robometa.envs
+import torch
 
 ENV_IDS = list(robometa.envs.FAMILIES)
 
@@ -27,3 +30,13 @@ def make_env():
     yield _make
     for env in made:
         env.close()
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread during every test (restored after it): the tensors are tiny,
+    and more threads only fight the other test processes for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,11 +6,13 @@ takes checkpoints at :meth:`Method.boundary` (every env restarts there, so a res
 continues exactly) and saves :meth:`Method.policy` as ``policy.pt``.
 
 Beyond training, a family owns two things the rest of robometa asks it for (the rsl_rl
-``as_onnx`` pattern): how its network is rebuilt from a saved policy
-(:meth:`Method.network_from_spec`) and what its bundle holds (:meth:`Method.write_bundle`: the
-graphs and arrays, and their manifest entries). The defaults are the Q-network of
-:mod:`robometa.networks` and the ``gradient`` bundle kind (``policy.onnx``, ``adapt.onnx``,
-``params.npz``, ``lrs.npz``), which every builtin family uses.
+``as_onnx`` pattern): its network, built for training (:meth:`Method.network_from_config`)
+and rebuilt from a saved policy (:meth:`Method.network_from_spec`, which
+:meth:`robometa.policy.Policy.load` calls), and what its bundle holds
+(:meth:`Method.write_bundle`: the graphs and arrays, and their manifest entries). The
+defaults are the Q-network of :mod:`robometa.networks` and the ``gradient`` bundle kind
+(``policy.onnx``, ``adapt.onnx``, ``params.npz``, ``lrs.npz``), which every builtin family
+uses.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 class Method:
     """Base class of a trainer (see the module docstring); ``__init__(cfg)`` builds it."""
 
-    #: the network class :meth:`network_from_spec` rebuilds (a family with another head
-    #: overrides this or the method)
+    #: the network class :meth:`network_from_config` builds and :meth:`network_from_spec`
+    #: rebuilds (a family with another head overrides this or the methods)
     network_class: ClassVar[type[QNetwork]] = QNetwork
 
     cfg: Config
@@ -73,6 +75,15 @@ class Method:
     # -------------------------------------------------------------- what the family owns
 
     @classmethod
+    def network_from_config(cls, cfg: Config, obs_dim: int, n_actions: int) -> QNetwork:
+        """The (untrained) network training starts from: ``cfg.network`` for an env with
+        ``obs_dim`` inputs and ``n_actions`` actions."""
+        n = cfg.network
+        return cls.network_class(
+            NetworkSpec(obs_dim, n_actions, tuple(n.hidden), n.context_dim, n.activation)
+        )
+
+    @classmethod
     def network_from_spec(cls, spec: Mapping[str, Any]) -> torch.nn.Module:
         """The (untrained) network a saved policy's ``spec`` describes."""
         spec = dict(spec)
@@ -83,6 +94,6 @@ class Method:
     def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
         """Write the bundle's files and ``manifest.json`` into the empty directory ``root``
         (the writer verifies, fsyncs and swaps it into place afterwards)."""
-        from robometa.bundle import _write
+        from robometa.bundle_gradient import write_bundle
 
-        _write(policy, root, run_dir)
+        write_bundle(policy, root, run_dir)

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import copy
 from collections import deque
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+import robometa.algorithms
+from robometa import collection
 from robometa.adaptation import Batch, InnerLoss, double_dqn_target
+from robometa.collection import Episode
 from robometa.config import Config
 from robometa.methods.base import Method
-from robometa.networks import NetworkSpec, QNetwork
+from robometa.networks import QNetwork
 from robometa.policy import Policy
 from robometa.replay import ReplayBuffer
-from robometa.rollout import fit_normalization, make_env, seed_from
+from robometa.rollout import fit_normalization, make_env, seed_from, train_tasks
 
 
 def linear_epsilon(step: int, total: int, start: float, end: float, fraction: float) -> float:
@@ -31,23 +35,12 @@ def linear_epsilon(step: int, total: int, start: float, end: float, fraction: fl
     return end + (start - end) * max(0.0, 1.0 - step / horizon)
 
 
-def build_network(cfg: Config, obs_dim: int, n_actions: int) -> QNetwork:
-    spec = NetworkSpec(
-        obs_dim,
-        n_actions,
-        tuple(cfg.network.hidden),
-        cfg.network.context_dim,
-        cfg.network.activation,
-    )
-    return QNetwork(spec)
-
-
 class DQN(Method):
     """DQN / domain-randomized DQN / privileged oracle (``algorithm: dqn | oracle``)."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.privileged = cfg.algorithm == "oracle"
+        self.privileged = robometa.algorithms.get(cfg.algorithm).privileged
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         e = cfg.env
@@ -58,16 +51,7 @@ class DQN(Method):
         self.space = self.envs[0].unwrapped.dynamics_space
         obs_dim = self.envs[0].observation_space.shape[0]
         self.n_actions = int(self.envs[0].action_space.n)
-        self.net = build_network(cfg, obs_dim, self.n_actions)
-        fit_normalization(self.net, self.envs[0], self._tasks(8), 2000, self.rng)
-        if self.privileged:
-            # The appended dynamics parameters are normalized already (the wrapper maps the
-            # train range to [-1, 1]); statistics over 8 draws would skew them, and a choice
-            # parameter equal on all 8 would get the 1e-3 floor as its scale.
-            base = self.envs[0].unwrapped.observation_space.shape[0]
-            with torch.no_grad():
-                self.net.obs_mean[base:] = 0.0
-                self.net.obs_std[base:] = 1.0
+        self.net = self._fitted_network(obs_dim)
         # The target network is a frozen module copy; ``target`` names its parameter tensors
         # (updated in place), the functional form ``adaptation.td_loss`` takes.
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
@@ -78,25 +62,29 @@ class DQN(Method):
         self.buffer = ReplayBuffer(cfg.dqn.buffer_size, obs_dim)
         self.env_steps = 0
         self.grad_steps = 0
+        # Per env: its observation (one row each: the batched greedy forward pass reads them
+        # all), where its episode stands, and the transitions not yet folded into an n-step one.
         self.obs = np.zeros((e.num_envs, obs_dim), np.float32)
-        self.ep_return = np.zeros(e.num_envs)
-        # Per env, the last transitions not yet folded into an n-step transition.
+        self.episodes: list[Episode] = []
         self.pending: list[deque] = [deque() for _ in range(e.num_envs)]
         self.boundary()
 
+    def _fitted_network(self, obs_dim: int) -> QNetwork:
+        """The family's network, its input scales fitted on random-action rollouts."""
+        net = self.network_from_config(self.cfg, obs_dim, self.n_actions)
+        tasks = train_tasks(self.space, self.cfg.env.tasks, 8, self.rng)
+        fit_normalization(net, self.envs[0], tasks, 2000, self.rng)
+        if self.privileged:
+            # The appended dynamics parameters are normalized already (the wrapper maps the
+            # train range to [-1, 1]); statistics over 8 draws would skew them, and a choice
+            # parameter equal on all 8 would get the 1e-3 floor as its scale.
+            base = self.envs[0].unwrapped.observation_space.shape[0]
+            with torch.no_grad():
+                net.obs_mean[base:] = 0.0
+                net.obs_std[base:] = 1.0
+        return net
+
     # -------------------------------------------------------------- environment side
-
-    def _tasks(self, n: int) -> list:
-        if self.cfg.env.tasks == "nominal":
-            return [self.space.nominal()] * n
-        return self.space.sample(n, seed=seed_from(self.rng), split="train")
-
-    def _reset_env(self, i: int) -> None:
-        env = self.envs[i]
-        env.unwrapped.set_task(self._tasks(1)[0])
-        self.obs[i], _ = env.reset(seed=seed_from(self.rng))
-        self.ep_return[i] = 0.0
-        self.pending[i].clear()
 
     @property
     def steps_per_iteration(self) -> int:
@@ -105,8 +93,17 @@ class DQN(Method):
 
     def boundary(self) -> None:
         """Restart every env: checkpoints are taken here, so a resumed run continues exactly."""
-        for i in range(len(self.envs)):
-            self._reset_env(i)
+        self.episodes = [Episode(self._restart(i)) for i in range(len(self.envs))]
+        for i, episode in enumerate(self.episodes):
+            self.obs[i] = episode.obs
+
+    def _restart(self, i: int) -> np.ndarray:
+        """Start env ``i``'s next episode on a new training task; its first observation."""
+        env = self.envs[i]
+        env.unwrapped.set_task(train_tasks(self.space, self.cfg.env.tasks, 1, self.rng)[0])
+        obs, _ = env.reset(seed=seed_from(self.rng))
+        self.pending[i].clear()
+        return obs
 
     def epsilon(self) -> float:
         d = self.cfg.dqn
@@ -118,33 +115,67 @@ class DQN(Method):
 
     def iterate(self) -> dict[str, Any]:
         """One vector step of every env, then the scheduled gradient updates."""
-        d = self.cfg.dqn
         eps = self.epsilon()
-        greedy = None  # one batched forward, only when some env acts greedily
-        returns = []
-        for i, env in enumerate(self.envs):
-            if self.rng.random() < eps:
-                a = int(self.rng.integers(self.n_actions))
-            else:
-                if greedy is None:
-                    with torch.no_grad():
-                        greedy = self.net(torch.from_numpy(self.obs), False)[0].argmax(1).numpy()
-                a = int(greedy[i])
-            nxt, r, term, trunc, info = env.step(a)
-            if not info.get("physics_error", False):
-                self._store(i, a, r, nxt, term)
-            self.ep_return[i] += r
-            self.obs[i] = nxt
-            if term or trunc:
-                returns.append(float(self.ep_return[i]))
-                self._reset_env(i)
+        returns = self._step_every_env(eps)
         self.env_steps += len(self.envs)
-        losses = []
-        vector_steps = self.env_steps // len(self.envs)
-        if self.env_steps >= d.learning_starts and vector_steps % d.train_freq == 0:
-            for _ in range(d.gradient_steps):
-                losses.append(self._gradient_step())
+        losses = self._scheduled_updates()
         return {"returns": returns, "loss": losses, "epsilon": eps}
+
+    def _step_every_env(self, epsilon: float) -> list[float]:
+        """Step each env once, epsilon-greedy (:mod:`robometa.collection`); the returns of
+        the episodes that ended. The greedy actions of all envs come from one batched forward
+        pass, taken at the first env that acts greedily (none when every env explores)."""
+        batched = cache(self._greedy_actions)
+
+        def greedy(i: int) -> int:
+            return int(batched()[i])
+
+        returns = []
+        for i in range(len(self.envs)):
+            action = collection.epsilon_greedy(
+                self.rng, epsilon, self.n_actions, partial(greedy, i)
+            )
+            finished = self._step_env(i, action)
+            if finished is not None:
+                returns.append(finished)
+        return returns
+
+    def _greedy_actions(self) -> np.ndarray:
+        with torch.no_grad():
+            return self.net(torch.from_numpy(self.obs), False)[0].argmax(1).numpy()
+
+    def _step_env(self, i: int, action: int) -> float | None:
+        """Env ``i`` takes ``action``; its transition is stored (unless the physics rejected
+        the step) and a finished episode restarts. Returns the finished episode's return."""
+        episode = self.episodes[i]
+        store, restart = partial(self._store_unless_rejected, i), partial(self._restart, i)
+        finished = collection.step(self.envs[i], episode, action, store, restart)
+        self.obs[i] = episode.obs
+        return finished
+
+    def _store_unless_rejected(
+        self,
+        i: int,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        info: dict,
+    ) -> None:
+        """Env ``i``'s collection ``store`` (its ``obs`` is still ``self.obs[i]``): a step the
+        physics rejected is not learned from."""
+        if not info.get("physics_error", False):
+            self._store(i, action, reward, next_obs, terminated)
+
+    def _scheduled_updates(self) -> list[float]:
+        """``gradient_steps`` updates every ``train_freq`` vector steps after
+        ``learning_starts``; their losses."""
+        d = self.cfg.dqn
+        vector_steps = self.env_steps // len(self.envs)
+        if self.env_steps < d.learning_starts or vector_steps % d.train_freq != 0:
+            return []
+        return [self._gradient_step() for _ in range(d.gradient_steps)]
 
     def _store(self, i: int, action: int, reward: float, next_obs: np.ndarray, term: bool) -> None:
         """Add env ``i``'s transition, as an ``n_step`` transition once enough have arrived.
@@ -189,18 +220,25 @@ class DQN(Method):
         return d.learning_rate * (1.0 - (1.0 - d.lr_end_fraction) * progress)
 
     def _gradient_step(self) -> float:
+        """One Adam step on a replayed batch, then the target network's update."""
         d = self.cfg.dqn
         if d.lr_end_fraction != 1.0:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate()
-        batch = self.buffer.sample(d.batch_size, self.rng)
-        loss = self.td_loss(batch)
+        loss = self.td_loss(self.buffer.sample(d.batch_size, self.rng))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if d.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), d.max_grad_norm)
         self.optimizer.step()
         self.grad_steps += 1
+        self._update_target()
+        return float(loss.detach())
+
+    def _update_target(self) -> None:
+        """Polyak averaging (``tau`` < 1), else a hard copy every ``target_update_interval``
+        gradient steps."""
+        d = self.cfg.dqn
         with torch.no_grad():
             if d.tau < 1.0:
                 for k, v in self.net.named_parameters():
@@ -208,7 +246,6 @@ class DQN(Method):
             elif self.grad_steps % d.target_update_interval == 0:
                 for k, v in self.net.named_parameters():
                     self.target[k].copy_(v)
-        return float(loss.detach())
 
     # -------------------------------------------------------------- persistence
 

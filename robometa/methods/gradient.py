@@ -28,20 +28,31 @@ the context vector fed to the network, reset to zero for every task (CAVIA).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+import robometa.algorithms
+from robometa import collection
 from robometa.adaptation import Batch, InnerLoss, adapt_step, model_loss, td_loss
+from robometa.collection import Episode
 from robometa.config import Config
-from robometa.methods.base import Method
-from robometa.methods.dqn import build_network, linear_epsilon
 from robometa.envs import Task
-from robometa.networks import Params
+from robometa.methods.base import Method
+from robometa.methods.dqn import linear_epsilon
+from robometa.networks import Params, head_names
 from robometa.policy import Policy
 from robometa.replay import ReplayBuffer
-from robometa.rollout import fit_normalization, greedy_act_fn, make_env, seed_from
+from robometa.rollout import (
+    fit_normalization,
+    greedy_act_fn,
+    make_env,
+    seed_from,
+    store_into,
+    train_tasks,
+)
 
 REPLAY_PER_TASK = 5000
 LR_FLOOR = 1e-6
@@ -52,7 +63,7 @@ def adapted_names(algorithm: str, names: list[str]) -> list[str]:
     if algorithm == "cavia":
         return ["context"]
     if algorithm == "anil":
-        return [n for n in names if n.startswith(("q_head.", "model_head."))]
+        return list(head_names(names))
     return [n for n in names if n != "context"]
 
 
@@ -66,16 +77,23 @@ class _TaskSlot:
     def __init__(self, task: Task, env: Any, obs_dim: int, support_size: int, seed: int) -> None:
         self.task = task
         self.env = env
+        self.seed = seed
+        self.episode: Episode | None = None
+        self.clear(support_size, obs_dim)
+
+    def clear(self, support_size: int, obs_dim: int) -> None:
+        """Empty data: the support ring and the replay buffer."""
         self.support = ReplayBuffer(support_size, obs_dim)
         self.replay = ReplayBuffer(REPLAY_PER_TASK, obs_dim)
-        self.seed = seed
-        self.obs: np.ndarray | None = None
-        self.ep_return = 0.0
+
+    def reset_env(self, rng: np.random.Generator) -> np.ndarray:
+        """Start an episode on the slot's task; its first observation."""
+        self.env.unwrapped.set_task(self.task)
+        obs, _ = self.env.reset(seed=seed_from(rng))
+        return obs
 
     def restart(self, rng: np.random.Generator) -> None:
-        self.env.unwrapped.set_task(self.task)
-        self.obs, _ = self.env.reset(seed=seed_from(rng))
-        self.ep_return = 0.0
+        self.episode = Episode(self.reset_env(rng))
 
 
 class MetaLearner(Method):
@@ -87,53 +105,70 @@ class MetaLearner(Method):
         self.algorithm = cfg.algorithm
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
+        _check_rules(cfg)
         a, m = cfg.adaptation, cfg.meta
-        if self.algorithm == "reptile" and a.loss == "model":
-            raise ValueError(
-                "config key 'adaptation.loss': reptile learns Q only through its inner loop, "
-                "so it needs 'td' or 'td+model', got 'model'"
-            )
         self.inner = InnerLoss(a.loss, cfg.dqn.gamma, cfg.dqn.huber_delta, a.model_weight)
         self.first_order = m.first_order or self.algorithm in ("fomaml", "reptile")
-        e = cfg.env
-        probe = make_env(e.id, e.dynamics, e.max_episode_steps)
-        self.space = probe.unwrapped.dynamics_space
-        self.obs_dim = probe.observation_space.shape[0]
-        self.n_actions = int(probe.action_space.n)
-        self.net = build_network(cfg, self.obs_dim, self.n_actions)
-        fit_normalization(
-            self.net, probe, self.space.sample(8, seed_from(self.rng)), 2000, self.rng
-        )
-        probe.close()
+        self.net = self._fitted_network()
         self.meta_params: dict[str, torch.nn.Parameter] = dict(self.net.named_parameters())
-        names = adapted_names(self.algorithm, list(self.meta_params))
-        learn_lrs = self.algorithm == "metasgd" or m.learn_lrs
-        self.lrs: dict[str, torch.Tensor] = {}
-        for n in names:
-            shape = self.meta_params[n].shape if self.algorithm == "metasgd" else ()
-            self.lrs[n] = torch.full(shape, a.lr).requires_grad_(learn_lrs)
-        outer = [p for n, p in self.meta_params.items() if n != "context"]
-        if learn_lrs:
-            outer += list(self.lrs.values())
-        self.optimizer = torch.optim.Adam(outer, lr=m.outer_lr)
+        self.lrs = self._inner_learning_rates()
+        self.optimizer = self._outer_optimizer()
         self.target = {k: v.detach().clone() for k, v in self.meta_params.items()}
-        n_slots = m.task_pool if m.task_pool > 0 else m.meta_batch
-        tasks = self._fresh_tasks(n_slots)
-        self.slots = [
-            _TaskSlot(
-                t, make_env(e.id, e.dynamics, e.max_episode_steps), self.obs_dim, a.support_size, i
-            )
-            for i, t in enumerate(tasks)
-        ]
+        self.slots = self._task_slots()
         self.env_steps = 0
         self.outer_steps = 0
         self.skipped_updates = 0
         self.boundary()
 
-    def _fresh_tasks(self, n: int) -> list[Task]:
-        if self.cfg.env.tasks == "nominal":
-            return [self.space.nominal()] * n
-        return self.space.sample(n, seed=seed_from(self.rng), split="train")
+    # -------------------------------------------------------------- building
+
+    def _fitted_network(self) -> torch.nn.Module:
+        """The family's network, its input scales fitted on random-action rollouts of a
+        probe env (which also tells the dynamics space and the sizes)."""
+        e = self.cfg.env
+        probe = make_env(e.id, e.dynamics, e.max_episode_steps)
+        self.space = probe.unwrapped.dynamics_space
+        self.obs_dim = probe.observation_space.shape[0]
+        self.n_actions = int(probe.action_space.n)
+        net = self.network_from_config(self.cfg, self.obs_dim, self.n_actions)
+        fit_normalization(net, probe, self.space.sample(8, seed_from(self.rng)), 2000, self.rng)
+        probe.close()
+        return net
+
+    def _inner_learning_rates(self) -> dict[str, torch.Tensor]:
+        """One per adapted parameter: a scalar, or (Meta-SGD) one per entry; learned for
+        Meta-SGD and with ``meta.learn_lrs``."""
+        a = self.cfg.adaptation
+        per_entry = self.algorithm == "metasgd"
+        learned = per_entry or self.cfg.meta.learn_lrs
+        lrs = {}
+        for n in adapted_names(self.algorithm, list(self.meta_params)):
+            shape = self.meta_params[n].shape if per_entry else ()
+            lrs[n] = torch.full(shape, a.lr).requires_grad_(learned)
+        return lrs
+
+    def _outer_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the meta-parameters (never the context) and the learned inner rates."""
+        outer = [p for n, p in self.meta_params.items() if n != "context"]
+        outer += [lr for lr in self.lrs.values() if lr.requires_grad]
+        return torch.optim.Adam(outer, lr=self.cfg.meta.outer_lr)
+
+    def _task_slots(self) -> list[_TaskSlot]:
+        """The pool of ``meta.task_pool`` tasks (or, with 0, ``meta_batch`` slots that get
+        fresh tasks every round), one env each."""
+        cfg, e, m = self.cfg, self.cfg.env, self.cfg.meta
+        n_slots = m.task_pool if m.task_pool > 0 else m.meta_batch
+        tasks = train_tasks(self.space, e.tasks, n_slots, self.rng)
+        return [
+            _TaskSlot(
+                t,
+                make_env(e.id, e.dynamics, e.max_episode_steps),
+                self.obs_dim,
+                cfg.adaptation.support_size,
+                i,
+            )
+            for i, t in enumerate(tasks)
+        ]
 
     @property
     def steps_per_iteration(self) -> int:
@@ -146,38 +181,78 @@ class MetaLearner(Method):
         for slot in self.slots:
             slot.restart(self.rng)
 
-    # -------------------------------------------------------------- data collection
+    # -------------------------------------------------------------- one round
+
+    def iterate(self) -> dict[str, Any]:
+        """One round of collection on a meta-batch of tasks, then the outer steps."""
+        slots = self._round_slots()
+        eps = self.epsilon()
+        returns: list[float] = []
+        meta_now = {k: v.detach() for k, v in self.meta_params.items()}
+        for slot in slots:
+            returns += self._support_and_query(slot, meta_now, eps)
+        losses = [self._outer_step() for _ in range(self.cfg.meta.updates_per_collect)]
+        return {
+            "returns": returns,
+            "loss": [x for x in losses if math.isfinite(x)],
+            "epsilon": eps,
+            "skipped_updates": self.skipped_updates,
+        }
+
+    def epsilon(self) -> float:
+        """The query collection's exploration rate: the DQN schedule."""
+        d = self.cfg.dqn
+        return linear_epsilon(
+            self.env_steps, d.total_steps, d.epsilon_start, d.epsilon_end, d.exploration_fraction
+        )
+
+    def _round_slots(self) -> list[_TaskSlot]:
+        """This round's tasks: a random meta-batch of the pool, or (``meta.task_pool`` 0)
+        every slot with a fresh task, empty data and a restarted episode."""
+        m = self.cfg.meta
+        if m.task_pool > 0:
+            size = min(m.meta_batch, len(self.slots))
+            chosen = self.rng.choice(len(self.slots), size=size, replace=False)
+            return [self.slots[int(i)] for i in chosen]
+        tasks = train_tasks(self.space, self.cfg.env.tasks, len(self.slots), self.rng)
+        for slot, task in zip(self.slots, tasks, strict=True):
+            slot.task = task
+            slot.clear(self.cfg.adaptation.support_size, self.obs_dim)
+            slot.restart(self.rng)
+        return self.slots
+
+    def _support_and_query(self, slot: _TaskSlot, meta: Params, epsilon: float) -> list[float]:
+        """Collect the support with the meta-parameters, adapt on it, collect the query with
+        the adapted parameters (module docstring, steps 1-3); the returns of the episodes
+        that ended."""
+        a, n = self.cfg.adaptation, self.cfg.meta.collect_steps
+        returns = self._collect(slot, meta, n, a.support_epsilon, into_support=True)
+        with torch.no_grad():
+            adapted = self._adapt(dict(meta), slot.support.all(), first_order=True)
+        return returns + self._collect(slot, adapted, n, epsilon, into_support=False)
 
     def _collect(
-        self,
-        slot: _TaskSlot,
-        params: Params,
-        n: int,
-        epsilon: float,
-        into_support: bool,
-        returns: list[float],
-    ) -> None:
-        env = slot.env
-        greedy = greedy_act_fn(self.net, params)
+        self, slot: _TaskSlot, params: Params, n: int, epsilon: float, into_support: bool
+    ) -> list[float]:
+        """``n`` epsilon-greedy steps on the slot's task (:mod:`robometa.collection`) into its
+        replay buffer (and support ring); the returns of the episodes that ended."""
+        buffers = (slot.replay, slot.support) if into_support else (slot.replay,)
+        act = greedy_act_fn(self.net, params)
+        restart = partial(slot.reset_env, self.rng)
         with torch.no_grad():
-            for _ in range(n):
-                if self.rng.random() < epsilon:
-                    act = int(self.rng.integers(self.n_actions))
-                else:
-                    act = greedy(slot.obs)
-                nxt, r, term, trunc, info = env.step(act)
-                if not info.get("physics_error", False):
-                    slot.replay.add(slot.obs, act, r, nxt, term)
-                    if into_support:
-                        slot.support.add(slot.obs, act, r, nxt, term)
-                slot.ep_return += r
-                slot.obs = nxt
-                if term or trunc:
-                    returns.append(slot.ep_return)
-                    slot.restart(self.rng)
+            returns = collection.collect(
+                slot.env,
+                slot.episode,
+                act,
+                n,
+                epsilon,
+                self.rng,
+                self.n_actions,
+                store_into(*buffers),
+                restart,
+            )
         self.env_steps += n
-
-    # -------------------------------------------------------------- one outer step
+        return returns
 
     def _adapt(self, params: Params, batch: Batch, first_order: bool) -> Params:
         for _ in range(self.cfg.adaptation.steps):
@@ -186,6 +261,8 @@ class MetaLearner(Method):
             )
         return params
 
+    # -------------------------------------------------------------- one outer step
+
     def _sample_slots(self) -> list[_TaskSlot]:
         m = self.cfg.meta
         if m.task_pool == 0:
@@ -193,41 +270,6 @@ class MetaLearner(Method):
         ready = [s for s in self.slots if len(s.support)] or self.slots
         chosen = self.rng.choice(len(ready), size=min(m.meta_batch, len(ready)), replace=False)
         return [ready[int(i)] for i in chosen]
-
-    def iterate(self) -> dict[str, Any]:
-        """One round of collection on a meta-batch of tasks, then the outer steps."""
-        cfg, m, d = self.cfg, self.cfg.meta, self.cfg.dqn
-        if m.task_pool > 0:
-            chosen = self.rng.choice(
-                len(self.slots), size=min(m.meta_batch, len(self.slots)), replace=False
-            )
-            slots = [self.slots[int(i)] for i in chosen]
-        else:
-            slots = self.slots
-            for slot, task in zip(slots, self._fresh_tasks(len(slots)), strict=True):
-                slot.task = task
-                slot.support = ReplayBuffer(cfg.adaptation.support_size, self.obs_dim)
-                slot.replay = ReplayBuffer(REPLAY_PER_TASK, self.obs_dim)
-                slot.restart(self.rng)
-        eps = linear_epsilon(
-            self.env_steps, d.total_steps, d.epsilon_start, d.epsilon_end, d.exploration_fraction
-        )
-        returns: list[float] = []
-        meta_now = {k: v.detach() for k, v in self.meta_params.items()}
-        for slot in slots:
-            self._collect(
-                slot, meta_now, m.collect_steps, cfg.adaptation.support_epsilon, True, returns
-            )
-            with torch.no_grad():
-                adapted = self._adapt(dict(meta_now), slot.support.all(), first_order=True)
-            self._collect(slot, adapted, m.collect_steps, eps, False, returns)
-        losses = [self._outer_step() for _ in range(m.updates_per_collect)]
-        return {
-            "returns": returns,
-            "loss": [x for x in losses if math.isfinite(x)],
-            "epsilon": eps,
-            "skipped_updates": self.skipped_updates,
-        }
 
     def _support_batch(self, slot: _TaskSlot) -> Batch:
         """The task's support ring; resampled to full size while it is still filling."""
@@ -258,49 +300,75 @@ class MetaLearner(Method):
         return self.cfg.meta.outer_lr * self.outer_scale()
 
     def _outer_step(self) -> float:
-        m = self.cfg.meta
-        if m.outer_lr_end_fraction != 1.0:
+        """One meta-update on a fresh meta-batch of tasks (module docstring, step 4); the mean
+        of the finite task losses (NaN when none is)."""
+        if self.cfg.meta.outer_lr_end_fraction != 1.0:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.outer_lr()
+        support, query = self._meta_batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.algorithm == "reptile":
+            losses = self._reptile_update(support, query)
+        else:
+            losses = self._gradient_update(support, query)
+        self._after_update()
+        finite = losses.detach()[torch.isfinite(losses.detach())]
+        return float(finite.mean()) if finite.numel() else math.nan
+
+    def _meta_batch(self) -> tuple[Batch, Batch]:
+        """Support and query batches of the sampled tasks, stacked along a task axis."""
         slots = self._sample_slots()
         support = _stack([self._support_batch(s) for s in slots])
-        query = _stack([s.replay.sample(m.query_batch, self.rng) for s in slots])
+        query = _stack([s.replay.sample(self.cfg.meta.query_batch, self.rng) for s in slots])
+        return support, query
+
+    def _task_losses(self, support: Batch, query: Batch) -> tuple[torch.Tensor, Params]:
+        """:meth:`_task_loss` of every task at once (vmapped over the task axis)."""
 
         def per_task(sup: tuple, qry: tuple) -> tuple[torch.Tensor, Params]:
             return self._task_loss(Batch(*sup), Batch(*qry))
 
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.algorithm == "reptile":
-            with torch.no_grad():
-                losses, deltas = torch.func.vmap(per_task)(tuple(support), tuple(query))
-                for k, delta in deltas.items():
-                    self.meta_params[k].add_(m.reptile_step * self.outer_scale() * delta.mean(0))
+        return torch.func.vmap(per_task)(tuple(support), tuple(query))
+
+    def _reptile_update(self, support: Batch, query: Batch) -> torch.Tensor:
+        """Move the meta-parameters a (scheduled) fraction of the way to the adapted ones."""
+        step = self.cfg.meta.reptile_step
+        with torch.no_grad():
+            losses, deltas = self._task_losses(support, query)
+            for k, delta in deltas.items():
+                self.meta_params[k].add_(step * self.outer_scale() * delta.mean(0))
+        return losses
+
+    def _gradient_update(self, support: Batch, query: Batch) -> torch.Tensor:
+        """Adam on the mean outer loss, differentiated through the inner steps; skipped (and
+        counted) when an inner loop diverged on some task, rather than let NaN reach the
+        meta-parameters. Learned inner rates stay above :data:`LR_FLOOR`."""
+        losses, _ = self._task_losses(support, query)
+        losses.mean().backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = self.cfg.dqn.max_grad_norm if self.cfg.dqn.max_grad_norm > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if torch.isfinite(norm) and torch.isfinite(losses).all():
+            self.optimizer.step()
         else:
-            losses, _ = torch.func.vmap(per_task)(tuple(support), tuple(query))
-            losses.mean().backward()
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            max_norm = self.cfg.dqn.max_grad_norm if self.cfg.dqn.max_grad_norm > 0 else math.inf
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if torch.isfinite(norm) and torch.isfinite(losses).all():
-                self.optimizer.step()
-            else:
-                # An inner loop that diverged on some task: skip the update rather than let
-                # NaN reach the meta-parameters; the count shows in the metrics.
-                self.skipped_updates += 1
-            with torch.no_grad():
-                for lr in self.lrs.values():
-                    if lr.requires_grad:
-                        lr.clamp_(min=LR_FLOOR)
+            self.skipped_updates += 1
+        with torch.no_grad():
+            for lr in self.lrs.values():
+                if lr.requires_grad:
+                    lr.clamp_(min=LR_FLOOR)
+        return losses
+
+    def _after_update(self) -> None:
+        """CAVIA's context back to zero (every task starts from it); the target network's
+        copy every ``meta.target_update_interval`` outer steps."""
         if "context" in self.meta_params:
             with torch.no_grad():
-                self.meta_params["context"].zero_()  # CAVIA: every task starts from zero
+                self.meta_params["context"].zero_()
         self.outer_steps += 1
-        if self.outer_steps % m.target_update_interval == 0:
+        if self.outer_steps % self.cfg.meta.target_update_interval == 0:
             with torch.no_grad():
                 for k, v in self.meta_params.items():
                     self.target[k].copy_(v)
-        finite = losses.detach()[torch.isfinite(losses.detach())]
-        return float(finite.mean()) if finite.numel() else math.nan
 
     # -------------------------------------------------------------- persistence
 
@@ -356,3 +424,11 @@ class MetaLearner(Method):
     def close(self) -> None:
         for slot in self.slots:
             slot.env.close()
+
+
+def _check_rules(cfg: Config) -> None:
+    """The algorithm's config rules (:mod:`robometa.algorithms`) again, for a config handed to
+    the learner directly rather than validated by :mod:`robometa.config`."""
+    check = robometa.algorithms.get(cfg.algorithm).check
+    if check is not None:
+        check(cfg, "")

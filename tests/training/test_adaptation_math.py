@@ -4,7 +4,6 @@ two-task cart-pole pool)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from robometa.methods.gradient import LR_FLOOR, MetaLearner, adapted_names
 from robometa.networks import NetworkSpec, Params, QNetwork, q_and_delta
 
 CAVIA_YAML = Path(__file__).resolve().parents[2] / "configs" / "cartpole_cavia.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny tensors: intra-op threads only fight the other processes for the two cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_net(context_dim: int = 2, activation: str = "tanh", seed: int = 0) -> QNetwork:

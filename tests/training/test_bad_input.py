@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -726,3 +727,37 @@ def test_resume_on_a_bad_checkpoint_is_one_error_line_and_changes_nothing(
     assert needle in line
     assert _files(run) == before  # nothing rewritten, nothing added
     assert not (run / "executed").exists()
+
+
+# -------------------------------------------------------------------- policy files
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    ["not-registered", "robometa_never_imported:Evil", "os:system", "", 7],
+    ids=["unknown name", "module path", "os.system", "empty", "a number"],
+)
+def test_a_policy_of_an_unregistered_algorithm_is_one_error_naming_file_and_name(
+    tmp_path: Path, algorithm: object
+) -> None:
+    """The network is rebuilt by the registered family of the name the file gives; any other
+    name is refused (nothing the file names is imported)."""
+    import sys
+
+    import robometa.algorithms as algorithms
+    from robometa.policy import Policy
+    from robometa.testing import random_policy
+
+    state = random_policy("dqn", hidden=(8,)).state()
+    state["algorithm"] = algorithm
+    with pytest.raises(ValueError) as err:
+        Policy.from_state(state, "some/policy.pt")
+    message = str(err.value)
+    assert message.startswith("some/policy.pt: ")
+    assert f"algorithm {str(algorithm)!r}" in message and "not registered" in message
+    assert all(name in message for name in algorithms.names())
+    assert "robometa_never_imported" not in sys.modules
+    path = tmp_path / "policy.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: the policy was trained with"):
+        Policy.load(path)

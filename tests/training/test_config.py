@@ -345,3 +345,81 @@ def test_a_bad_set_into_dynamics_is_blamed_on_set(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"unknown parameter 'gravity'.*exp\.yaml with --set"):
         load_config(write(tmp_path, BASE), ["env.dynamics.gravity.train=[9, 10]"])
+
+
+# ------------------------------------------------------------ algorithms from the registry
+
+TOY = "toy-config-dqn"
+
+
+@pytest.fixture
+def toy_algorithm():
+    """A toy algorithm registered for one test; its rule records each call and refuses
+    ``dqn.batch_size: 13``."""
+    import robometa.algorithms as algorithms
+
+    calls: list[tuple[str, str]] = []
+
+    def check(cfg: Config, where: str) -> None:
+        calls.append((cfg.algorithm, where))
+        if cfg.dqn.batch_size == 13:
+            raise ValueError(f"config key 'dqn.batch_size': {TOY} refuses 13{where}")
+
+    algorithms.register(TOY, "robometa.methods.dqn:DQN", family="dqn", check=check)
+    try:
+        yield calls
+    finally:
+        algorithms.unregister(TOY)
+
+
+def test_an_algorithm_registered_at_run_time_is_accepted(toy_algorithm, tmp_path: Path) -> None:
+    cfg = config_from_dict({**BASE, "algorithm": TOY})
+    assert cfg.algorithm == TOY
+    assert load_config(write(tmp_path, BASE), [f"algorithm={TOY}"]).algorithm == TOY
+    (row,) = [r for r in reference_table().splitlines() if r.startswith("| `algorithm` |")]
+    assert f"`{TOY}`" in row  # the reference lists what is registered now
+
+
+def test_an_unknown_algorithm_is_refused_listing_the_registered_ones(
+    toy_algorithm, tmp_path: Path
+) -> None:
+    import robometa.algorithms as algorithms
+
+    with pytest.raises(ValueError, match="config key 'algorithm'") as err:
+        config_from_dict({**BASE, "algorithm": "nope"}, source="exp.yaml")
+    message = str(err.value)
+    assert "'nope' is not one of" in message and message.endswith(" in exp.yaml")
+    assert all(repr(name) in message for name in algorithms.names())
+    assert repr(TOY) in message
+    with pytest.raises(ValueError, match=r"--set algorithm=nope: .*'nope' is not one of"):
+        load_config(write(tmp_path, BASE), ["algorithm=nope"])
+
+
+def test_an_unregistered_algorithm_is_refused_again(tmp_path: Path) -> None:
+    import robometa.algorithms as algorithms
+
+    algorithms.register(TOY, "robometa.methods.dqn:DQN", family="dqn")
+    config_from_dict({**BASE, "algorithm": TOY})
+    algorithms.unregister(TOY)
+    with pytest.raises(ValueError, match=f"'{TOY}' is not one of"):
+        config_from_dict({**BASE, "algorithm": TOY})
+
+
+def test_validation_calls_the_registered_algorithms_check(toy_algorithm, tmp_path: Path) -> None:
+    config_from_dict({**BASE, "algorithm": TOY})
+    assert toy_algorithm == [(TOY, "")]
+    bad = {**BASE, "algorithm": TOY, "dqn": {**BASE["dqn"], "batch_size": 13}}
+    with pytest.raises(ValueError, match=rf"dqn\.batch_size': {TOY} refuses 13 in exp\.yaml$"):
+        config_from_dict(bad, source="exp.yaml")
+    path = write(tmp_path, {**BASE, "algorithm": TOY})
+    with pytest.raises(ValueError, match=r"refuses 13 in .*exp\.yaml with --set dqn\.batch_size"):
+        load_config(path, ["dqn.batch_size=13"])
+    # The rules of single keys come first, then the epsilon rule, then the algorithm's own.
+    toy_algorithm.clear()
+    first = {**bad, "dqn": {**bad["dqn"], "epsilon_start": 0.1, "epsilon_end": 0.5}}
+    with pytest.raises(ValueError, match="dqn.epsilon_end"):
+        config_from_dict(first)
+    assert toy_algorithm == []
+    # Configs of other algorithms never reach it.
+    config_from_dict({**BASE, "dqn": {**BASE["dqn"], "batch_size": 13}})
+    assert toy_algorithm == []

@@ -32,14 +32,6 @@ from robometa.train import train
 CARTPOLE = "robometa/CartPole-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------ statistics
 
 
@@ -367,3 +359,160 @@ def test_non_adapting_rows_are_labelled_zero_steps(
     for r in report["summary"]:
         if r["method"] == "dr":
             assert r["steps"] == 0, r
+
+
+# ------------------------------------------------------- the algorithm registry decides
+
+
+@pytest.fixture
+def toy_algorithms() -> Iterator[None]:
+    """A DR-like algorithm (fine-tuned, reported under another name on train tasks) and a
+    privileged one, registered only for the test."""
+    from robometa import algorithms
+
+    dqn = "robometa.methods.dqn:DQN"
+    algorithms.register(
+        "toyrand", dqn, family="dqn", fine_tunes=True, randomized_label="toydr", summary="toy"
+    )
+    algorithms.register("toyoracle", dqn, family="dqn", privileged=True, summary="toy")
+    try:
+        yield
+    finally:
+        algorithms.unregister("toyrand")
+        algorithms.unregister("toyoracle")
+
+
+def _saved_random_run(
+    root: Path, name: str, shape: str, algorithm: str, tasks: str | None = None, **kwargs
+) -> Path:
+    """A `robometa.testing.random_policy` saved as a run directory of ``algorithm``."""
+    from robometa.testing import random_policy
+
+    policy = random_policy(shape, **kwargs)
+    policy.algorithm = algorithm
+    if tasks is not None:
+        policy.config["env"] = {"tasks": tasks}
+    policy.save(root / name)
+    return root / name
+
+
+def test_the_registry_decides_labels_fine_tuning_and_the_oracle(
+    toy_algorithms: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import robometa.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "TUNE_TASKS", 2)  # the rate search, shortened
+    runs = [
+        _saved_random_run(tmp_path, "rand-train", "dqn", "toyrand"),  # no env.tasks: train
+        _saved_random_run(tmp_path, "rand-test", "dqn", "toyrand", tasks="test", seed=1),
+        _saved_random_run(tmp_path, "oracle", "dqn", "toyoracle", privileged=True, seed=2),
+        _saved_random_run(tmp_path, "cavia", "cavia", "cavia", seed=3),
+    ]
+    report = run_evaluation(
+        runs, n_tasks=1, episodes=1, steps=[0, 1], out=tmp_path / "eval", show_progress=False
+    )
+    # randomized_label on train tasks, the name otherwise; fine_tunes adds "+finetune".
+    assert list(report["returns"]) == [
+        "toydr",
+        "toydr+finetune",
+        "toyrand",
+        "toyrand+finetune",
+        "toyoracle",
+        "cavia",
+    ]
+    assert set(report["fine_tune"]) == {str(runs[0]), str(runs[1])}  # not the oracle's
+    steps = {}
+    for r in report["summary"]:
+        steps.setdefault(r["method"], set()).add(r["steps"])
+    # What does not adapt is evaluated at k = 0 only; fine-tuning and adapting go along the curve.
+    assert steps == {
+        "toydr": {0},
+        "toyrand": {0},
+        "toyoracle": {0},
+        "toydr+finetune": {0, 1},
+        "toyrand+finetune": {0, 1},
+        "cavia": {0, 1},
+    }
+    # The privileged algorithm is the reference of the normalized score.
+    (oracle_run,) = report["returns"]["toyoracle"]
+    assert report["oracle_returns"] == {
+        g: [task[0] for task in oracle_run[g]] for g in report["random_returns"]
+    }
+
+
+def test_the_default_dqn_label_is_dr_on_train_tasks_only(tmp_path: Path) -> None:
+    runs = [
+        _saved_random_run(tmp_path, "dr", "dqn", "dqn"),
+        _saved_random_run(tmp_path, "nominal", "dqn", "dqn", tasks="nominal", seed=1),
+    ]
+    report = run_evaluation(
+        runs, n_tasks=1, episodes=1, out=tmp_path / "eval", fine_tune=False, show_progress=False
+    )
+    assert list(report["returns"]) == ["dr", "dqn"]
+    assert report["oracle_returns"] is None and report["fine_tune"] == {}
+
+
+def test_a_run_of_an_unregistered_algorithm_is_an_error_before_any_report(
+    tmp_path: Path,
+) -> None:
+    run = _saved_random_run(tmp_path, "ghost", "dqn", "ghost")
+    with pytest.raises(ValueError, match=r"ghost.*'ghost'.*registered"):
+        run_evaluation([run], out=tmp_path / "eval", show_progress=False)
+    assert not (tmp_path / "eval").exists()
+
+
+# ------------------------------------------------------------ one bootstrap everywhere
+
+
+def test_one_bootstrap_serves_evaluation_and_the_benchmarks() -> None:
+    import importlib.util
+
+    import robometa.evaluate
+    import robometa.stats
+
+    assert robometa.evaluate.bootstrap_ci is robometa.stats.bootstrap_ci
+    assert robometa.evaluate.normalized_ci is robometa.stats.normalized_ci
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    for script in ("dr_vs_oracle", "deploy_rounds"):
+        spec = importlib.util.spec_from_file_location(
+            f"bench_{script}", benchmarks / f"{script}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if script == "dr_vs_oracle":
+            assert module.bootstrap_ci is robometa.stats.bootstrap_ci
+        else:
+            values = [1.0, 4.0, 2.0, 8.0]
+            mean, lo, hi = robometa.stats.bootstrap_ci(values)
+            assert module._mean_ci(values) == (mean, (lo, hi))
+
+
+def test_bootstrap_ci_levels_and_known_numbers() -> None:
+    from robometa.stats import bootstrap_ci as shared
+    from robometa.stats import tail_percentiles
+
+    assert tail_percentiles(0.95) == (2.5, 97.5)  # exactly, though 1 - 0.95 != 0.05
+    assert tail_percentiles(0.9) == (5.0, 95.0)
+    for bad in (0.0, 1.0, 95):
+        with pytest.raises(ValueError, match="confidence level"):
+            tail_percentiles(bad)
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    # The 95% interval: percentiles 2.5 and 97.5 of n_boot seeded resample means.
+    v = np.asarray(values)
+    means = v[np.random.default_rng(7).integers(0, v.size, size=(500, v.size))].mean(axis=1)
+    expected = (v.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5))
+    assert shared(values, n_boot=500, seed=7) == expected
+    mean, lo90, hi90 = shared(values, level=0.9)
+    _, lo95, hi95 = shared(values)
+    assert lo95 <= lo90 < mean < hi90 <= hi95  # a lower level, a narrower interval
+    # The benchmark's settings (10,000 resamples, seed 0) are arguments, not a second copy.
+    assert shared(values, n_boot=10_000) != shared(values)
+
+
+def test_statistics_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, robometa.stats; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

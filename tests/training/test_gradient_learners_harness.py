@@ -7,14 +7,14 @@ import csv
 import dataclasses
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+import robometa.algorithms as algorithms
 from robometa.cli import main as cli_main
-from robometa.config import ALGORITHMS, META_ALGORITHMS, load_config
+from robometa.config import load_config
 from robometa.methods.gradient import MetaLearner
 from robometa.policy import Policy
 from robometa.replay import ReplayBuffer
@@ -44,14 +44,6 @@ TINY = [
     "adaptation.steps=2",
 ]
 HEADS = ["q_head.weight", "q_head.bias", "model_head.weight", "model_head.bias"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(algorithm: str, *extra: str):
@@ -85,7 +77,7 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
-@pytest.fixture(scope="module", params=META_ALGORITHMS)
+@pytest.fixture(scope="module", params=algorithms.adapting())
 def reference(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, Path]:
     """One uninterrupted tiny run per algorithm, shared by the tests that only read it."""
     torch.set_num_threads(1)
@@ -198,7 +190,7 @@ def test_shipped_cartpole_configs_load(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.env.id == "robometa/CartPole-v0"
     suffix = path.stem.removeprefix("cartpole_")
-    if suffix in ALGORITHMS:
+    if suffix in algorithms.names():
         assert cfg.algorithm == suffix, f"{path.name} trains {cfg.algorithm}"
     if cfg.algorithm == "reptile":
         assert cfg.adaptation.loss != "model"

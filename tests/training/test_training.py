@@ -552,3 +552,83 @@ def test_train_without_a_config_is_a_usage_error(
         cli_main(["train", str(config), "--steps", "0"])
     assert exit_.value.code == 2
     assert "argument --steps: '0' is not an integer >= 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ training tasks
+
+
+class TestTrainTasks:
+    """``rollout.train_tasks``: what DQN, the meta-learners and model selection train on."""
+
+    @staticmethod
+    def space():
+        from robometa.rollout import make_env
+
+        env = make_env("robometa/CartPole-v0")
+        try:
+            return env.unwrapped.dynamics_space
+        finally:
+            env.close()
+
+    def test_nominal_draws_nothing(self) -> None:
+        from robometa.rollout import train_tasks
+
+        space, rng = self.space(), np.random.default_rng(0)
+        before = rng.bit_generator.state
+        assert train_tasks(space, "nominal", 3, rng) == [space.nominal()] * 3
+        assert rng.bit_generator.state == before
+
+    def test_train_draws_one_seed_from_a_generator_or_takes_a_seed(self) -> None:
+        from robometa.rollout import seed_from, train_tasks
+
+        space = self.space()
+        rng, twin = np.random.default_rng(4), np.random.default_rng(4)
+        tasks = train_tasks(space, "train", 5, rng)
+        assert tasks == space.sample(5, seed=seed_from(twin), split="train")
+        assert rng.bit_generator.state == twin.bit_generator.state  # exactly one draw
+        assert len(set(map(tuple, (t.values() for t in tasks)))) == 5
+        assert train_tasks(space, "train", 2, 5000) == space.sample(2, seed=5000, split="train")
+
+    def test_every_trainer_and_selection_call_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import robometa.methods.dqn
+        import robometa.methods.gradient
+        import robometa.rollout
+        from robometa.train import selection_return
+
+        calls: list[tuple[str, int]] = []
+        real = robometa.rollout.train_tasks
+
+        def spy(space: object, which: str, n: int, seed: object) -> list:
+            calls.append((which, n))
+            return real(space, which, n, seed)
+
+        for module in (robometa.methods.dqn, robometa.methods.gradient, robometa.rollout):
+            monkeypatch.setattr(module, "train_tasks", spy)
+        cfg = config_from_dict({**SMALL, "env": {**SMALL["env"], "tasks": "nominal"}})
+        DQN(cfg).close()
+        assert calls == [("nominal", 8), ("nominal", 1), ("nominal", 1)]  # scales, 2 envs
+        calls.clear()
+        meta = config_from_dict(
+            {
+                **SMALL,
+                "algorithm": "cavia",
+                "network": {"hidden": [8], "context_dim": 2},
+                "meta": {"task_pool": 3, "collect_steps": 5},
+            }
+        )
+        robometa.methods.gradient.MetaLearner(meta).close()
+        assert calls == [("train", 3)]  # the pool
+        calls.clear()
+
+        class Stop(Exception):
+            pass
+
+        def stop(*args: object, **kwargs: object) -> None:
+            raise Stop
+
+        import robometa.evaluate
+
+        monkeypatch.setattr(robometa.evaluate, "PolicyMethod", stop)  # evaluation starts
+        with pytest.raises(Stop):
+            selection_return(None, cfg)  # type: ignore[arg-type]
+        assert calls == [("nominal", cfg.logging.eval_tasks)]
