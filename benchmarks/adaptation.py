@@ -25,9 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from robometa import algorithms
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_METHODS = ("dr", "oracle", "cavia", "maml", "fomaml", "metasgd", "anil", "reptile")
-META = ("cavia", "maml", "fomaml", "metasgd", "anil", "reptile")
+#: the claim's baseline: DQN over the training robots (how evaluation labels the dqn runs)
+DR = "dr"
+#: methods the default sweep runs first (the headline comparison), then every other one
+HEADLINE = (DR, "oracle", "cavia")
 TARGET_META = 0.9
 TARGET_DR_BELOW = 0.6
 # The pool starts the costliest runs first.
@@ -42,6 +46,39 @@ COST = {  # seconds per run on CartPole at the shipped budgets (measured, one co
     "dr": 30,
 }
 FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.5, "reacher": 1.5, "armreach": 3.0}
+
+
+def method_spec(method: str) -> algorithms.AlgorithmSpec | None:
+    """The registered algorithm a method name means: a ``configs/<family>_<method>.yaml``
+    suffix and a row label are the algorithm's name or its label when trained on the train
+    tasks (``dr``: ``dqn``); None for a name no algorithm has."""
+    for name in algorithms.names():
+        spec = algorithms.get(name)
+        if method in (name, spec.label("train")):
+            return spec
+    return None
+
+
+def default_methods() -> tuple[str, ...]:
+    """Every registered algorithm as it trains over the train tasks (``dr`` for ``dqn``), the
+    headline methods first."""
+    labels = [algorithms.get(name).label("train") for name in algorithms.names()]
+    return tuple(dict.fromkeys([*(m for m in HEADLINE if m in labels), *labels]))
+
+
+def is_meta_learner(method: str) -> bool:
+    """A method that adapts (a row label; ``dr+finetune`` is DR fine-tuned, not meta-learned)."""
+    spec = method_spec(method)
+    return spec is not None and spec.adapts
+
+
+def is_oracle(method: str) -> bool:
+    """The privileged method the normalized score divides by."""
+    spec = method_spec(method)
+    return spec is not None and spec.privileged
+
+
+DEFAULT_METHODS = default_methods()
 
 
 def plan_runs(
@@ -75,7 +112,7 @@ def plan_runs(
             for seed in dict.fromkeys(seeds):
                 run = runs_dir / family / f"{method}-seed{seed}"
                 runs[family].append(run)
-                budget = steps if method != "oracle" else oracle_steps
+                budget = oracle_steps if is_oracle(method) else steps
                 status = run_status(run, load_config(config, steps=budget, seed=seed))
                 if status == "finished":
                     print(f"[reuse] {run}", flush=True)
@@ -191,14 +228,15 @@ def check_claim(summary: list[dict], max_steps: int) -> dict:
                         r["score_hi"],
                         r.get("return", math.nan),
                     )
-        metas = {m: v for m, v in final.items() if m in META and not math.isnan(v[1])}
+        metas = {m: v for m, v in final.items() if is_meta_learner(m) and not math.isnan(v[1])}
         best = max(metas, key=lambda m: metas[m][1]) if metas else None
-        dr = final.get("dr", (0, math.nan))[1]
-        drft = final.get("dr+finetune", (0, math.nan))[1]
+        dr = final.get(DR, (0, math.nan))[1]
+        drft = final.get(f"{DR}+finetune", (0, math.nan))[1]
         best_score = metas[best][1] if best else math.nan
         # The normalized score assumes the oracle is an upper bound; say where it is not.
-        oracle_return = final.get("oracle", (0, 0, 0, 0, math.nan))[4]
-        above_oracle = sorted(m for m, v in final.items() if m != "oracle" and v[4] > oracle_return)
+        oracle = next((m for m in final if is_oracle(m)), None)
+        oracle_return = final[oracle][4] if oracle is not None else math.nan
+        above_oracle = sorted(m for m, v in final.items() if m != oracle and v[4] > oracle_return)
         out[group] = {
             "oracle_return": oracle_return,
             "methods_above_oracle": above_oracle,

@@ -31,7 +31,7 @@ MODES = ("meta", "current")
 
 
 def _mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
-    from robometa.evaluate import bootstrap_ci  # 95% percentile bootstrap, fixed seed
+    from robometa.stats import bootstrap_ci  # 95% percentile bootstrap, fixed seed
 
     mean, lo, hi = bootstrap_ci(values)
     return mean, (lo, hi)

@@ -38,6 +38,7 @@ import torch
 from robometa.config import load_config
 from robometa.policy import Policy
 from robometa.rollout import episode_return, greedy_act_fn, make_env
+from robometa.stats import bootstrap_ci
 from robometa.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,15 +48,7 @@ CONFIGS = {
 }
 TASK_SEED = 1000
 EPISODE_SEED = 2000
-
-
-def bootstrap_ci(values: list[float], level: float = 0.95, n: int = 10_000) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (seeded: the same numbers every run)."""
-    x = np.asarray(values, float)
-    rng = np.random.default_rng(0)
-    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+BOOTSTRAP = {"n_boot": 10_000, "seed": 0, "level": 0.95}  # resamples of the tasks, fixed seed
 
 
 def evaluate(policy: Policy | None, tasks: list, env_id: str) -> list[float]:
@@ -117,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         results[split] = {}
         for name, policy in (("random", None), *policies.items()):
             returns = evaluate(policy, tasks, env_id)
-            lo, hi = bootstrap_ci(returns)
+            _, lo, hi = bootstrap_ci(returns, **BOOTSTRAP)
             results[split][name] = {
                 "mean": statistics.fmean(returns),
                 "ci95": [lo, hi],

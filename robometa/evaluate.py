@@ -9,7 +9,11 @@ pairs before dividing, with 95% bootstrap confidence intervals over those pairs,
 ranges, unseen seeds) and out-of-distribution ones (``ood``: the wider test ranges).
 
 Any method that maps support transitions to a policy plugs in through :class:`Method`:
-gradient steps (:class:`PolicyMethod`) or inference.
+gradient steps (:class:`PolicyMethod`) or inference. For trained runs the algorithm registry
+(:mod:`robometa.algorithms`) decides: whether a run adapts, whether it is also evaluated
+fine-tuned (``<label>+finetune``: domain randomization plus fine-tuning), the label it is
+reported under (``dqn`` over the train tasks is ``dr``) and which runs are the oracle.
+The statistics live in :mod:`robometa.stats` (re-exported here).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from robometa import algorithms
 from robometa.adaptation import Batch
 from robometa.envs import Task, load_tasks
 from robometa.policy import Policy
 from robometa.rollout import ActFn, collect, episode_return, greedy_act_fn, make_env
+from robometa.stats import bootstrap_ci as bootstrap_ci  # re-exported: the one bootstrap
+from robometa.stats import normalized as normalized
+from robometa.stats import normalized_ci
 
 EVAL_SEED = 10_000  # task and episode seeds of held-out evaluation (training never uses these)
 FINE_TUNE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -194,60 +202,6 @@ def tune_fine_tune_lr(
     return best, scores
 
 
-# ---------------------------------------------------------------------------- statistics
-
-
-def bootstrap_ci(
-    values: Sequence[float],
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan, math.nan
-    if v.size == 1:
-        return float(v[0]), float(v[0]), float(v[0])
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def normalized(r: float, r_random: float, r_oracle: float) -> float:
-    """``(R - R_random) / (R_oracle - R_random)``; NaN where the oracle is no better than random."""
-    gap = r_oracle - r_random
-    return (r - r_random) / gap if gap > 1e-6 else math.nan
-
-
-def normalized_ci(
-    returns: Sequence[float],
-    rand: Sequence[float],
-    oracle: Sequence[float],
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Normalized score of a set of (task, seed) results, with a 95% bootstrap interval.
-
-    ``(mean R - mean R_random) / (mean R_oracle - mean R_random)`` over the pairs: pooling
-    before dividing keeps a task on which the oracle is barely better than random from
-    dominating (per-task ratios explode there). The interval resamples the pairs.
-    """
-    r, rr, ro = (np.asarray(x, np.float64) for x in (returns, rand, oracle))
-    if r.size == 0:
-        return math.nan, math.nan, math.nan
-    point = normalized(r.mean(), rr.mean(), ro.mean())
-    if r.size == 1 or math.isnan(point):
-        return point, point, point
-    idx = np.random.default_rng(seed).integers(0, r.size, size=(n_boot, r.size))
-    gap = ro[idx].mean(1) - rr[idx].mean(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boots = np.where(gap > 1e-6, (r[idx].mean(1) - rr[idx].mean(1)) / gap, np.nan)
-    boots = boots[np.isfinite(boots)]
-    if boots.size == 0:
-        return point, math.nan, math.nan
-    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-
-
 def summarize(
     methods: dict[str, list[dict[str, list[list[float]]]]],
     steps: Sequence[int],
@@ -369,6 +323,183 @@ def plot_adaptation(rows: list[dict[str, Any]], path: Path, use_score: bool = Tr
     return path
 
 
+@dataclass(eq=False)
+class Run:
+    """One run directory to evaluate: its policy, its algorithm's spec and its label."""
+
+    run_dir: Path
+    policy: Policy
+    spec: algorithms.AlgorithmSpec
+
+    @property
+    def label(self) -> str:
+        """The method the run reports under (``dqn`` on train tasks is ``dr``)."""
+        return self.spec.label(str(self.policy.config.get("env", {}).get("tasks", "train")))
+
+    @property
+    def support_epsilon(self) -> float:
+        return float(self.policy.config.get("adaptation", {}).get("support_epsilon", 0.3))
+
+
+@dataclass
+class MethodRuns:
+    """One row group of the report: a method's runs over training seeds.
+
+    ``adapts``: evaluated along the curve (else at ``k = 0`` only); ``reference``: the runs
+    of a privileged method, the oracle the normalized score divides by.
+    """
+
+    name: str
+    adapts: bool
+    reference: bool = False
+    methods: list[PolicyMethod] = field(default_factory=list)
+
+
+def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
+    """The runs' policies, checked: at least one, one robot family, registered algorithms."""
+    runs = []
+    for d in run_dirs:
+        policy = Policy.load(d)  # an algorithm not registered here is an error naming the file
+        runs.append(Run(Path(d), policy, algorithms.get(policy.algorithm)))
+    if not runs:
+        raise ValueError("give at least one run directory to evaluate")
+    env_ids = {r.policy.env_id for r in runs}
+    if len(env_ids) != 1:
+        raise ValueError(
+            f"runs of different robot families cannot share a table: {sorted(env_ids)}"
+        )
+    first: dict[str, Run] = {}
+    for r in runs:  # one label, one treatment (e.g. a plugin algorithm named "dr")
+        other = first.setdefault(r.label, r)
+        if (other.spec.adapts, other.spec.privileged) != (r.spec.adapts, r.spec.privileged):
+            raise ValueError(
+                f"{r.run_dir}: algorithm {r.spec.name!r} reports as {r.label!r}, as "
+                f"{other.spec.name!r} ({other.run_dir}) does, but the two are evaluated "
+                "differently (adapts, privileged)"
+            )
+    return runs
+
+
+def adaptation_curve(steps: Sequence[int] | None, max_k: int) -> list[int]:
+    """The step counts evaluated: sorted, always from 0 (the unadapted methods' single
+    return is the ``k = 0`` entry), none above the runs' ``max_k``."""
+    steps = list(steps) if steps is not None else sorted({0, 1, 2, 3, max_k} - {-1})
+    return sorted({0, *(k for k in steps if 0 <= k <= max_k)})
+
+
+def _progress_bar(show: bool, total: int, desc: str) -> Any:
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="task", desc=desc, mininterval=1.0)
+
+
+def plan_methods(
+    runs: Sequence[Run], max_k: int, fine_tune: bool, show_progress: bool
+) -> tuple[dict[str, MethodRuns], dict[str, Any]]:
+    """The methods to evaluate, by report label, and the fine-tuning rates chosen.
+
+    A run of a method that adapts is evaluated adapting with its own learning rates; one that
+    does not is evaluated as trained and, if its algorithm ``fine_tunes`` (and the curve goes
+    past 0), also as ``<label>+finetune``: every parameter fine-tuned at a rate tuned on
+    training tasks.
+    """
+
+    def tunes(run: Run) -> bool:
+        return fine_tune and max_k > 0 and run.spec.fine_tunes and not run.spec.adapts
+
+    tuning = [r.label for r in runs if tunes(r)]
+    tune_bar = _progress_bar(
+        show_progress and bool(tuning),
+        len(tuning) * len(FINE_TUNE_GRID) * TUNE_TASKS,
+        f"tune {', '.join(dict.fromkeys(tuning))} fine-tuning lr",
+    )
+    methods: dict[str, MethodRuns] = {}
+    tuned: dict[str, Any] = {}
+
+    def add(name: str, adapts: bool, reference: bool, method: PolicyMethod) -> None:
+        methods.setdefault(name, MethodRuns(name, adapts, reference)).methods.append(method)
+
+    for run in runs:
+        pol, eps, label = run.policy, run.support_epsilon, run.label
+        if run.spec.adapts:
+            add(label, True, run.spec.privileged, PolicyMethod(label, pol, eps))
+            continue
+        add(label, False, run.spec.privileged, PolicyMethod(label, pol, eps, lrs={}))
+        if tunes(run):
+            lr, grid = tune_fine_tune_lr(
+                pol,
+                max_k,
+                n_tasks=TUNE_TASKS,
+                support_epsilon=eps,
+                progress=tune_bar.update if tune_bar is not None else None,
+            )
+            tuned[str(run.run_dir)] = {"fine_tune_lr": lr, "grid_returns": grid}
+            lrs = {k: torch.tensor(lr) for k in pol.params}
+            name = f"{label}+finetune"
+            add(name, True, False, PolicyMethod(name, pol, eps, lrs=lrs))
+    if tune_bar is not None:
+        tune_bar.close()
+    return methods, tuned
+
+
+def evaluate_methods(
+    methods: dict[str, MethodRuns],
+    sets: list[TaskSet],
+    steps: Sequence[int],
+    episodes: int,
+    dynamics: dict | None,
+    show_progress: bool,
+) -> dict[str, list[dict[str, list[list[float]]]]]:
+    """Every method's returns, one result per run: ``{name: [{group: [[R_k], ...]}]}``."""
+    total = sum(len(m.methods) for m in methods.values()) * sum(len(s.tasks) for s in sets)
+    bar = _progress_bar(show_progress, total, "eval")
+    tick = bar.update if bar is not None else None
+    results: dict[str, list[dict[str, list[list[float]]]]] = {}
+    for name, entry in methods.items():
+        k_list = list(steps) if entry.adapts else [0]
+        for m in entry.methods:
+            results.setdefault(name, []).append(
+                evaluate_method(m, sets, k_list, episodes, dynamics, tick)
+            )
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def oracle_returns(
+    methods: dict[str, MethodRuns],
+    results: dict[str, list[dict[str, list[list[float]]]]],
+    groups: Sequence[str],
+) -> dict[str, list[float]] | None:
+    """Per group and task, the unadapted return of the privileged runs (mean over their
+    training seeds); None without a privileged run (then there is no normalized score)."""
+    per_seed = [res for name, m in methods.items() if m.reference for res in results[name]]
+    if not per_seed:
+        return None
+    return {
+        g: [
+            float(np.mean([res[g][ti][0] for res in per_seed])) for ti in range(len(per_seed[0][g]))
+        ]
+        for g in groups
+    }
+
+
+def write_reports(out: Path, report: dict[str, Any], table: str) -> None:
+    """``results.json``, ``results.md`` and ``adaptation.png`` in ``out``."""
+    env_id = report["env_id"]
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    (out / "results.md").write_text(
+        f"# Adaptation results on {env_id}\n\n{table}\n\n"
+        f"Normalized score: (R - R_random) / (R_oracle - R_random), returns pooled over "
+        f"(task, training seed) pairs; 95% bootstrap CI over those pairs (no score column "
+        f"without an oracle run). Support: transitions collected with each method's initial policy; "
+        f"steps: gradient steps on them.\n"
+    )
+    plot_adaptation(report["summary"], out / "adaptation.png")
+
+
 def run_evaluation(
     run_dirs: Sequence[str | Path],
     tasks: str = "test",
@@ -390,102 +521,24 @@ def run_evaluation(
         raise ValueError(f"episodes and n_tasks must be >= 1, got {episodes} and {n_tasks}")
     if steps is not None and any(k < 0 for k in steps):
         raise ValueError(f"adaptation steps must be >= 0, got {list(steps)}")
-    policies = [(Path(d), Policy.load(d)) for d in run_dirs]
-    if not policies:
-        raise ValueError("give at least one run directory to evaluate")
-    env_ids = {p.env_id for _, p in policies}
-    if len(env_ids) != 1:
-        raise ValueError(
-            f"runs of different robot families cannot share a table: {sorted(env_ids)}"
-        )
-    env_id = env_ids.pop()
-    first = policies[0][1]
-    dynamics = first.dynamics
-    max_k = max((p.adapt_steps for _, p in policies), default=0)
-    steps = list(steps) if steps is not None else sorted({0, 1, 2, 3, max_k} - {-1})
-    # Sorted, and always from 0: the unadapted methods' single return is the k = 0 entry.
-    steps = sorted({0, *(k for k in steps if 0 <= k <= max_k)})
+    runs = load_runs(run_dirs)
+    env_id, dynamics = runs[0].policy.env_id, runs[0].policy.dynamics
+    max_k = max(r.policy.adapt_steps for r in runs)
+    steps = adaptation_curve(steps, max_k)
     sets = task_sets(tasks, env_id, n_tasks, dynamics)
     out.mkdir(parents=True, exist_ok=True)
     if show_progress:
         groups = ", ".join(f"{s.name} ({len(s.tasks)} tasks)" for s in sets)
         print(
-            f"evaluating {len(policies)} run(s) on {env_id}: {groups}, {episodes} episode(s) "
+            f"evaluating {len(runs)} run(s) on {env_id}: {groups}, {episodes} episode(s) "
             f"per task, adaptation steps {','.join(map(str, steps))}",
             flush=True,
         )
 
-    def tunes(pol: Policy) -> bool:
-        return pol.algorithm == "dqn" and fine_tune and max_k > 0
-
-    tune_bar = None
-    n_tune = sum(tunes(pol) for _, pol in policies)
-    if show_progress and n_tune:
-        from tqdm import tqdm
-
-        tune_bar = tqdm(
-            total=n_tune * len(FINE_TUNE_GRID) * TUNE_TASKS,
-            unit="task",
-            desc="tune dr fine-tuning lr",
-            mininterval=1.0,
-        )
-    methods: dict[str, list[Method]] = {}
-    tuned: dict[str, Any] = {}
-    for run_dir, pol in policies:
-        eps = float(pol.config.get("adaptation", {}).get("support_epsilon", 0.3))
-        if pol.algorithm in ("dqn", "oracle"):
-            label = (
-                "dr"
-                if pol.algorithm == "dqn"
-                and pol.config.get("env", {}).get("tasks", "train") == "train"
-                else pol.algorithm
-            )
-            methods.setdefault(label, []).append(PolicyMethod(label, pol, eps, lrs={}))
-            if tunes(pol):
-                lr, grid = tune_fine_tune_lr(
-                    pol,
-                    max_k,
-                    n_tasks=TUNE_TASKS,
-                    support_epsilon=eps,
-                    progress=tune_bar.update if tune_bar is not None else None,
-                )
-                tuned[str(run_dir)] = {"fine_tune_lr": lr, "grid_returns": grid}
-                lrs = {k: torch.tensor(lr) for k in pol.params}
-                methods.setdefault(f"{label}+finetune", []).append(
-                    PolicyMethod(f"{label}+finetune", pol, eps, lrs=lrs)
-                )
-        else:
-            methods.setdefault(pol.algorithm, []).append(PolicyMethod(pol.algorithm, pol, eps))
-    if tune_bar is not None:
-        tune_bar.close()
-
-    total = sum(len(ms) for ms in methods.values()) * sum(len(s.tasks) for s in sets)
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="task", desc="eval", mininterval=1.0)
-    tick = bar.update if bar is not None else None
-    results: dict[str, list[dict[str, list[list[float]]]]] = {}
-    for name, ms in methods.items():
-        for m in ms:
-            k_list = steps if name not in ("dr", "oracle", "dqn") else [0]
-            results.setdefault(name, []).append(
-                evaluate_method(m, sets, k_list, episodes, dynamics, tick)
-            )
-    if bar is not None:
-        bar.close()
+    methods, tuned = plan_methods(runs, max_k, fine_tune, show_progress)
+    results = evaluate_methods(methods, sets, steps, episodes, dynamics, show_progress)
     rand = random_returns(env_id, sets, episodes, dynamics)
-    oracle = None
-    if "oracle" in results:
-        per_seed = results["oracle"]
-        oracle = {
-            g: [
-                float(np.mean([res[g][ti][0] for res in per_seed]))
-                for ti in range(len(per_seed[0][g]))
-            ]
-            for g in rand
-        }
+    oracle = oracle_returns(methods, results, list(rand))
     rows = summarize(results, steps, rand, oracle)
     table = markdown_table(rows)
     report = {
@@ -494,7 +547,7 @@ def run_evaluation(
         "n_tasks": {s.name: len(s.tasks) for s in sets},
         "episodes": episodes,
         "steps": steps,
-        "runs": [str(d) for d, _ in policies],
+        "runs": [str(r.run_dir) for r in runs],
         "task_values": {s.name: [dict(t) for t in s.tasks] for s in sets},
         "random_returns": rand,
         "oracle_returns": oracle,
@@ -502,14 +555,6 @@ def run_evaluation(
         "returns": results,
         "summary": rows,
     }
-    (out / "results.json").write_text(json.dumps(report, indent=1))
-    (out / "results.md").write_text(
-        f"# Adaptation results on {env_id}\n\n{table}\n\n"
-        f"Normalized score: (R - R_random) / (R_oracle - R_random), returns pooled over "
-        f"(task, training seed) pairs; 95% bootstrap CI over those pairs (no score column "
-        f"without an oracle run). Support: transitions collected with each method's initial policy; "
-        f"steps: gradient steps on them.\n"
-    )
-    plot_adaptation(rows, out / "adaptation.png")
+    write_reports(out, report, table)
     print(table)
     return report

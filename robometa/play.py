@@ -12,10 +12,11 @@ The source decides the code path, so what the video shows is what evaluation and
   :func:`robometa.deploy.loop.collect` at the bundle's support epsilon and runs its guarded
   ``adapt``; the "before" panel acts with the meta-parameters (``acting_with_meta``).
 
-A run that does not adapt (``dqn``, ``oracle``: no inner learning rates) plays one panel, its
-greedy policy; ``robometa eval``'s DR + fine-tuning baseline (a learning rate tuned on
-training tasks) is not replayed here, while a bundle exported from such a run fine-tunes
-every parameter at the bundle's learning rate, as the runtime does.
+A run of an algorithm that does not adapt (per :mod:`robometa.algorithms`: ``dqn``,
+``oracle``; no inner learning rates) plays one panel, its greedy policy; ``robometa eval``'s
+DR + fine-tuning baseline (a learning rate tuned on training tasks) is not replayed here,
+while a bundle exported from such a run fine-tunes every parameter at the bundle's learning
+rate, as the runtime does.
 
 Seeds: greedy episode ``e`` (0-based) of every panel starts from ``reset(seed=SEED + e)``, so
 before and after start from the same state; the support collection draws its exploration and
@@ -35,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from robometa.config import META_ALGORITHMS, AdaptationConfig
+from robometa import algorithms
+from robometa.config import AdaptationConfig
 from robometa.deploy import Adapter
 from robometa.deploy.bundle import MANIFEST_FILE
 from robometa.deploy.loop import collect as deploy_collect
@@ -208,7 +210,8 @@ def run_scene(
 ) -> Scene:
     """A trained run: the meta-parameters, then (for a method that adapts) the parameters
     after ``adapt_steps`` steps on support collected exactly as ``robometa eval`` does."""
-    policy = Policy.load(source)
+    policy = Policy.load(source)  # an algorithm not registered here is an error naming it
+    spec = algorithms.get(policy.algorithm)
     adaptation = policy.config.get("adaptation", {})
     eps = float(adaptation.get("support_epsilon", AdaptationConfig.support_epsilon))
     method = PolicyMethod(policy.algorithm, policy, eps)
@@ -219,7 +222,7 @@ def run_scene(
         task, robot = choose(env.unwrapped.dynamics_space)
         scene = Scene(env, task, robot, [], policy.algorithm, policy.env_id, "")
         initial = method.initial_actor()
-        if policy.algorithm not in META_ALGORITHMS or not policy.lrs or not policy.adapt_steps:
+        if not spec.adapts or not policy.lrs or not policy.adapt_steps:
             # As in robometa eval: DR and the oracle act as trained (eval's DR + fine-tuning
             # tunes its rate on training robots first; play shows the policy as it is).
             scene.actors = [Actor("greedy policy", initial)]

@@ -382,39 +382,59 @@ def printed_summary(lines: list[str], out: Path) -> str:
     return "\n".join(text).strip()
 
 
-def run_quickstart(
-    out: str | Path = "quickstart",
-    meta_steps: int = 30000,
-    baseline_steps: int = 30000,
-    eval_tasks: int = 5,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    from robometa.bundle import export_bundle
-    from robometa.evaluate import run_evaluation
-    from robometa.policy import Policy
-    from robometa.render import write_video
-    from robometa.rollout import make_env
+@dataclass
+class QuickstartRuns:
+    """The two training runs, by name (``cavia``, ``dr``): their directories, configs and
+    budgets, what the quickstart did with each, and the env steps each actually trained."""
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    runs = {"cavia": out / "runs" / "cavia", "dr": out / "runs" / "dr"}
+    dirs: dict[str, Path]
+    setup: dict[str, tuple[Path, int]]  # name -> (config file, requested env steps)
+    actions: dict[str, str]  # name -> "reused", "resumed" or "trained"
+    trained: dict[str, int]
+
+    @property
+    def requested(self) -> dict[str, int]:
+        return {name: steps for name, (_, steps) in self.setup.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            name: {
+                "dir": str(self.dirs[name]),
+                "action": self.actions[name],
+                "requested_env_steps": self.setup[name][1],
+                "env_steps": self.trained[name],
+            }
+            for name in self.dirs
+        }
+
+
+def train_or_reuse(
+    out: Path, meta_steps: int, baseline_steps: int, seed: int, progress: bool
+) -> QuickstartRuns:
+    """Step 1: CAVIA and the DR baseline under ``out/runs`` (see :func:`ensure_trained`)."""
+    dirs = {"cavia": out / "runs" / "cavia", "dr": out / "runs" / "dr"}
     setup = {
         "cavia": (CONFIGS / "quickstart.yaml", meta_steps),
         "dr": (CONFIGS / "cartpole_dr.yaml", baseline_steps),
     }
     actions = {
-        name: ensure_trained(name, runs[name], config, steps, seed, progress)
+        name: ensure_trained(name, dirs[name], config, steps, seed, progress)
         for name, (config, steps) in setup.items()
     }
-    trained = {name: trained_env_steps(run_dir) for name, run_dir in runs.items()}
-    meta = Policy.load(runs["cavia"])
-    base = Policy.load(runs["dr"])
+    trained = {name: trained_env_steps(run_dir) for name, run_dir in dirs.items()}
+    return QuickstartRuns(dirs, setup, actions, trained)
+
+
+def evaluate_runs(
+    runs: QuickstartRuns, meta: Any, eval_tasks: int, out: Path, progress: bool
+) -> dict[str, Any]:
+    """Step 2: both runs through the evaluation harness, unadapted and after the meta-run's
+    adaptation steps, on ``eval_tasks`` held-out robots per group (reports in ``out/eval``)."""
+    from robometa.evaluate import run_evaluation
 
     print("[2/5] evaluating on held-out robots")
-    report_eval = run_evaluation(
-        [runs["cavia"], runs["dr"]],
+    return run_evaluation(
+        [runs.dirs["cavia"], runs.dirs["dr"]],
         tasks="test",
         n_tasks=eval_tasks,
         episodes=1,
@@ -423,47 +443,91 @@ def run_quickstart(
         show_progress=progress,
     )
 
+
+def export_meta_run(runs: QuickstartRuns, out: Path) -> Path:
+    """Step 3: the meta-trained run as an ONNX bundle in ``out/bundle`` (its own bundle)."""
+    from robometa.bundle import export_bundle
+
     print("[3/5] exporting the ONNX bundle")
-    bundle = export_bundle(runs["cavia"], out / "bundle", overwrite=True)  # its own bundle
+    return export_bundle(runs.dirs["cavia"], out / "bundle", overwrite=True)
+
+
+def adapt_and_record(
+    out: Path, bundle: Path, meta: Any, base: Any, seed: int
+) -> tuple[list[RobotRow], list[np.ndarray], dict[str, Any]]:
+    """Step 4: deployed adaptation on the three held-out robots (written to
+    ``out/robots.yaml``), and the before/after frames of the robot it helped most."""
+    from robometa.rollout import make_env
 
     print("[4/5] adapting through the deploy runtime on three held-out robots")
     env = make_env(meta.env_id, meta.dynamics, render_mode="rgb_array")
-    rows, adapters = adapt_on_robots(env, bundle, meta, base, seed)
-    dump_tasks([Task(r.task) for r in rows], out / "robots.yaml", env_id=meta.env_id)
-    best = max(rows, key=lambda r: r.gain)
-    frames, gif = record_before_after(env, adapters[best.name], best, meta)
-    env.close()
+    try:
+        rows, adapters = adapt_on_robots(env, bundle, meta, base, seed)
+        dump_tasks([Task(r.task) for r in rows], out / "robots.yaml", env_id=meta.env_id)
+        best = max(rows, key=lambda r: r.gain)
+        frames, gif = record_before_after(env, adapters[best.name], best, meta)
+    finally:
+        env.close()
+    return rows, frames, gif
+
+
+def write_pictures(out: Path, rows: list[RobotRow], frames: list[np.ndarray]) -> None:
+    """Step 5a: the before/after GIF and the bar chart per robot."""
+    from robometa.render import write_video
 
     print("[5/5] writing the report")
     write_video(out / "before_after.gif", frames, fps=GIF_FPS)
     plot_robots(rows, out / "robots.png")
+
+
+def run_quickstart(
+    out: str | Path = "quickstart",
+    meta_steps: int = 30000,
+    baseline_steps: int = 30000,
+    eval_tasks: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or reuse) CAVIA and the DR baseline, evaluate both, export CAVIA, adapt through
+    the runtime on three held-out robots, and write ``report.md`` and ``quickstart.json``."""
+    from robometa.policy import Policy
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    runs = train_or_reuse(out, meta_steps, baseline_steps, seed, progress)
+    meta, base = Policy.load(runs.dirs["cavia"]), Policy.load(runs.dirs["dr"])
+    evaluation = evaluate_runs(runs, meta, eval_tasks, out, progress)
+    bundle = export_meta_run(runs, out)
+    rows, frames, gif = adapt_and_record(out, bundle, meta, base, seed)
+    write_pictures(out, rows, frames)
     wall = time.perf_counter() - t0
+    return write_report(out, meta, runs, rows, evaluation["summary"], eval_tasks, gif, bundle, wall)
+
+
+def write_report(
+    out: Path,
+    meta: Any,
+    runs: QuickstartRuns,
+    rows: list[RobotRow],
+    summary: list[dict[str, Any]],
+    eval_tasks: int,
+    gif: dict[str, Any],
+    bundle: Path,
+    wall: float,
+) -> dict[str, Any]:
+    """Step 5b: ``report.md`` and ``quickstart.json``, and the summary printed; returns what
+    ``quickstart.json`` holds."""
     lines = report_lines(
-        meta,
-        trained,
-        {n: st for n, (_, st) in setup.items()},
-        actions,
-        rows,
-        report_eval["summary"],
-        eval_tasks,
-        gif,
-        wall,
+        meta, runs.trained, runs.requested, runs.actions, rows, summary, eval_tasks, gif, wall
     )
     (out / "report.md").write_text("\n".join(lines))
     result = {
         "wall_s": wall,
-        "runs": {
-            name: {
-                "dir": str(runs[name]),
-                "action": actions[name],
-                "requested_env_steps": setup[name][1],
-                "env_steps": trained[name],
-            }
-            for name in runs
-        },
+        "runs": runs.to_dict(),
         "robots": [{**r.__dict__, "gain": r.gain} for r in rows],
         "gif": gif,
-        "eval_summary": report_eval["summary"],
+        "eval_summary": summary,
         "bundle": str(bundle),
         "report": str(out / "report.md"),
     }

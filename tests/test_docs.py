@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from robometa.docs import END, START, config_reference
+from robometa.docs import (
+    ALGORITHM_TABLE_END,
+    ALGORITHM_TABLE_START,
+    END,
+    START,
+    algorithm_table,
+    config_reference,
+    update_readme,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,6 +25,48 @@ def test_readme_config_reference_is_current():
     text = (ROOT / "README.md").read_text()
     section = text.split(START, 1)[1].split(END, 1)[0].strip()
     assert section == config_reference().strip(), "run `python -m robometa.docs`"
+
+
+def test_algorithm_table_lists_the_registry():
+    from robometa import algorithms
+
+    lines = algorithm_table().splitlines()
+    assert lines[:2] == ["| algorithm | family | adapts | what it is |", "|---|---|---|---|"]
+    assert [ln.split(" | ")[0] for ln in lines[2:]] == [f"| `{n}`" for n in algorithms.names()]
+    assert lines[2] == (
+        "| `dqn` | dqn | no (also evaluated fine-tuned) | Double DQN over the task distribution "
+        "(domain randomization); evaluation reports it as `dr` when it trains on the train "
+        "tasks |"
+    )
+    assert "| `cavia` | gradient | yes | CAVIA: adapts only a context vector" in algorithm_table()
+    algorithms.register(
+        "toy-plugin", "toy_package.module:Toy", family="toy", summary="a | toy", adapts=True
+    )
+    try:
+        assert algorithm_table().splitlines()[-1] == "| `toy-plugin` | toy | yes | a \\| toy |"
+    finally:
+        algorithms.unregister("toy-plugin")
+
+
+def test_update_readme_writes_the_algorithm_table_where_its_markers_are(tmp_path):
+    readme = tmp_path / "README.md"
+    config = f"{START}\n{config_reference()}\n{END}\n"
+    readme.write_text(f"# x\n{config}")
+    assert update_readme(readme) is False  # no markers: the table is optional
+    readme.write_text(f"# x\n{config}{ALGORITHM_TABLE_START}\nstale\n{ALGORITHM_TABLE_END}\ntail\n")
+    assert update_readme(readme) is True
+    assert readme.read_text() == (
+        f"# x\n{config}{ALGORITHM_TABLE_START}\n{algorithm_table()}\n{ALGORITHM_TABLE_END}\ntail\n"
+    )
+    assert update_readme(readme) is False
+
+
+def test_readme_algorithm_table_is_current_where_placed():
+    text = (ROOT / "README.md").read_text()
+    if ALGORITHM_TABLE_START not in text:
+        pytest.skip("the README has no algorithm-table markers")
+    section = text.split(ALGORITHM_TABLE_START, 1)[1].split(ALGORITHM_TABLE_END, 1)[0].strip()
+    assert section == algorithm_table().strip(), "run `python -m robometa.docs`"
 
 
 def _readme_blocks() -> list[str]:

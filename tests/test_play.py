@@ -9,13 +9,11 @@ import math
 import re
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-import torch
 from robometa.deploy import Adapter
 from robometa.deploy.loop import collect as deploy_collect
 from robometa.deploy.loop import greedy_return
@@ -40,14 +38,6 @@ ROBOTS_YAML = (
     "tasks:\n  - {motor_sign: -1, pole_length: 1.3}\n  - {motor_sign: 1, cart_mass: 2.5}\n"
 )
 PANEL_WIDTH = 320  # the families' render width; two panels have an 8-pixel gap between them
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
