@@ -1,0 +1,265 @@
+"""A method family defined here, in the test module, registered with one call, and then the
+whole chain works on it with no other file edited: ``robometa train`` with
+``algorithm: toy-dueling``, ``robometa eval``, ``robometa export`` and the torch-free runtime.
+
+The toy is DQN with a dueling head (Wang et al. 2016): Q = V + A - mean(A), with a value head
+the builtin Q-network does not have, so the test can tell that the family's own network was
+trained, saved, rebuilt, traced into the bundle and run on the device. A second test installs
+a family the way a third-party package does (an entry point in the ``robometa.algorithms``
+group) and trains it through the ``robometa`` command in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from robometa.deploy import Adapter
+from robometa.deploy.cli import main as deploy_main
+from torch import Tensor, nn
+
+import robometa.algorithms as algorithms
+from robometa.cli import main as robometa_main
+from robometa.methods.dqn import DQN
+from robometa.networks import NetworkSpec, QNetwork, q_values
+from robometa.policy import Policy
+
+TOY = "toy-dueling"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class DuelingQNetwork(QNetwork):
+    """The builtin body and dynamics head, with a dueling Q head: Q = V + A - mean(A)."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__(spec)
+        self.value_head = nn.Linear(spec.hidden[-1], 1)
+        nn.init.constant_(self.value_head.bias, 3.0)  # V visible in Q from the first step
+
+    def forward(self, obs: Tensor, with_model: bool = True) -> tuple[Tensor, Tensor | None]:
+        h = self.features(obs)
+        adv = self.q_head(h)
+        q = self.value_head(h) + adv - adv.mean(dim=1, keepdim=True)
+        if not with_model:
+            return q, None
+        delta = self.model_head(h).view(obs.shape[0], self.spec.n_actions, self.spec.obs_dim)
+        return q, delta
+
+
+class DuelingDQN(DQN):
+    """DQN, trained and saved with the dueling network: the family's only difference."""
+
+    network_class = DuelingQNetwork
+
+
+CONFIG = textwrap.dedent(
+    f"""\
+    algorithm: {TOY}
+    seed: 0
+    env:
+      id: robometa/CartPole-v0
+      tasks: train
+      num_envs: 2
+    network:
+      hidden: [16, 16]
+    adaptation:
+      steps: 2
+      support_size: 32
+    dqn:
+      total_steps: 600
+      learning_starts: 200
+      buffer_size: 1000
+      batch_size: 32
+      target_update_interval: 50
+    logging:
+      eval_every: 0
+      log_every: 300
+      checkpoint_every: 300
+      progress: false
+    """
+)
+
+
+@pytest.fixture
+def toy_family():
+    spec = algorithms.register(
+        TOY,
+        f"{__name__}:DuelingDQN",
+        family="dqn",
+        fine_tunes=True,
+        summary="DQN with a dueling head (a test's toy family)",
+    )
+    try:
+        yield spec
+    finally:
+        algorithms.unregister(TOY)
+
+
+def test_a_family_registered_with_one_call_trains_evaluates_exports_and_deploys(
+    toy_family, tmp_path: Path, one_thread, capsys
+) -> None:
+    config = tmp_path / "toy.yaml"
+    config.write_text(CONFIG)
+    run, report, bundle = tmp_path / "run", tmp_path / "eval", tmp_path / "bundle"
+
+    assert robometa_main(["train", str(config), "--out", str(run)]) == 0
+    policy = Policy.load(run)
+    assert policy.algorithm == TOY
+    assert type(policy.net) is DuelingQNetwork  # rebuilt by the family, not the builtin
+    assert "value_head.weight" in policy.params
+    obs = torch.randn(16, policy.net.spec.obs_dim)
+    q = q_values(policy.net, policy.params, obs)
+    assert not torch.allclose(q, policy.net.q_head(policy.net.features(obs)), atol=1e-3)
+
+    assert (
+        robometa_main(["eval", str(run), "--n-tasks", "2", "--episodes", "1", "--out", str(report)])
+        == 0
+    )
+    results = json.loads((report / "results.json").read_text())
+    assert set(results["returns"]) == {TOY, f"{TOY}+finetune"}  # fine_tunes=True adds it
+    for group in results["random_returns"]:
+        returns = results["returns"][TOY][0][group]
+        assert len(returns) == 2 and all(np.isfinite(r[0]) for r in returns)
+
+    assert robometa_main(["export", str(run), "--out", str(bundle)]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["algorithm"] == TOY
+    assert manifest["kind"] == "gradient"
+    assert "value_head.weight" in manifest["parameters"]
+
+    adapter = Adapter.load(bundle)
+    onnx_q = np.stack([adapter.q_values(o) for o in obs.numpy()])
+    np.testing.assert_allclose(onnx_q, q.numpy(), atol=1e-5)
+    assert [adapter.act(o) for o in obs.numpy()] == q.argmax(1).tolist()
+    capsys.readouterr()
+
+
+def test_the_toy_bundle_adapts_in_the_torch_free_runtime(
+    toy_family, tmp_path: Path, one_thread
+) -> None:
+    from robometa.bundle import export_bundle
+    from robometa.testing import random_policy
+
+    template = random_policy("dqn", hidden=(16, 16), seed=1)
+    net = DuelingQNetwork(template.net.spec)
+    net.load_state_dict({**net.state_dict(), **template.net.state_dict()})
+    policy = Policy(
+        algorithm=TOY,
+        env_id=template.env_id,
+        net=net,
+        params=net.params(),
+        lrs={},
+        inner=template.inner,
+        adapt_steps=2,
+        support_size=32,
+    )
+    bundle = export_bundle(policy, tmp_path / "bundle")
+    # A process where torch cannot be imported: the deploy CLI runs the toy's bundle on the
+    # simulated cart-pole, adapting it (fine-tuning, since the toy has no learned rates).
+    script = textwrap.dedent(
+        f"""\
+        import sys
+        sys.modules["torch"] = None  # any import of torch now fails
+        from robometa.deploy.cli import main
+        sys.exit(main(["adapt", "--bundle", {str(bundle)!r}, "--sample-test-task", "0",
+                       "--rounds", "1", "--support", "32", "--steps", "2",
+                       "--eval-episodes", "1"]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "torch" not in done.stderr
+    assert deploy_main(["info", "--bundle", str(bundle)]) == 0
+
+
+PLUGIN = textwrap.dedent(
+    '''\
+    """A third-party package's robometa plug-in: a DQN with a dueling head."""
+    from torch import nn
+
+    from robometa.methods.dqn import DQN
+    from robometa.networks import QNetwork
+
+
+    class WideHeadQNetwork(QNetwork):
+        def __init__(self, spec):
+            super().__init__(spec)
+            self.value_head = nn.Linear(spec.hidden[-1], 1)
+
+        def forward(self, obs, with_model=True):
+            h = self.features(obs)
+            adv = self.q_head(h)
+            q = self.value_head(h) + adv - adv.mean(dim=1, keepdim=True)
+            if not with_model:
+                return q, None
+            n, d = self.spec.n_actions, self.spec.obs_dim
+            return q, self.model_head(h).view(obs.shape[0], n, d)
+
+
+    class PluginDQN(DQN):
+        network_class = WideHeadQNetwork
+
+
+    def register():
+        from robometa.algorithms import register
+
+        register("plugin-dueling", "robometa_toy_plugin:PluginDQN", family="dqn",
+                 summary="a plug-in's dueling DQN")
+    '''
+)
+
+
+def test_an_installed_package_registers_a_family_through_the_entry_point_group(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    (site / "robometa_toy_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "robometa_toy_plugin.py").write_text(PLUGIN)
+    info = site / "robometa_toy_plugin-0.1.dist-info"
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: robometa-toy-plugin\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[robometa.algorithms]\nplugin-dueling = robometa_toy_plugin:register\n"
+    )
+    config = tmp_path / "plugin.yaml"
+    config.write_text(CONFIG.replace(TOY, "plugin-dueling"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "robometa"),  # the installed command
+            "train",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    state = torch.load(tmp_path / "run" / "policy.pt", weights_only=True)
+    assert state["algorithm"] == "plugin-dueling"
+    assert "value_head.weight" in state["params"]
+    listed = subprocess.run(
+        [sys.executable, "-c", "import robometa.algorithms as a; print(a.names())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert "plugin-dueling" in listed.stdout, listed.stderr
