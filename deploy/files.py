@@ -60,7 +60,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     try:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as err:
         raise WriteError(
             f"{path}: written, but its directory could not be synced ({_os_reason(err)}); "
@@ -137,7 +137,7 @@ def _writer_gone(pid: int, entry: os.DirEntry) -> bool:
     return False
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (POSIX; elsewhere a rename is as good as it
     gets)."""
     if os.name != "posix":

@@ -15,6 +15,13 @@ A plug-in adds its kind with one call before loading its bundles::
 
     register_kind("mykind", "mypackage.runtime:MyAdapter")
 
+or, installed as a package, with an entry point in the group ``robometa.bundle_kinds`` (name:
+the kind, value: its runtime), read the first time a kind is looked up, so the device needs
+no registering code at all::
+
+    [project.entry-points."robometa.bundle_kinds"]
+    mykind = "mypackage.runtime:MyAdapter"
+
 A manifest without ``kind`` is a ``gradient`` bundle (:data:`DEFAULT_KIND`; bundles exported
 before kinds existed have none).
 """
@@ -23,12 +30,15 @@ from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from robometa.deploy.adapter import Adapter
     from robometa.deploy.bundle import BundleLayout
 
+#: the Python entry-point group installed packages add bundle kinds through
+ENTRY_POINT_GROUP = "robometa.bundle_kinds"
 #: the kind of a manifest without a ``kind`` key.
 DEFAULT_KIND = "gradient"
 #: bundle kind -> its runtime, ``"module:Class"`` (imported on first use).
@@ -63,8 +73,30 @@ def register_kind(name: str, entry_point: str) -> None:
     KINDS[name] = entry_point
 
 
+_plugins_read = False
+
+
+def _read_plugins() -> None:
+    """Register the kinds installed packages declare (once). A bad declaration is reported as
+    a warning naming it and skipped: the builtin kinds still load."""
+    global _plugins_read
+    if _plugins_read:
+        return
+    _plugins_read = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if KINDS.get(ep.name) == ep.value:
+            continue
+        try:
+            register_kind(ep.name, ep.value)
+        except ValueError as err:
+            warnings.warn(f"robometa bundle kind plug-in {ep.name!r}: {err}", stacklevel=3)
+
+
 def known_kinds() -> tuple[str, ...]:
     """The registered kinds, in registration order (``gradient`` first)."""
+    _read_plugins()
     return tuple(KINDS)
 
 
@@ -77,6 +109,7 @@ def runtime_class(name: str) -> type[Adapter]:
     """
     from robometa.deploy.adapter import Adapter
 
+    _read_plugins()
     if name not in KINDS:
         raise ValueError(f"unknown bundle kind {name!r} (known kinds: {', '.join(KINDS)})")
     entry = KINDS[name]

@@ -120,6 +120,7 @@ from robometa.deploy.bundle import (
     BundleError,
     sha256_file,
 )
+from robometa.deploy.files import fsync_dir
 from robometa.policy import POLICY_FILE, Policy
 
 #: names that moved to :mod:`robometa.bundle_gradient` with the gradient kind; still readable
@@ -478,10 +479,10 @@ def _swap_into_place(new: Path, target: Path) -> Path | None:
     """Put the ``new`` bundle at ``target``; return where the replaced directory now is."""
     if not os.path.lexists(target):
         os.rename(new, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return None
     if _exchange(new, target):
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return new
     # Two renames: between them ``target`` is missing, and the next export restores it.
     prefix = f".{target.name}.{_OLD_TAG}-{os.getpid()}-"
@@ -492,7 +493,7 @@ def _swap_into_place(new: Path, target: Path) -> Path | None:
     except BaseException:
         os.rename(old, target)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return old
 
 
@@ -528,17 +529,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    if sys.platform == "win32":  # directories cannot be opened for fsync there
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root)
 
 
 # --------------------------------------------------------------------------- the family's files

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -27,9 +28,12 @@ from torch import Tensor, nn
 
 import robometa.algorithms as algorithms
 from robometa.cli import main as robometa_main
+from robometa.config import config_from_dict
 from robometa.methods.dqn import DQN
+from robometa.methods.gradient import VARIANTS, MetaLearner, Variant
 from robometa.networks import NetworkSpec, QNetwork, q_values
 from robometa.policy import Policy
+from robometa.train import train
 
 TOY = "toy-dueling"
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,3 +267,41 @@ def test_an_installed_package_registers_a_family_through_the_entry_point_group(
         env=env,
     )
     assert "plugin-dueling" in listed.stdout, listed.stderr
+
+
+class FirstOrderCaviaLearner(MetaLearner):
+    """A new member of the gradient family: CAVIA's context, without second-order terms."""
+
+    variants: ClassVar[dict[str, Variant]] = {
+        **VARIANTS,
+        "toy-fo-cavia": Variant(adapts="context", first_order=True),
+    }
+
+
+def test_a_new_gradient_variant_is_one_table_entry_and_one_register_call(
+    tmp_path: Path,
+) -> None:
+    algorithms.register(
+        "toy-fo-cavia", f"{__name__}:FirstOrderCaviaLearner", family="gradient", adapts=True
+    )
+    try:
+        cfg = config_from_dict(
+            {
+                "algorithm": "toy-fo-cavia",
+                "network": {"hidden": [16], "context_dim": 2},
+                "adaptation": {"loss": "model", "steps": 1, "support_size": 20},
+                "dqn": {"total_steps": 200},
+                "meta": {"meta_batch": 2, "task_pool": 2, "collect_steps": 25},
+                "logging": {"eval_every": 0, "progress": False},
+            }
+        )
+        learner = FirstOrderCaviaLearner(cfg)
+        assert learner.first_order and list(learner.lrs) == ["context"]
+        learner.close()
+        policy = train(cfg, tmp_path / "run")
+        assert Policy.load(tmp_path / "run").algorithm == "toy-fo-cavia"
+        assert list(policy.lrs) == ["context"]
+        with pytest.raises(ValueError, match="FirstOrderCaviaLearner trains .*not 'dqn'"):
+            FirstOrderCaviaLearner(config_from_dict({"algorithm": "dqn"}))
+    finally:
+        algorithms.unregister("toy-fo-cavia")

@@ -28,8 +28,9 @@ the context vector fed to the network, reset to zero for every task (CAVIA).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -58,11 +59,38 @@ REPLAY_PER_TASK = 5000
 LR_FLOOR = 1e-6
 
 
-def adapted_names(algorithm: str, names: list[str]) -> list[str]:
-    """Which parameters the inner loop changes for ``algorithm``."""
-    if algorithm == "cavia":
+@dataclass(frozen=True)
+class Variant:
+    """How one gradient meta-learner differs from MAML: which parameters the inner loop
+    changes (``all`` but the context, the output ``heads``, or only the ``context``), whether
+    the second-order terms are always dropped, whether the inner rates are learned per entry
+    (Meta-SGD), and whether the outer update moves toward the adapted parameters (Reptile)
+    instead of following the outer loss's gradient."""
+
+    adapts: str = "all"
+    first_order: bool = False
+    per_entry_lrs: bool = False
+    reptile: bool = False
+
+
+#: the family's members; a plug-in variant registers its name and, in a subclass of
+#: :class:`MetaLearner`, sets ``variants = {**VARIANTS, name: Variant(...)}``
+VARIANTS: dict[str, Variant] = {
+    "maml": Variant(),
+    "fomaml": Variant(first_order=True),
+    "metasgd": Variant(per_entry_lrs=True),
+    "anil": Variant(adapts="heads"),
+    "cavia": Variant(adapts="context"),
+    "reptile": Variant(first_order=True, reptile=True),
+}
+
+
+def adapted_names(algorithm: str | Variant, names: list[str]) -> list[str]:
+    """Which parameters the inner loop changes for ``algorithm`` (a name or a variant)."""
+    variant = VARIANTS[algorithm] if isinstance(algorithm, str) else algorithm
+    if variant.adapts == "context":
         return ["context"]
-    if algorithm == "anil":
+    if variant.adapts == "heads":
         return list(head_names(names))
     return [n for n in names if n != "context"]
 
@@ -100,15 +128,24 @@ class MetaLearner(Method):
     """Meta-trains a Q-network initialization (``algorithm`` in maml, fomaml, metasgd, anil,
     cavia, reptile); same harness interface as :class:`robometa.methods.dqn.DQN`."""
 
+    #: the variants this class trains, by algorithm name
+    variants: ClassVar[dict[str, Variant]] = VARIANTS
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.algorithm = cfg.algorithm
+        if cfg.algorithm not in self.variants:
+            raise ValueError(
+                f"{type(self).__name__} trains {', '.join(self.variants)}, not "
+                f"{cfg.algorithm!r} (give its Variant in the class's 'variants')"
+            )
+        self.variant = self.variants[cfg.algorithm]
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         _check_rules(cfg)
         a, m = cfg.adaptation, cfg.meta
         self.inner = InnerLoss(a.loss, cfg.dqn.gamma, cfg.dqn.huber_delta, a.model_weight)
-        self.first_order = m.first_order or self.algorithm in ("fomaml", "reptile")
+        self.first_order = m.first_order or self.variant.first_order
         self.net = self._fitted_network()
         self.meta_params: dict[str, torch.nn.Parameter] = dict(self.net.named_parameters())
         self.lrs = self._inner_learning_rates()
@@ -139,10 +176,10 @@ class MetaLearner(Method):
         """One per adapted parameter: a scalar, or (Meta-SGD) one per entry; learned for
         Meta-SGD and with ``meta.learn_lrs``."""
         a = self.cfg.adaptation
-        per_entry = self.algorithm == "metasgd"
+        per_entry = self.variant.per_entry_lrs
         learned = per_entry or self.cfg.meta.learn_lrs
         lrs = {}
-        for n in adapted_names(self.algorithm, list(self.meta_params)):
+        for n in adapted_names(self.variant, list(self.meta_params)):
             shape = self.meta_params[n].shape if per_entry else ()
             lrs[n] = torch.full(shape, a.lr).requires_grad_(learned)
         return lrs
@@ -307,7 +344,7 @@ class MetaLearner(Method):
                 group["lr"] = self.outer_lr()
         support, query = self._meta_batch()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.algorithm == "reptile":
+        if self.variant.reptile:
             losses = self._reptile_update(support, query)
         else:
             losses = self._gradient_update(support, query)

@@ -255,3 +255,44 @@ class TestCollectThroughTheSharedLoop:
                 obs, _ = twin.reset(seed=11 + len(twin.seeds))
         assert robot.seeds == twin.seeds and robot.seeds[:3] == [11, 12, 13]
         assert len(robot.actions) == 25 and rng.random() == replay.random()  # no other draws
+
+
+class TestInstalledKind:
+    def test_an_installed_package_adds_its_kind_through_the_entry_point_group(
+        self, cavia, tmp_path: Path
+    ) -> None:
+        """A package declaring ``[robometa.bundle_kinds] toy = toy_kind:ToyAdapter`` needs no
+        registering code on the device: loading its bundle finds the runtime."""
+        import os
+        import subprocess
+
+        site = tmp_path / "site"
+        info = site / "toy_kind-0.1.dist-info"
+        info.mkdir(parents=True)
+        (site / "toy_kind.py").write_text(textwrap.dedent(TOY_KIND))
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-kind\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(
+            "[robometa.bundle_kinds]\ntoy = toy_kind:ToyAdapter\nBad Name = toy_kind:ToyAdapter\n"
+        )
+        path = with_manifest(cavia.path, tmp_path / "toy", kind="toy")
+        script = textwrap.dedent(
+            f"""\
+            import sys, warnings
+            sys.modules["torch"] = None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                from robometa.deploy import Adapter
+                from robometa.deploy.kinds import known_kinds
+                adapter = Adapter.load({str(path)!r})
+            print(known_kinds(), type(adapter).__module__, type(adapter).__name__)
+            print([str(w.message) for w in caught])
+            """
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        first, second = done.stdout.splitlines()
+        assert first == "('gradient', 'toy') toy_kind ToyAdapter"
+        assert "'Bad Name'" in second and "lowercase" in second  # reported, not swallowed
