@@ -54,7 +54,7 @@ Counts are ints (never a bool, float or str) within documented maxima: :data:`MA
 anything else is a ``TypeError``/``ValueError`` naming the argument and the constant.
 
 Only numpy and the runtime: the loop never imports gymnasium. Collecting is
-:mod:`robometa.collection`'s one epsilon-greedy loop (numpy only), the one training and
+:mod:`robometa.deploy.collection`'s one epsilon-greedy loop (numpy only), the one training and
 evaluation run, so a seeded collection draws the same random numbers everywhere.
 """
 
@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+from robometa.deploy import collection
 from robometa.deploy.runtime import (
     MAX_ADAPT_STEPS,
     MAX_CAPACITY,
@@ -76,8 +77,6 @@ from robometa.deploy.runtime import (
     check_count,
     check_number,
 )
-
-from robometa import collection
 
 ObsFn = Callable[[np.ndarray], np.ndarray]
 SUPPORT_FROM = ("auto", "meta", "current")
@@ -229,7 +228,7 @@ def collect(
 
 
 class _Observer:
-    """The robot as :func:`robometa.collection.collect` steps it, and ``adapter.observe`` as
+    """The robot as :func:`robometa.deploy.collection.collect` steps it, and ``adapter.observe`` as
     its store, counting the accepted transitions.
 
     The collection loop adds each reward to the episode's return, but a robot's reward goes to

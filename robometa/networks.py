@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from robometa.collection import ActFn
+from robometa.deploy.collection import ActFn
 
 Params = dict[str, Tensor]
 

@@ -1,5 +1,5 @@
 """Running policies on robot families: env construction, training tasks, greedy actors,
-collection (through the one loop of :mod:`robometa.collection`) and greedy returns."""
+collection (through the one loop of :mod:`robometa.deploy.collection`) and greedy returns."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 import robometa.envs
-from robometa import collection
-from robometa.collection import ActFn, Episode, StoreFn
+from robometa.deploy import collection
+from robometa.deploy.collection import ActFn, Episode, StoreFn
 from robometa.envs import DynamicsSpace, Task
 from robometa.envs.wrappers import PrivilegedObservation
 from robometa.networks import Params, QNetwork, q_values
@@ -104,7 +104,7 @@ def collect(
     buffer: ReplayBuffer | None = None,
 ) -> ReplayBuffer:
     """``n`` epsilon-greedy transitions on ``task`` (episodes restart as needed), through
-    :func:`robometa.collection.collect`; a step the physics rejected is not stored."""
+    :func:`robometa.deploy.collection.collect`; a step the physics rejected is not stored."""
     buf = buffer if buffer is not None else ReplayBuffer(n, env.observation_space.shape[0])
     env.unwrapped.set_task(task)
 

@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 import robometa.algorithms
-from robometa import collection
 from robometa.adaptation import Batch, InnerLoss, double_dqn_target
-from robometa.collection import Episode
 from robometa.config import Config
+from robometa.deploy import collection
+from robometa.deploy.collection import Episode
 from robometa.methods.base import Method
 from robometa.networks import QNetwork
 from robometa.policy import Policy
@@ -122,7 +122,7 @@ class DQN(Method):
         return {"returns": returns, "loss": losses, "epsilon": eps}
 
     def _step_every_env(self, epsilon: float) -> list[float]:
-        """Step each env once, epsilon-greedy (:mod:`robometa.collection`); the returns of
+        """Step each env once, epsilon-greedy (:mod:`robometa.deploy.collection`); the returns of
         the episodes that ended. The greedy actions of all envs come from one batched forward
         pass, taken at the first env that acts greedily (none when every env explores)."""
         batched = cache(self._greedy_actions)

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 import robometa.algorithms
-from robometa import collection
 from robometa.adaptation import Batch, InnerLoss, adapt_step, model_loss, td_loss
-from robometa.collection import Episode
 from robometa.config import Config
+from robometa.deploy import collection
+from robometa.deploy.collection import Episode
 from robometa.envs import Task
 from robometa.methods.base import Method
 from robometa.methods.dqn import linear_epsilon
@@ -271,7 +271,7 @@ class MetaLearner(Method):
     def _collect(
         self, slot: _TaskSlot, params: Params, n: int, epsilon: float, into_support: bool
     ) -> list[float]:
-        """``n`` epsilon-greedy steps on the slot's task (:mod:`robometa.collection`) into its
+        """``n`` epsilon-greedy steps on the slot's task (:mod:`robometa.deploy.collection`) into its
         replay buffer (and support ring); the returns of the episodes that ended."""
         buffers = (slot.replay, slot.support) if into_support else (slot.replay,)
         act = greedy_act_fn(self.net, params)

@@ -81,12 +81,11 @@ def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
     installed = run([str(python), "-m", "pip", "install", "-q", *wanted])
     assert installed.returncode == 0, installed.stdout + installed.stderr
 
-    # The deploy package as robometa.deploy, next to the (light) robometa/__init__.py and the
-    # numpy-only collection loop it shares with training.
+    # The deploy package as robometa.deploy, next to the (light) robometa/__init__.py: the
+    # README's device install, nothing else of robometa.
     site = tmp_path / "site"
     (site / "robometa").mkdir(parents=True)
-    for name in ("__init__.py", "collection.py"):
-        shutil.copy(REPO / "robometa" / name, site / "robometa" / name)
+    shutil.copy(REPO / "robometa" / "__init__.py", site / "robometa" / "__init__.py")
     shutil.copytree(
         REPO / "deploy", site / "robometa" / "deploy", ignore=shutil.ignore_patterns("__pycache__")
     )

@@ -1,12 +1,11 @@
-"""The one epsilon-greedy collection loop (robometa.collection): its random number calls, the
+"""The one epsilon-greedy collection loop (robometa.deploy.collection): its random number calls, the
 restart at each episode end, the episode-length cap, and what is stored as terminal."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from robometa.collection import Episode, collect, epsilon_greedy, step
+from robometa.deploy.collection import Episode, collect, epsilon_greedy, step
 
 
 class Counter:
@@ -78,19 +77,31 @@ def test_epsilon_zero_is_greedy_and_one_explores(epsilon: float, greedy_steps: i
     assert len(calls) == greedy_steps
 
 
-def test_collect_uses_the_same_draws_as_epsilon_greedy_with_the_actor() -> None:
-    env, twin_env = Counter(terminate_at=(4,)), Counter(terminate_at=(4,))
+def test_collect_draws_exactly_what_the_loops_before_it_drew() -> None:
+    """The raw generator calls every loop made before they were merged: per step one
+    ``random()``, then ``integers(n_actions)`` only when it is below epsilon; the actor is
+    called only on greedy steps. Replayed by hand on a twin generator."""
+    env = Counter(terminate_at=(4,))
     rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    greedy_calls = []
 
     def act(obs: np.ndarray) -> int:
+        greedy_calls.append(float(obs[0]))
         return int(obs[0]) % 2
 
     collect(env, Episode(np.zeros(1, np.float32)), act, 40, 0.5, rng, 5, Store(), env.restart)
-    episode = Episode(np.zeros(1, np.float32))
+    expected, explored = [], 0
     for _ in range(40):
-        action = epsilon_greedy(twin, 0.5, 5, lambda: act(episode.obs))
-        step(twin_env, episode, action, Store(), twin_env.restart)
-    assert env.actions == twin_env.actions
+        if twin.random() < 0.5:
+            expected.append(int(twin.integers(5)))
+            explored += 1
+        else:
+            expected.append(None)  # greedy: the actor's choice
+    assert 5 < explored < 35  # both branches exercised
+    assert [a for a, e in zip(env.actions, expected, strict=True) if e is not None] == [
+        e for e in expected if e is not None
+    ]
+    assert len(greedy_calls) == 40 - explored
     assert rng.bit_generator.state == twin.bit_generator.state
 
 
