@@ -62,7 +62,7 @@ def method_spec(method: str) -> algorithms.AlgorithmSpec | None:
 def default_methods() -> tuple[str, ...]:
     """Every registered algorithm as it trains over the train tasks (``dr`` for ``dqn``), the
     headline methods first."""
-    labels = [algorithms.get(name).label("train") for name in algorithms.names()]
+    labels = [algorithms.get(name).label("train") for name in algorithms.builtin_names()]
     return tuple(dict.fromkeys([*(m for m in HEADLINE if m in labels), *labels]))
 
 

@@ -3,8 +3,16 @@
 ``Adapter.load(path)`` (or ``Adapter(bundle)``) reads the manifest's ``kind`` and builds that
 kind's runtime (:mod:`robometa.deploy.kinds`), an ``Adapter`` subclass; today's only kind is
 ``gradient`` (:class:`robometa.deploy.gradient.GradientAdapter`). Shared here: checking
-observations, and ``observe``, which stores accepted transitions in the ring buffer and counts
-the rejected ones by reason.
+observations, ``observe``, which stores accepted transitions in the ring buffer and counts
+the rejected ones by reason, and what the adaptation loop (:mod:`robometa.deploy.loop`) and
+the command line ask every runtime, with defaults for a kind that does not adapt from
+meta-parameters: ``from_meta`` (False), ``support_epsilon`` (the manifest's
+``config.adaptation.support_epsilon``), ``support_size`` (``DEFAULT_CAPACITY``),
+``guard_options`` (none) and ``describe`` (no rows).
+
+A new kind's runtime subclasses :class:`Adapter`, sets ``layout`` (its
+:class:`~robometa.deploy.bundle.BundleLayout`), calls ``_set_bundle`` and sets ``buffer`` in
+its ``__init__``, and implements the abstract methods; ``register_kind`` names it.
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ from typing import Any, ClassVar
 import numpy as np
 from robometa.deploy import kinds
 from robometa.deploy.bundle import MANIFEST_FILE, Bundle, BundleError, BundleLayout
-from robometa.deploy.checks import check_real
+from robometa.deploy.checks import check_real, is_number
 from robometa.deploy.guard import AdaptReport
-from robometa.deploy.transitions import TransitionBuffer, rejection
+from robometa.deploy.transitions import DEFAULT_CAPACITY, TransitionBuffer, rejection
+
+# robometa's config default for adaptation.support_epsilon (the runtime cannot import it).
+DEFAULT_SUPPORT_EPSILON = 0.3
 
 
 class Adapter(abc.ABC):
@@ -37,6 +48,20 @@ class Adapter(abc.ABC):
 
     #: the graphs and files a bundle of this runtime's kind holds (read by ``Bundle.load``).
     layout: ClassVar[BundleLayout]
+    #: the keyword arguments of the adaptation guard this runtime takes; the command line
+    #: passes ``--holdout-fraction``, ``--tolerance``, ``--max-update-norm`` only to a runtime
+    #: listing them (and refuses them for any other).
+    guard_options: ClassVar[tuple[str, ...]] = ()
+
+    #: collecting for ``adapt`` acts with the meta-parameters (``run_rounds``'
+    #: ``support_from="auto"``): true for bundles whose adaptation starts from them.
+    from_meta: bool = False
+    #: the exploration rate support data was collected with in training and evaluation
+    #: (``run_rounds``' default ``epsilon``; set by ``_set_bundle`` from the manifest).
+    support_epsilon: float = DEFAULT_SUPPORT_EPSILON
+    #: the transitions one round of collection gathers by default (the command line's
+    #: ``--support`` default).
+    support_size: int = DEFAULT_CAPACITY
 
     bundle: Bundle
     obs_dim: int
@@ -65,11 +90,19 @@ class Adapter(abc.ABC):
         kind's runtime)."""
         return cls(Bundle.load(bundle_dir), **kwargs)
 
+    @classmethod
+    def describe(cls, bundle: Bundle) -> list[tuple[str, str]]:
+        """What ``robometa-deploy info`` prints about how a bundle of this kind adapts, as
+        ``(label, value)`` rows (gradient: the inner loop and the discount); none by default."""
+        return []
+
     # ------------------------------------------------------------------ observations
 
     def _set_bundle(self, bundle: Bundle) -> None:
-        """The bundle and its observation and action spaces, which ``observe`` checks."""
+        """The bundle and its observation and action spaces, which ``observe`` checks, and
+        its support epsilon."""
         self.bundle = bundle
+        self.support_epsilon = support_epsilon_of(bundle)
         self.obs_dim = bundle.obs_dim
         self.n_actions = bundle.n_actions
         self.obs_low = bundle.obs_low
@@ -172,3 +205,21 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def load_state(self, path: str | Path) -> None:
         """Restore a state written by ``save_state`` for this same bundle."""
+
+
+def support_epsilon_of(bundle: Bundle) -> float:
+    """The exploration rate of support collection the bundle was trained and evaluated with
+    (the manifest's ``config.adaptation.support_epsilon``; meta-learners collect their
+    support this way in training, and ``robometa eval`` does for every method), or
+    ``DEFAULT_SUPPORT_EPSILON`` for a manifest without it."""
+    config = bundle.manifest.get("config")
+    adaptation = config.get("adaptation") if isinstance(config, dict) else None
+    if not isinstance(adaptation, dict) or "support_epsilon" not in adaptation:
+        return DEFAULT_SUPPORT_EPSILON
+    value = adaptation["support_epsilon"]
+    if not is_number(value) or not 0.0 <= float(value) <= 1.0:
+        raise BundleError(
+            f"{bundle.path / MANIFEST_FILE}: config.adaptation.support_epsilon is {value!r}, "
+            "expected a number in [0, 1]"
+        )
+    return float(value)

@@ -3,8 +3,11 @@
 A bundle is a directory written by ``robometa export`` (the writer is ``robometa.bundle``; this
 module is the single home of the format's names and version, and the writer imports them).
 The manifest's ``kind`` names the bundle kind (:mod:`robometa.deploy.kinds`), whose runtime
-declares which graphs and files its bundles hold (a :class:`BundleLayout`); this module
-verifies whatever the layout declares with the same rules. A ``gradient`` bundle (every bundle
+declares what its bundles hold (a :class:`BundleLayout`): its graphs (:class:`GraphSpec`), its
+array files (:class:`ArraySpec`), its own manifest sections and their check. This module
+checks what every kind shares (the rows marked *shared* below) and verifies whatever the
+layout declares with the same rules; the rows marked *gradient* are the ``gradient`` kind's
+(:data:`robometa.deploy.gradient.GRADIENT_LAYOUT`). A ``gradient`` bundle (every bundle
 robometa exports; :mod:`robometa.deploy.gradient`) holds:
 
 | file | content |
@@ -23,21 +26,22 @@ loaded before the manifest passed):
 
 | what | rule |
 |---|---|
-| files | ``manifest.json`` and every file it lists are regular files inside the bundle (a symlink, directory, pipe or device is refused; the bundle directory itself may be a symlink); other entries of the directory are never opened and are not part of the bundle (``Bundle.unlisted`` names them; ``info`` prints them); only the kind's files and ``config.yaml`` can be listed; each file's size and sha256 match its ``files`` entry; sizes are capped before reading (``MAX_MANIFEST_BYTES``, ``MAX_GRAPH_BYTES``, ``MAX_CONFIG_BYTES``; the ``.npz`` files by the manifest's shapes) |
+| files | ``manifest.json`` and every file it lists are regular files inside the bundle (a symlink, directory, pipe or device is refused; the bundle directory itself may be a symlink); other entries of the directory are never opened and are not part of the bundle (``Bundle.unlisted`` names them; ``info`` prints them); only the kind's files and ``config.yaml`` can be listed; every file the kind's layout declares must be listed; each file's size and sha256 match its ``files`` entry; sizes are capped before reading (``MAX_MANIFEST_BYTES``, ``MAX_GRAPH_BYTES``, ``MAX_CONFIG_BYTES``; the ``.npz`` files by the manifest's shapes) |
 | ``manifest.json`` | UTF-8 JSON object of at most ``MAX_MANIFEST_BYTES``, nested at most ``MAX_JSON_DEPTH`` deep, no duplicate keys, no NaN or infinite numbers anywhere |
-| ``format_version`` | exactly :data:`FORMAT_VERSION` |
-| ``kind`` | optional (missing: ``gradient``, :data:`DEFAULT_KIND`); a registered bundle kind (:func:`robometa.deploy.kinds.known_kinds`) |
-| ``env_id`` | ``robometa/<Name>-v<N>`` (letters and digits, no colon: gymnasium imports the module named before a colon); the robot family itself is checked by the command that builds a simulated robot |
-| ``algorithm`` | a non-empty printable string |
-| ``privileged`` | ``true`` or ``false`` |
-| ``observation`` | ``shape`` ``[obs_dim]`` with ``1 <= obs_dim <= MAX_OBS_DIM``; ``dtype`` ``"float32"`` when present; ``low``, ``high``: ``obs_dim`` numbers (``null``: unbounded) within float32 range, ``low <= high``; ``names``: ``obs_dim`` printable names |
-| ``action`` | ``n`` in ``[1, MAX_ACTIONS]``, ``names``: ``n`` printable names |
-| ``discount`` | a number in ``[0, 1]`` |
-| ``inner`` | ``kind`` one of :data:`INNER_KINDS`; ``steps`` an integer in ``[0, MAX_INNER_STEPS]``; ``support_size`` an integer in ``[1, MAX_SUPPORT_SIZE]`` whose transition buffer (``support_size * (2 obs_dim + 3) * 4`` bytes) fits in ``MAX_BUFFER_BYTES``; ``adapted``: distinct parameter names, at least one; ``from_meta``, ``fine_tune``: booleans; ``huber_delta``, ``model_weight``: numbers >= 0 |
-| ``parameters`` | 1 to ``MAX_PARAMETERS`` names, each a ``shape`` of at most ``MAX_PARAMETER_NDIM`` positive integers and ``adapted`` (true exactly for ``inner.adapted``), ``MAX_PARAMETER_ELEMENTS`` numbers in all |
-| ``graphs`` | exactly the kind's graphs (gradient: ``policy`` and ``adapt``), each with its ``file``, and ``inputs``, ``outputs`` equal to the graphs' own |
-| ``dynamics``, ``config`` | objects when present; ``dynamics.overrides`` an object or null, ``dynamics.family`` a printable name; ``config.adaptation.support_epsilon`` a number in ``[0, 1]`` |
-| ``params.npz``, ``lrs.npz`` | exactly the manifest's parameters / adapted parameters, each member's npy header (dtype float32, shape from the manifest; ``lrs``: a scalar or the parameter's shape) checked before its data is read, so an archive cannot decompress beyond what the manifest's shapes allow; finite values; learning rates >= 0 |
+| ``format_version`` (shared) | exactly :data:`FORMAT_VERSION` |
+| ``kind`` (shared) | optional (missing: ``gradient``, :data:`DEFAULT_KIND`); a registered bundle kind (:func:`robometa.deploy.kinds.known_kinds`) |
+| ``env_id`` (shared) | ``robometa/<Name>-v<N>`` (letters and digits, no colon: gymnasium imports the module named before a colon); the robot family itself is checked by the command that builds a simulated robot |
+| ``algorithm`` (shared) | a non-empty printable string |
+| ``privileged`` (shared) | ``true`` or ``false`` |
+| ``observation`` (shared) | ``shape`` ``[obs_dim]`` with ``1 <= obs_dim <= MAX_OBS_DIM``; ``dtype`` ``"float32"`` when present; ``low``, ``high``: ``obs_dim`` numbers (``null``: unbounded) within float32 range, ``low <= high``; ``names``: ``obs_dim`` printable names |
+| ``action`` (shared) | ``n`` in ``[1, MAX_ACTIONS]``, ``names``: ``n`` printable names |
+| ``discount`` (gradient) | a number in ``[0, 1]`` |
+| ``inner`` (gradient) | ``kind`` one of :data:`INNER_KINDS`; ``steps`` an integer in ``[0, MAX_INNER_STEPS]``; ``support_size`` an integer in ``[1, MAX_SUPPORT_SIZE]`` whose transition buffer (``support_size * (2 obs_dim + 3) * 4`` bytes) fits in ``MAX_BUFFER_BYTES``; ``adapted``: distinct parameter names, at least one; ``from_meta``, ``fine_tune``: booleans; ``huber_delta``, ``model_weight``: numbers >= 0 |
+| ``parameters`` (gradient) | 1 to ``MAX_PARAMETERS`` names, each a ``shape`` of at most ``MAX_PARAMETER_NDIM`` positive integers and ``adapted`` (true exactly for ``inner.adapted``), ``MAX_PARAMETER_ELEMENTS`` numbers in all |
+| ``graphs`` (shared) | exactly the kind's graphs (gradient: ``policy`` and ``adapt``), each with its ``file``, and ``inputs``, ``outputs`` equal to the graphs' own |
+| ``producer`` (shared) | not checked (the exporting tools' versions, informational) |
+| ``dynamics``, ``config`` (shared) | objects when present; ``dynamics.overrides`` an object or null, ``dynamics.family`` a printable name; ``config.adaptation.support_epsilon`` a number in ``[0, 1]`` |
+| ``params.npz``, ``lrs.npz`` (gradient; a kind declares its own arrays, each checked the same way) | exactly the manifest's parameters / adapted parameters, each member's npy header (dtype float32, shape from the manifest; ``lrs``: a scalar or the parameter's shape) checked before its data is read, so an archive cannot decompress beyond what the manifest's shapes allow; finite values; learning rates >= 0 |
 | graphs | ONNX IR ``ONNX_IR_VERSION`` (10) with opset ``ONNX_OPSET`` (20), in the manifest's ``graphs`` entries and in the files; no tensor keeps its data outside the graph file (ONNX external data: onnxruntime would read it from the graph's directory, or from the working directory for a graph given as bytes); onnxruntime loads each graph from the verified bytes, ONNX format only; its ``robometa.graph`` metadata, when stamped, names the file; inputs, outputs, element types and shapes match the manifest and the arrays (the inputs and outputs are the kind's :class:`GraphSpec`); a probe run on zeros returns outputs of the declared shapes, and the kind's own check of them passes (gradient: ``action`` is the first maximum of ``q_values``) |
 
 The bundle's identity, :attr:`Bundle.digest`, is one sha256 over ``manifest.json`` and every
@@ -84,7 +88,8 @@ CONFIG_FILE = "config.yaml"
 REQUIRED_FILES: tuple[str, ...] = (POLICY_GRAPH, ADAPT_GRAPH, PARAMS_FILE, LRS_FILE)
 #: every file a gradient bundle may hold besides the manifest.
 BUNDLE_FILES: tuple[str, ...] = (*REQUIRED_FILES, CONFIG_FILE)
-#: the array files the reader knows: the meta-parameters and the inner learning rates.
+#: the array files of a gradient bundle: the meta-parameters and the inner learning rates
+#: (each kind declares its own: :attr:`BundleLayout.arrays`).
 ARRAY_FILES: tuple[str, ...] = (PARAMS_FILE, LRS_FILE)
 
 # Graph input and output names.
@@ -123,19 +128,19 @@ _NPY_HEADER_MAX = 1024  # bytes; numpy writes ~128 for these arrays
 _NPZ_MEMBER_OVERHEAD = 4096  # npy header and zip headers per member
 _ONNX_MAX_DEPTH = 100  # protobuf's own default recursion limit
 
-_REQUIRED_KEYS: tuple[str, ...] = (
+#: the manifest keys every kind has, checked present in this order with the kind's own
+#: sections (:attr:`BundleLayout.sections`) between the two parts.
+_SHARED_HEAD_KEYS: tuple[str, ...] = (
     "format_version",
     "env_id",
     "algorithm",
     "privileged",
     "observation",
     "action",
-    "discount",
-    "inner",
-    "parameters",
-    "graphs",
-    "files",
 )
+_SHARED_TAIL_KEYS: tuple[str, ...] = ("graphs", "files")
+#: names a kind's files cannot take: the format's own.
+_RESERVED_FILES = (MANIFEST_FILE, CONFIG_FILE)
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -157,14 +162,24 @@ def tensor_spec(dtype: str, shape: tuple[int, ...], batch: bool = False) -> Tens
 
 
 class GraphContext(NamedTuple):
-    """What the reader knows when it checks one graph: the manifest, the verified arrays and
-    the parameters the graph takes as ``param:<name>`` inputs (``used``)."""
+    """What the reader knows when it checks one graph: the manifest, the verified arrays (by
+    file, then member) and the parameters (of ``params.npz``) the graph takes as
+    ``param:<name>`` inputs (``used``)."""
 
     where: Path
     manifest: Mapping[str, Any]
-    params: dict[str, np.ndarray]
-    lrs: dict[str, np.ndarray]
+    arrays: Mapping[str, dict[str, np.ndarray]]
     used: list[str]
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The arrays of ``params.npz`` (empty for a kind without it)."""
+        return self.arrays.get(PARAMS_FILE, {})
+
+    @property
+    def lrs(self) -> dict[str, np.ndarray]:
+        """The arrays of ``lrs.npz`` (empty for a kind without it)."""
+        return self.arrays.get(LRS_FILE, {})
 
 
 class GraphIO(NamedTuple):
@@ -186,24 +201,86 @@ class GraphSpec:
     check_probe: Callable[[Path, Mapping[str, np.ndarray], Mapping[str, Any]], None] | None = None
 
 
+#: an array file's members by name, each with the shapes it may have (all float32)
+ArrayShapes = dict[str, list[tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One ``.npz`` file a kind's bundles hold: its name, the members it must hold and the
+    shapes each may have (``members``, read from the manifest after the kind's
+    ``check_manifest`` passed; these shapes also cap the file's size and every member's
+    decompressed size), and a check of each member's finite values (``check(where, name,
+    value)``, raising a ``BundleError``), run after the reader's own finiteness check."""
+
+    file: str
+    members: Callable[[Mapping[str, Any]], ArrayShapes]
+    check: Callable[[Path, str, np.ndarray], None] | None = None
+
+
+#: ``(manifest, where, obs_dim)``: a kind's own manifest rules, raising a ``BundleError``
+ManifestCheck = Callable[[Mapping[str, Any], Path, int], None]
+
+
 @dataclass(frozen=True)
 class BundleLayout:
     """What a bundle of one kind holds besides ``manifest.json`` (and an optional
     ``config.yaml``): its graphs by their key in the manifest's ``graphs`` table, verified in
-    this order, and its array files (of :data:`ARRAY_FILES`)."""
+    this order; its array files (:class:`ArraySpec`, read in this order); the top-level
+    manifest sections it requires besides the shared ones (``sections``, checked present
+    with them); and ``check_manifest``, its rules for those sections, run after the shared
+    sections passed and before the ``graphs`` and ``files`` tables are checked.
+    """
 
     graphs: Mapping[str, GraphSpec]
-    arrays: tuple[str, ...]
+    arrays: tuple[ArraySpec, ...] = ()
+    sections: tuple[str, ...] = ()
+    check_manifest: ManifestCheck | None = None
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.arrays if name not in ARRAY_FILES]
-        if unknown:
-            raise ValueError(f"array files {unknown} are not of {ARRAY_FILES}")
+        names = [g.file for g in self.graphs.values()] + [a.file for a in self.arrays]
+        bad = [n for n in names if not _plain_name(n) or n in _RESERVED_FILES]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(
+                f"a bundle layout's files must be distinct plain file names other than "
+                f"{', '.join(_RESERVED_FILES)}, got {names}"
+            )
+        shared = [k for k in self.sections if k in (*_SHARED_HEAD_KEYS, *_SHARED_TAIL_KEYS)]
+        if shared:
+            raise ValueError(f"sections {shared} are shared by every kind, not a kind's own")
+
+    @property
+    def array_files(self) -> tuple[str, ...]:
+        """The names of the array files, in order."""
+        return tuple(a.file for a in self.arrays)
 
     @property
     def files(self) -> tuple[str, ...]:
         """Every file such a bundle must list: the graphs, then the arrays."""
-        return (*(g.file for g in self.graphs.values()), *self.arrays)
+        return (*(g.file for g in self.graphs.values()), *self.array_files)
+
+
+def _plain_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME_CHARS
+        and name not in (".", "..")
+        and Path(name).name == name
+        and "\\" not in name
+        and name.isprintable()
+    )
+
+
+def parameter_shapes(manifest: Mapping[str, Any]) -> ArrayShapes:
+    """The members of ``params.npz``: every parameter of the manifest's ``parameters``
+    section, of its ``shape`` (checked by :func:`check_parameters`)."""
+    return {k: [tuple(v["shape"])] for k, v in manifest["parameters"].items()}
+
+
+#: ``params.npz``: every parameter the manifest's ``parameters`` section declares, finite
+#: float32 of its shape (a kind with this file checks that section with
+#: :func:`check_parameters` in its ``check_manifest``).
+PARAMS_ARRAY = ArraySpec(PARAMS_FILE, parameter_shapes)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -271,18 +348,20 @@ def _get(node: Any, dotted: str, where: Path, prefix: str = "") -> Any:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle: its manifest, meta-parameters, learning rates, graphs and digest.
+    """A verified bundle: its manifest, arrays, graphs and digest.
 
-    ``params`` are the meta-parameters (every network parameter), ``lrs`` the inner learning
-    rates of the adapted parameters (their names are ``adapted``). ``graphs`` holds the
-    verified bytes of ``policy.onnx`` and ``adapt.onnx``; ``digest`` is the bundle's identity
-    (:func:`bundle_digest`).
+    ``arrays`` holds every array file of the kind's layout (file name -> member -> array);
+    ``params`` are those of ``params.npz`` (the meta-parameters, every network parameter),
+    ``lrs`` those of ``lrs.npz`` (a gradient bundle's inner learning rates of the adapted
+    parameters, whose names are ``adapted``); both are empty for a kind without that file,
+    and ``adapted`` is empty for a kind without an ``inner`` section. ``graphs`` holds the
+    verified bytes of the kind's graph files (gradient: ``policy.onnx`` and ``adapt.onnx``);
+    ``digest`` is the bundle's identity (:func:`bundle_digest`).
     """
 
     path: Path
     manifest: dict[str, Any]
-    params: dict[str, np.ndarray]
-    lrs: dict[str, np.ndarray]
+    arrays: Mapping[str, dict[str, np.ndarray]]
     digest: str
     graphs: Mapping[str, bytes] = field(repr=False)
     #: entries of the directory that the manifest does not list: never read, not part of the
@@ -310,12 +389,29 @@ class Bundle:
         return _bounds(high, np.inf, "observation.high", self.path / MANIFEST_FILE)
 
     @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The arrays of ``params.npz`` (empty for a kind without it)."""
+        return self.arrays.get(PARAMS_FILE, {})
+
+    @property
+    def lrs(self) -> dict[str, np.ndarray]:
+        """The inner learning rates of ``lrs.npz`` (empty for a kind without it)."""
+        return self.arrays.get(LRS_FILE, {})
+
+    @property
     def discount(self) -> float:
+        """The manifest's ``discount`` (a ``BundleError`` for a kind without one)."""
+        if "discount" not in self.manifest:
+            raise BundleError(
+                f"{self.path / MANIFEST_FILE}: a {self.kind!r} bundle has no discount"
+            )
         return float(self.manifest["discount"])
 
     @property
     def adapted(self) -> tuple[str, ...]:
-        return tuple(self.manifest["inner"]["adapted"])
+        """The parameters the inner loop adapts (``inner.adapted``; empty without ``inner``)."""
+        inner = self.manifest.get("inner")
+        return tuple(inner["adapted"]) if isinstance(inner, Mapping) else ()
 
     @property
     def env_id(self) -> str:
@@ -363,17 +459,15 @@ class Bundle:
         layout = _check_manifest(manifest, where)
         files, unlisted = _read_listed_files(root, manifest)
         arrays = {
-            name: _read_npz(files[name], root / name, _array_shapes(manifest, name))
-            if name in layout.arrays
-            else {}
-            for name in ARRAY_FILES
+            spec.file: _read_npz(files[spec.file], root / spec.file, spec.members(manifest))
+            for spec in layout.arrays
         }
-        params, lrs = arrays[PARAMS_FILE], arrays[LRS_FILE]
-        _check_arrays(root, params, lrs)
+        for spec in layout.arrays:
+            _check_arrays(root / spec.file, arrays[spec.file], spec.check)
         graphs = {spec.file: files[spec.file] for spec in layout.graphs.values()}
         for key, spec in layout.graphs.items():
-            _check_graph(root / spec.file, key, spec, graphs[spec.file], manifest, params, lrs)
-        return cls(root, manifest, params, lrs, bundle_digest(raw, files), graphs, unlisted)
+            _check_graph(root / spec.file, key, spec, graphs[spec.file], manifest, arrays)
+        return cls(root, manifest, arrays, bundle_digest(raw, files), graphs, unlisted)
 
 
 # --------------------------------------------------------------------------- files
@@ -553,8 +647,9 @@ def _shape(entry: Mapping[str, Any]) -> tuple[int, ...]:
 
 
 def _check_manifest(manifest: dict[str, Any], where: Path) -> BundleLayout:
-    """Every key the runtime and the command line read, before any other file is opened;
-    the layout of the bundle's kind."""
+    """Every key the runtime and the command line read, before any other file is opened: the
+    shared sections here, the kind's own by its layout's ``check_manifest``; returns the
+    layout of the bundle's kind."""
     version = manifest.get("format_version")
     if not _is_int(version) or version != FORMAT_VERSION:
         raise BundleError(
@@ -567,7 +662,7 @@ def _check_manifest(manifest: dict[str, Any], where: Path) -> BundleLayout:
     if not isinstance(kind, str) or kind not in known:
         _fail(where, "kind", kind, f"a known bundle kind ({', '.join(known)})")
     layout = kinds.layout(kind)
-    for key in _REQUIRED_KEYS:
+    for key in (*_SHARED_HEAD_KEYS, *layout.sections, *_SHARED_TAIL_KEYS):
         _get(manifest, key, where)
     env_id = manifest["env_id"]
     if not isinstance(env_id, str) or not ENV_ID_PATTERN.fullmatch(env_id):
@@ -581,11 +676,8 @@ def _check_manifest(manifest: dict[str, Any], where: Path) -> BundleLayout:
     action = _check_object(where, "action", manifest["action"])
     n = _check_int(where, "action.n", _get(action, "n", where, "action."), 1, MAX_ACTIONS)
     _check_names(where, "action.names", _get(manifest, "action.names", where), n)
-    gamma = manifest["discount"]
-    if not _is_number(gamma) or not 0.0 <= gamma <= 1.0:
-        _fail(where, "discount", gamma, "a number in [0, 1]")
-    _check_parameters(manifest, where)
-    _check_inner(manifest, obs_dim, where)
+    if layout.check_manifest is not None:
+        layout.check_manifest(manifest, where, obs_dim)
     _check_graph_entries(manifest, where, kind, layout)
     _check_file_entries(manifest, where, layout)
     _check_optional_sections(manifest, where)
@@ -621,7 +713,11 @@ def _check_observation(manifest: Mapping[str, Any], where: Path) -> int:
     return obs_dim
 
 
-def _check_parameters(manifest: Mapping[str, Any], where: Path) -> None:
+def check_parameters(manifest: Mapping[str, Any], where: Path, adapted: bool = False) -> None:
+    """The manifest's ``parameters`` section: 1 to ``MAX_PARAMETERS`` printable names, each
+    a ``shape`` of at most ``MAX_PARAMETER_NDIM`` positive integers, ``MAX_PARAMETER_ELEMENTS``
+    numbers in all; with ``adapted``, each also has a boolean ``adapted`` (a gradient bundle's).
+    For a kind's ``check_manifest`` (with :data:`PARAMS_ARRAY`)."""
     declared = _check_object(where, "parameters", manifest["parameters"])
     if not 1 <= len(declared) <= MAX_PARAMETERS:
         _fail(where, "parameters", declared, f"1 to {MAX_PARAMETERS} parameters")
@@ -640,43 +736,8 @@ def _check_parameters(manifest: Mapping[str, Any], where: Path) -> None:
                 f"{where}: parameters hold more than {MAX_PARAMETER_ELEMENTS} numbers "
                 f"(at {key}.shape {shape})"
             )
-        _check_bool(where, f"{key}.adapted", _get(entry, "adapted", where, f"{key}."))
-
-
-def _check_inner(manifest: Mapping[str, Any], obs_dim: int, where: Path) -> None:
-    inner = _check_object(where, "inner", manifest["inner"])
-    kind = _get(manifest, "inner.kind", where)
-    if kind not in INNER_KINDS:
-        _fail(where, "inner.kind", kind, f"one of {', '.join(INNER_KINDS)}")
-    _check_int(where, "inner.steps", _get(inner, "steps", where, "inner."), 0, MAX_INNER_STEPS)
-    support = _get(manifest, "inner.support_size", where)
-    _check_int(where, "inner.support_size", support, 1, MAX_SUPPORT_SIZE)
-    buffer = support * (2 * obs_dim + 3) * 4
-    if buffer > MAX_BUFFER_BYTES:
-        raise BundleError(
-            f"{where}: inner.support_size {support} transitions of obs_dim {obs_dim} need a "
-            f"{buffer}-byte buffer, more than the {MAX_BUFFER_BYTES} allowed"
-        )
-    for key in ("from_meta", "fine_tune"):
-        if key in inner:
-            _check_bool(where, f"inner.{key}", inner[key])
-    for key in ("huber_delta", "model_weight"):
-        if key in inner and (not _is_number(inner[key]) or inner[key] < 0):
-            _fail(where, f"inner.{key}", inner[key], "a number >= 0")
-    adapted = _get(inner, "adapted", where, "inner.")
-    declared = manifest["parameters"]
-    names_ok = isinstance(adapted, list) and all(isinstance(a, str) for a in adapted)
-    if not names_ok or not adapted or len(set(adapted)) != len(adapted):
-        _fail(where, "inner.adapted", adapted, "a list of distinct parameter names, at least one")
-    for name in adapted:
-        if name not in declared:
-            _fail(where, "inner.adapted", name, f"a parameter name ({', '.join(declared)})")
-    for name, entry in declared.items():
-        if entry["adapted"] != (name in adapted):
-            raise BundleError(
-                f"{where}: parameters.{name}.adapted is {entry['adapted']}, but inner.adapted "
-                f"{'lists' if name in adapted else 'does not list'} {name!r}"
-            )
+        if adapted:
+            _check_bool(where, f"{key}.adapted", _get(entry, "adapted", where, f"{key}."))
 
 
 def _check_graph_entries(
@@ -705,20 +766,10 @@ def _check_graph_entries(
             )
 
 
-def _array_shapes(manifest: Mapping[str, Any], name: str) -> dict[str, list[tuple[int, ...]]]:
-    """The arrays ``params.npz`` (every parameter) or ``lrs.npz`` (a scalar or the parameter's
-    shape per adapted parameter) must hold, with the shapes each may have."""
-    declared = manifest["parameters"]
-    if name == PARAMS_FILE:
-        return {k: [_shape(v)] for k, v in declared.items()}
-    return {k: [(), _shape(declared[k])] for k in manifest["inner"]["adapted"]}
-
-
-def _npz_limit(manifest: Mapping[str, Any], name: str) -> int:
-    """The most bytes ``params.npz`` or ``lrs.npz`` can take for the manifest's shapes."""
-    declared = manifest["parameters"]
-    keys = declared if name == PARAMS_FILE else manifest["inner"]["adapted"]
-    return sum(4 * math.prod(_shape(declared[k])) + _NPZ_MEMBER_OVERHEAD for k in keys) + 1024
+def _npz_limit(members: ArrayShapes) -> int:
+    """The most bytes an ``.npz`` of these members can take."""
+    largest = (max(4 * math.prod(s) for s in shapes) for shapes in members.values())
+    return sum(size + _NPZ_MEMBER_OVERHEAD for size in largest) + 1024
 
 
 def _check_file_entries(manifest: Mapping[str, Any], where: Path, layout: BundleLayout) -> None:
@@ -727,7 +778,7 @@ def _check_file_entries(manifest: Mapping[str, Any], where: Path, layout: Bundle
         if name not in files:
             raise BundleError(f"{where}: required file {name!r} is not listed in 'files'")
     limits = {g.file: MAX_GRAPH_BYTES for g in layout.graphs.values()}
-    limits |= {name: _npz_limit(manifest, name) for name in layout.arrays}
+    limits |= {a.file: _npz_limit(a.members(manifest)) for a in layout.arrays}
     limits[CONFIG_FILE] = MAX_CONFIG_BYTES
     allowed = (*layout.files, CONFIG_FILE)
     for name, entry in files.items():
@@ -764,6 +815,16 @@ def _check_optional_sections(manifest: Mapping[str, Any], where: Path) -> None:
             eps = adaptation.get("support_epsilon", 0.0)
             if not _is_number(eps) or not 0.0 <= eps <= 1.0:
                 _fail(where, "config.adaptation.support_epsilon", eps, "a number in [0, 1]")
+
+
+# The helpers a kind's ``check_manifest`` builds on (same messages as the shared checks).
+fail = _fail
+manifest_key = _get
+check_object = _check_object
+check_int = _check_int
+check_bool = _check_bool
+check_name = _check_name
+is_number = _is_number
 
 
 # --------------------------------------------------------------------------- arrays
@@ -838,18 +899,17 @@ def _read_member(
     return np.array(array, dtype=np.float32, order="C")  # a copy: not a view of the file
 
 
-def _check_arrays(root: Path, params: dict[str, np.ndarray], lrs: dict[str, np.ndarray]) -> None:
-    for name, value in params.items():
+def _check_arrays(
+    where: Path,
+    arrays: dict[str, np.ndarray],
+    check: Callable[[Path, str, np.ndarray], None] | None,
+) -> None:
+    """Every member finite, then the kind's own check of it."""
+    for name, value in arrays.items():
         if not np.all(np.isfinite(value)):
-            raise BundleError(f"{root / PARAMS_FILE}: {name} contains NaN or inf")
-    for name, lr in lrs.items():
-        if not np.all(np.isfinite(lr)):
-            raise BundleError(f"{root / LRS_FILE}: {name} contains NaN or inf")
-        if np.any(lr < 0):
-            raise BundleError(
-                f"{root / LRS_FILE}: {name} has a negative learning rate ({float(lr.min())!r}); "
-                "learning rates must be >= 0"
-            )
+            raise BundleError(f"{where}: {name} contains NaN or inf")
+        if check is not None:
+            check(where, name, value)
 
 
 # --------------------------------------------------------------------------- graphs
@@ -1016,8 +1076,7 @@ def _check_graph(
     spec: GraphSpec,
     data: bytes,
     manifest: Mapping[str, Any],
-    params: dict[str, np.ndarray],
-    lrs: dict[str, np.ndarray],
+    arrays: Mapping[str, dict[str, np.ndarray]],
 ) -> None:
     """Load one graph from its verified bytes and check it against the manifest and arrays:
     the format's rules for every graph, then the inputs and outputs its kind declares."""
@@ -1052,11 +1111,12 @@ def _check_graph(
             )
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    # Parameter inputs: any of the manifest's parameters (policy.onnx takes those Q uses).
+    # Parameter inputs: any of params.npz's (a gradient policy.onnx takes those Q uses).
+    params = arrays.get(PARAMS_FILE, {})
     used = [k for k in params if PARAM_PREFIX + k in inputs]
     expected_in = {PARAM_PREFIX + k: tensor_spec("float", params[k].shape) for k in used}
     feeds: dict[str, np.ndarray] = {PARAM_PREFIX + k: params[k] for k in used}
-    io = spec.io(GraphContext(where, manifest, params, lrs, used))
+    io = spec.io(GraphContext(where, manifest, arrays, used))
     expected_in.update(io.inputs)
     feeds.update(io.feeds)
     _expect(where, "inputs", inputs, expected_in)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from robometa.deploy.bundle import Bundle, BundleError
+from robometa.deploy.kinds import runtime_class
 from robometa.deploy.loop import (
     KEEP,
     MAX_EVAL_EPISODES,
@@ -52,8 +53,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Verify a bundle (files, manifest, arrays, graphs) and print what it holds."""
     bundle = Bundle.load(args.bundle)  # every check; a failure is one error line, exit 2
     m = bundle.manifest
-    inner = m["inner"]
     print(f"bundle      {bundle.path} (format {m['format_version']})")
+    print(f"kind        {bundle.kind}")
     print(f"identity    sha256:{bundle.digest}")
     print("verified    files and hashes, manifest, arrays; graphs load, inputs/outputs match")
     if bundle.unlisted:
@@ -61,12 +62,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"robot       {m['env_id']}  algorithm {m['algorithm']}  privileged {m['privileged']}")
     print(f"observation {m['observation']['shape']} {', '.join(m['observation']['names'])}")
     print(f"actions     {m['action']['n']}: {', '.join(m['action']['names'])}")
-    print(
-        f"inner loop  {inner['kind']}, {inner['steps']} steps on {inner['support_size']} "
-        f"transitions, adapts {', '.join(inner['adapted'])}"
-        f"{' (fine-tuning)' if inner.get('fine_tune') else ''}"
-    )
-    print(f"discount    {m['discount']}")
+    for label, value in runtime_class(bundle.kind).describe(bundle):  # gradient: inner loop
+        print(f"{label:<11} {value}")
     return 0
 
 
@@ -183,21 +180,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(f"robometa-deploy: error: {err}", file=sys.stderr)
         return 2
     bundle = Bundle.load(args.bundle)
-    support = args.support
-    if support is None:
-        support = int(bundle.manifest["inner"]["support_size"]) or DEFAULT_CAPACITY
-    adapter = Adapter(
-        bundle,
-        capacity=args.capacity if args.capacity is not None else support,
-        holdout_fraction=args.holdout_fraction,
-        tolerance=args.tolerance,
-        max_update_norm=args.max_update_norm or None,
-    )
+    adapter = Adapter(bundle, **_runtime_options(bundle, args))
+    support = adapter.support_size if args.support is None else args.support
     env, task, obs_fn = _make_robot(bundle, args)
-    inner = bundle.manifest["inner"]
+    rows = "".join(f"; {label} {value}" for label, value in adapter.describe(bundle))
     print(
         f"bundle {bundle.path}: {bundle.manifest['algorithm']} on {bundle.env_id}, "
-        f"inner {inner['kind']} on {', '.join(inner['adapted'])}"
+        f"a {bundle.kind} bundle{rows}"
     )
     print("task   " + ", ".join(f"{k}={v:g}" for k, v in task.items()))
     print(TABLE_HEADER)
@@ -225,6 +214,37 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     for line in format_notes(results):
         print(line)
     return _write_outputs(args, adapter, bundle, task, results)
+
+
+#: the guard's flags -> the runtime's keyword arguments (``Adapter.guard_options``)
+_GUARD_FLAGS = {
+    "holdout_fraction": "--holdout-fraction",
+    "tolerance": "--tolerance",
+    "max_update_norm": "--max-update-norm",
+}
+
+
+def _runtime_options(bundle: Bundle, args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime's keyword arguments: the buffer's ``capacity`` (``--capacity``, else
+    ``--support``, else the runtime's default: the bundle's support size), and each guard
+    flag given, which only a runtime listing it in ``guard_options`` takes (``ValueError``
+    naming the flag and the kind for any other)."""
+    options: dict[str, Any] = {}
+    capacity = args.capacity if args.capacity is not None else args.support
+    if capacity is not None:
+        options["capacity"] = capacity
+    runtime = runtime_class(bundle.kind)
+    for name, flag in _GUARD_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in runtime.guard_options:
+            raise ValueError(
+                f"{flag}: a {bundle.kind!r} bundle's runtime ({runtime.__name__}) has no "
+                f"adaptation guard option {name!r}; leave {flag} out for this bundle"
+            )
+        options[name] = (value or None) if name == "max_update_norm" else value
+    return options
 
 
 def _write_outputs(
@@ -353,20 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--holdout-fraction",
         type=_float_flag(0.0, 0.5),
-        default=0.2,
-        help="share of the buffer the guard holds out (default 0.2; 0: guard on the training data)",
+        default=None,
+        help="share of the buffer the guard holds out (default 0.2; 0: guard on the training "
+        "data); a guard option of gradient bundles",
     )
     p.add_argument(
         "--tolerance",
         type=_float_flag(0.0, math.inf),
-        default=0.1,
-        help="relative rise of the held-out loss tolerated before rolling back (default 0.1)",
+        default=None,
+        help="relative rise of the held-out loss tolerated before rolling back (default 0.1); a "
+        "guard option of gradient bundles",
     )
     p.add_argument(
         "--max-update-norm",
         type=_float_flag(0.0, math.inf),
-        default=1.0,
-        help="bound on each step's parameter change, global L2 (default 1.0; 0: no bound)",
+        default=None,
+        help="bound on each step's parameter change, global L2 (default 1.0; 0: no bound); a "
+        "guard option of gradient bundles",
     )
     p.add_argument(
         "--save-state",

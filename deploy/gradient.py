@@ -34,22 +34,35 @@ from robometa.deploy.bundle import (
     BATCH_INPUTS,
     GAMMA_INPUT,
     GRAPH_KEYS,
+    INNER_KINDS,
     LOSS_OUTPUT,
     LR_PREFIX,
     LRS_FILE,
     MANIFEST_FILE,
+    MAX_BUFFER_BYTES,
+    MAX_INNER_STEPS,
+    MAX_SUPPORT_SIZE,
     NEW_PREFIX,
     OBS_INPUT,
     PARAM_PREFIX,
-    PARAMS_FILE,
+    PARAMS_ARRAY,
     POLICY_GRAPH,
     Q_OUTPUT,
+    ArrayShapes,
+    ArraySpec,
     Bundle,
     BundleError,
     BundleLayout,
     GraphContext,
     GraphIO,
     GraphSpec,
+    check_bool,
+    check_int,
+    check_object,
+    check_parameters,
+    fail,
+    is_number,
+    manifest_key,
     tensor_spec,
 )
 from robometa.deploy.checks import (
@@ -58,7 +71,6 @@ from robometa.deploy.checks import (
     check_number,
     check_real,
     frozen,
-    is_number,
     param_problem,
 )
 from robometa.deploy.files import atomic_write, remove_stale_temp_files
@@ -78,10 +90,6 @@ from robometa.deploy.transitions import (
     TransitionBuffer,
     Transitions,
 )
-
-# robometa's config default for adaptation.support_epsilon (the runtime cannot import it).
-DEFAULT_SUPPORT_EPSILON = 0.3
-
 
 # ---------------------------------------------------------------------- the bundle layout
 
@@ -136,13 +144,82 @@ def _adapt_io(graph: GraphContext) -> GraphIO:
     return GraphIO(inputs, feeds, outputs)
 
 
-#: a gradient bundle: ``policy.onnx``, ``adapt.onnx``, ``params.npz``, ``lrs.npz``.
+def check_gradient_manifest(manifest: Mapping[str, Any], where: Path, obs_dim: int) -> None:
+    """The gradient kind's manifest sections: ``discount``, ``parameters`` (with their
+    ``adapted`` flags) and ``inner`` (the rules are in :mod:`robometa.deploy.bundle`)."""
+    gamma = manifest["discount"]
+    if not is_number(gamma) or not 0.0 <= gamma <= 1.0:
+        fail(where, "discount", gamma, "a number in [0, 1]")
+    check_parameters(manifest, where, adapted=True)
+    _check_inner(manifest, obs_dim, where)
+
+
+def _check_inner(manifest: Mapping[str, Any], obs_dim: int, where: Path) -> None:
+    inner = check_object(where, "inner", manifest["inner"])
+    kind = manifest_key(manifest, "inner.kind", where)
+    if kind not in INNER_KINDS:
+        fail(where, "inner.kind", kind, f"one of {', '.join(INNER_KINDS)}")
+    check_int(
+        where, "inner.steps", manifest_key(inner, "steps", where, "inner."), 0, MAX_INNER_STEPS
+    )
+    support = manifest_key(manifest, "inner.support_size", where)
+    check_int(where, "inner.support_size", support, 1, MAX_SUPPORT_SIZE)
+    buffer = support * (2 * obs_dim + 3) * 4
+    if buffer > MAX_BUFFER_BYTES:
+        raise BundleError(
+            f"{where}: inner.support_size {support} transitions of obs_dim {obs_dim} need a "
+            f"{buffer}-byte buffer, more than the {MAX_BUFFER_BYTES} allowed"
+        )
+    for key in ("from_meta", "fine_tune"):
+        if key in inner:
+            check_bool(where, f"inner.{key}", inner[key])
+    for key in ("huber_delta", "model_weight"):
+        if key in inner and (not is_number(inner[key]) or inner[key] < 0):
+            fail(where, f"inner.{key}", inner[key], "a number >= 0")
+    adapted = manifest_key(inner, "adapted", where, "inner.")
+    declared = manifest["parameters"]
+    names_ok = isinstance(adapted, list) and all(isinstance(a, str) for a in adapted)
+    if not names_ok or not adapted or len(set(adapted)) != len(adapted):
+        fail(where, "inner.adapted", adapted, "a list of distinct parameter names, at least one")
+    for name in adapted:
+        if name not in declared:
+            fail(where, "inner.adapted", name, f"a parameter name ({', '.join(declared)})")
+    for name, entry in declared.items():
+        if entry["adapted"] != (name in adapted):
+            raise BundleError(
+                f"{where}: parameters.{name}.adapted is {entry['adapted']}, but inner.adapted "
+                f"{'lists' if name in adapted else 'does not list'} {name!r}"
+            )
+
+
+def _lr_shapes(manifest: Mapping[str, Any]) -> ArrayShapes:
+    """``lrs.npz``: a scalar or the parameter's shape per adapted parameter."""
+    declared = manifest["parameters"]
+    return {k: [(), tuple(declared[k]["shape"])] for k in manifest["inner"]["adapted"]}
+
+
+def _non_negative(where: Path, name: str, lr: np.ndarray) -> None:
+    if np.any(lr < 0):
+        raise BundleError(
+            f"{where}: {name} has a negative learning rate ({float(lr.min())!r}); "
+            "learning rates must be >= 0"
+        )
+
+
+#: the ``policy`` graph: ``obs`` and the ``param:`` inputs Q uses -> ``q_values``, ``action``
+#: (the first maximum); a kind whose policy graph is the same may reuse it.
+POLICY_GRAPH_SPEC = GraphSpec(POLICY_GRAPH, _policy_io, _policy_probe)
+
+#: a gradient bundle: ``policy.onnx``, ``adapt.onnx``, ``params.npz``, ``lrs.npz``, and the
+#: manifest sections ``discount``, ``inner``, ``parameters``.
 GRADIENT_LAYOUT = BundleLayout(
     graphs={
-        GRAPH_KEYS[POLICY_GRAPH]: GraphSpec(POLICY_GRAPH, _policy_io, _policy_probe),
+        GRAPH_KEYS[POLICY_GRAPH]: POLICY_GRAPH_SPEC,
         GRAPH_KEYS[ADAPT_GRAPH]: GraphSpec(ADAPT_GRAPH, _adapt_io),
     },
-    arrays=(PARAMS_FILE, LRS_FILE),
+    arrays=(PARAMS_ARRAY, ArraySpec(LRS_FILE, _lr_shapes, _non_negative)),
+    sections=("discount", "inner", "parameters"),
+    check_manifest=check_gradient_manifest,
 )
 
 
@@ -176,6 +253,7 @@ class GradientAdapter(Adapter):
     """
 
     layout = GRADIENT_LAYOUT
+    guard_options = ("holdout_fraction", "tolerance", "max_update_norm")
 
     def __init__(
         self,
@@ -205,7 +283,6 @@ class GradientAdapter(Adapter):
         self.adapted = bundle.adapted
         self.default_steps = _manifest_count(bundle, "steps", MAX_ADAPT_STEPS, "MAX_ADAPT_STEPS")
         self.from_meta = bool(bundle.manifest["inner"].get("from_meta", False))
-        self.support_epsilon = _support_epsilon(bundle)
         self._meta = {k: frozen(v) for k, v in bundle.params.items()}
         self._lrs = {k: frozen(v) for k, v in bundle.lrs.items()}
         self._gamma = np.asarray(bundle.discount, np.float32)
@@ -221,10 +298,21 @@ class GradientAdapter(Adapter):
         self._params: dict[str, np.ndarray] = dict(self._meta)
         self._acting_meta = False  # inside acting_with_meta(): the meta-parameters act
         self._bind_params()
+        self.support_size = int(bundle.manifest["inner"]["support_size"]) or DEFAULT_CAPACITY
         if capacity is None:
             support = _manifest_count(bundle, "support_size", MAX_CAPACITY, "MAX_CAPACITY")
             capacity = support or DEFAULT_CAPACITY
         self.buffer = TransitionBuffer(capacity, self.obs_dim)
+
+    @classmethod
+    def describe(cls, bundle: Bundle) -> list[tuple[str, str]]:
+        """The inner loop (loss, steps, support size, adapted parameters) and the discount."""
+        inner = bundle.manifest["inner"]
+        loop = (
+            f"{inner['kind']}, {inner['steps']} steps on {inner['support_size']} transitions, "
+            f"adapts {', '.join(inner['adapted'])}{' (fine-tuning)' if inner.get('fine_tune') else ''}"
+        )
+        return [("inner loop", loop), ("discount", str(bundle.manifest["discount"]))]
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -525,24 +613,6 @@ class GradientAdapter(Adapter):
         for row in zip(*(a[keep:] for a in data), strict=True):
             self.buffer.add(*row)
         self._rejected = Counter(rejected)
-
-
-def _support_epsilon(bundle: Bundle) -> float:
-    """The exploration rate of support collection the bundle was trained and evaluated with
-    (the manifest's ``config.adaptation.support_epsilon``; meta-learners collect their
-    support this way in training, and ``robometa eval`` does for every method), or
-    ``DEFAULT_SUPPORT_EPSILON`` for a manifest without it."""
-    config = bundle.manifest.get("config")
-    adaptation = config.get("adaptation") if isinstance(config, dict) else None
-    if not isinstance(adaptation, dict) or "support_epsilon" not in adaptation:
-        return DEFAULT_SUPPORT_EPSILON
-    value = adaptation["support_epsilon"]
-    if not is_number(value) or not 0.0 <= float(value) <= 1.0:
-        raise BundleError(
-            f"{bundle.path / MANIFEST_FILE}: config.adaptation.support_epsilon is {value!r}, "
-            "expected a number in [0, 1]"
-        )
-    return float(value)
 
 
 def _manifest_count(bundle: Bundle, key: str, high: int, maximum: str) -> int:

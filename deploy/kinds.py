@@ -9,6 +9,15 @@ kind holds. The module is imported on first use, so listing the kinds imports no
 |---|---|---|
 | ``gradient`` | :class:`robometa.deploy.gradient.GradientAdapter` | guarded gradient steps of ``adapt.onnx`` (every method robometa trains) |
 
+A new kind is its runtime module alone: an ``Adapter`` subclass whose ``layout`` declares the
+kind's graphs (:class:`~robometa.deploy.bundle.GraphSpec`), array files
+(:class:`~robometa.deploy.bundle.ArraySpec`), its own manifest sections and their check
+(``BundleLayout(graphs, arrays, sections, check_manifest)``); the reader checks the shared
+sections itself and verifies the rest by that layout, and ``robometa-deploy`` asks the runtime
+what it needs (``support_size``, ``guard_options``, ``describe``). On the training side the
+family's ``write_bundle`` and ``check_bundle`` (:class:`robometa.methods.base.Method`) write
+and verify it (``tests/test_plugin_kind.py`` builds one in a test module).
+
 A plug-in adds its kind with one call before loading its bundles::
 
     from robometa.deploy.kinds import register_kind

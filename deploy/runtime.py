@@ -52,7 +52,7 @@ naming the path) and leaves any previous file intact.
 
 from __future__ import annotations
 
-from robometa.deploy.adapter import Adapter
+from robometa.deploy.adapter import DEFAULT_SUPPORT_EPSILON, Adapter
 from robometa.deploy.bundle import Bundle, BundleError
 from robometa.deploy.checks import check_count, check_number
 from robometa.deploy.files import (
@@ -62,7 +62,7 @@ from robometa.deploy.files import (
     check_writable,
     remove_stale_temp_files,
 )
-from robometa.deploy.gradient import DEFAULT_SUPPORT_EPSILON, GradientAdapter
+from robometa.deploy.gradient import GradientAdapter
 from robometa.deploy.guard import MAX_ADAPT_STEPS, AdaptReport
 from robometa.deploy.kinds import register_kind
 from robometa.deploy.sessions import MAX_THREADS, session_options

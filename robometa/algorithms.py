@@ -40,9 +40,9 @@ if TYPE_CHECKING:  # config imports this module: no import back at run time
 
 #: the Python entry-point group installed packages register algorithms through
 ENTRY_POINT_GROUP = "robometa.algorithms"
-#: bundle kinds a builtin method can export (the deploy runtime has one module per kind)
-BUNDLE_KINDS = ("gradient",)
 _NAME = re.compile(r"^[a-z][a-z0-9_+-]{0,39}$")
+#: a bundle kind's name, as robometa.deploy.kinds.register_kind accepts it
+_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 Check = Callable[["Config", str], None]
@@ -119,8 +119,12 @@ def register(
         )
     if not isinstance(family, str) or not _NAME.match(family):
         raise ValueError(f"algorithm {name!r}: family {family!r} is not a lowercase name")
-    if not isinstance(bundle_kind, str) or not _NAME.match(bundle_kind):
-        raise ValueError(f"algorithm {name!r}: bundle kind {bundle_kind!r} is not a lowercase name")
+    if not isinstance(bundle_kind, str) or not _KIND.match(bundle_kind):
+        raise ValueError(
+            f"algorithm {name!r}: bundle kind {bundle_kind!r} must be 1 to 64 lowercase "
+            "letters, digits, '_' or '-', starting with a letter (what the device runtime's "
+            "robometa.deploy.kinds.register_kind accepts)"
+        )
     if name in _REGISTRY and not replace:
         raise ValueError(
             f"algorithm {name!r} is already registered (entry point "
@@ -156,6 +160,12 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def builtin_names() -> tuple[str, ...]:
+    """robometa's own algorithms (what its docs, shipped configs and benchmarks cover: an
+    installed plug-in does not change them)."""
+    return tuple(n for n in BUILTIN if n in _REGISTRY)
+
+
 def adapting() -> tuple[str, ...]:
     """The registered algorithms that were trained to adapt."""
     return tuple(n for n in names() if _REGISTRY[n].adapts)
@@ -168,7 +178,9 @@ def get(name: str) -> AlgorithmSpec:
         return _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown algorithm {name!r}; registered: {', '.join(_REGISTRY)}"
+            f"unknown algorithm {name!r}; registered: {', '.join(_REGISTRY)} (a plug-in's "
+            f"algorithm is registered once its package is installed: entry-point group "
+            f"{ENTRY_POINT_GROUP!r})"
         ) from None
 
 
@@ -220,6 +232,12 @@ def _collects_in_rounds(cfg: Config, where: str) -> None:
         )
 
 
+_anil_rule = _needs_td_in_inner_loop(
+    "adapts only the heads, and the model loss never reaches the Q head"
+)
+_reptile_rule = _needs_td_in_inner_loop("learns Q only through its inner loop")
+
+
 def _all_of(*checks: Check) -> Check:
     def check(cfg: Config, where: str) -> None:
         for c in checks:
@@ -236,12 +254,23 @@ def _needs_context(cfg: Config, where: str) -> None:
         )
 
 
+def gradient_check(adapts: str = "all", reptile: bool = False) -> Check:
+    """The config rules of a gradient meta-learner that adapts ``adapts`` (``all``, ``heads``,
+    ``context``) and, with ``reptile``, moves toward the adapted parameters: what every builtin
+    gradient algorithm registers, and what :class:`robometa.methods.gradient.MetaLearner`
+    checks for a plug-in variant."""
+    rules: list[Check] = []
+    if adapts == "heads":
+        rules.append(_anil_rule)
+    if adapts == "context":
+        rules.append(_needs_context)
+    if reptile:
+        rules.append(_reptile_rule)
+    return _all_of(*rules, _collects_in_rounds)
+
+
 _DQN = "robometa.methods.dqn:DQN"
 _GRADIENT = "robometa.methods.gradient:MetaLearner"
-_anil_rule = _needs_td_in_inner_loop(
-    "adapts only the heads, and the model loss never reaches the Q head"
-)
-_reptile_rule = _needs_td_in_inner_loop("learns Q only through its inner loop")
 
 #: name -> (entry point, keyword arguments of :func:`register`), in the order configs list them
 BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
@@ -267,7 +296,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "family": "gradient",
             "adapts": True,
-            "check": _collects_in_rounds,
+            "check": gradient_check(),
             "summary": "MAML: second-order meta-gradient through the inner steps, all parameters",
         },
     ),
@@ -276,7 +305,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "family": "gradient",
             "adapts": True,
-            "check": _collects_in_rounds,
+            "check": gradient_check(),
             "summary": "first-order MAML",
         },
     ),
@@ -285,7 +314,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "family": "gradient",
             "adapts": True,
-            "check": _collects_in_rounds,
+            "check": gradient_check(),
             "summary": "Meta-SGD: MAML with learned per-parameter inner learning rates",
         },
     ),
@@ -294,7 +323,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "family": "gradient",
             "adapts": True,
-            "check": _all_of(_anil_rule, _collects_in_rounds),
+            "check": gradient_check("heads"),
             "summary": "ANIL: adapts only the output heads (Q and dynamics)",
         },
     ),
@@ -303,7 +332,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "family": "gradient",
             "adapts": True,
-            "check": _all_of(_needs_context, _collects_in_rounds),
+            "check": gradient_check("context"),
             "summary": "CAVIA: adapts only a context vector fed to the network",
         },
     ),
@@ -312,7 +341,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "family": "gradient",
             "adapts": True,
-            "check": _all_of(_reptile_rule, _collects_in_rounds),
+            "check": gradient_check(reptile=True),
             "summary": "Reptile: moves the initialization toward each task's adapted parameters",
         },
     ),

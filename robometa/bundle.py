@@ -8,8 +8,10 @@ What a bundle holds belongs to the policy's method family (the rsl_rl ``as_onnx`
 ``export_bundle`` looks the policy's ``algorithm`` up in :mod:`robometa.algorithms` and calls
 its class's :meth:`~robometa.methods.base.Method.write_bundle`, which writes the graphs and
 arrays into an empty directory and the manifest through :func:`shared_manifest` and
-:func:`finish_bundle`. Every builtin family writes the ``gradient`` kind
-(:mod:`robometa.bundle_gradient`). This module keeps what every kind shares: the output
+:func:`finish_bundle`, and verifies it with the class's
+:meth:`~robometa.methods.base.Method.check_bundle`. Every builtin family writes the
+``gradient`` kind (:mod:`robometa.bundle_gradient`); a family of another kind overrides both
+(and the deploy side adds the kind's runtime with ``robometa.deploy.kinds.register_kind``). This module keeps what every kind shares: the output
 directory (below), the env-id checks, the shared manifest sections, the files table, fsync and
 the verification with the reader.
 
@@ -63,7 +65,9 @@ Replacing an output directory (what ``export_bundle`` promises about ``out_dir``
   ``rename``; an existing one (empty, or a bundle) is exchanged with the new directory by
   Linux's ``renameat2(RENAME_EXCHANGE)`` (called through ctypes): one atomic step, so at every
   instant ``out_dir`` holds the complete old or the complete new bundle, even under
-  ``SIGKILL``. This holds on Linux file systems that implement the exchange (ext4, xfs, btrfs,
+  ``SIGKILL``. The temporary directory is the export's own: when the family's
+  ``write_bundle`` or the verification fails, it is removed with whatever was written in it
+  (and nothing else). This holds on Linux file systems that implement the exchange (ext4, xfs, btrfs,
   tmpfs, ...). Elsewhere (macOS, Windows, some network or FUSE file systems) the swap is two
   renames, old to ``.NAME.robometa-old-PID-XXXX`` and new into place, and a kill between them
   leaves ``out_dir`` missing with the complete old bundle beside it, which the next export
@@ -90,7 +94,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import importlib
 import json
 import os
 import platform
@@ -121,6 +124,7 @@ from robometa.deploy.bundle import (
     sha256_file,
 )
 from robometa.deploy.files import fsync_dir
+from robometa.deploy.kinds import DEFAULT_KIND as GRADIENT_KIND
 from robometa.policy import POLICY_FILE, Policy
 
 #: names that moved to :mod:`robometa.bundle_gradient` with the gradient kind; still readable
@@ -136,9 +140,6 @@ _GRADIENT_NAMES = frozenset(
         "fine_tune_lr",
     }
 )
-#: bundle kind -> its parity check ``(policy, bundle_dir)`` (``"module:function"``), what
-#: ``export_bundle(verify=True)`` runs on the written bundle
-PARITY_CHECKS: dict[str, str] = {"gradient": "robometa.bundle_gradient:check_parity"}
 
 
 def __getattr__(name: str) -> Any:
@@ -163,8 +164,10 @@ def export_bundle(
     bundle is written and verified next to ``out_dir`` and swapped in atomically (the exact
     guarantee is in the module docstring).
     With ``verify`` the written bundle is read back with the runtime's reader and checked
-    against torch by its kind's parity check (:data:`PARITY_CHECKS`; gradient: Q-values within
-    1e-5, one adaptation step within 1e-4); a mismatch raises.
+    against torch by its family's :meth:`~robometa.methods.base.Method.check_bundle` (the
+    gradient kind's: Q-values within 1e-5, one adaptation step within 1e-4); a mismatch
+    raises. A family exporting another kind without its own ``check_bundle`` is refused
+    before anything is written, unless ``verify`` is off.
 
     What the bundle holds is the policy's method family's: the ``write_bundle`` of the class
     :mod:`robometa.algorithms` registers for ``policy.algorithm`` (a ``ValueError`` naming the
@@ -188,6 +191,7 @@ def export_bundle(
         _check_target(out, target, overwrite)
         prefix = f".{target.name}.{_NEW_TAG}-{os.getpid()}-"
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        fresh = _dir_id(tmp)  # the directory this export made (an exchange swaps the path)
         replaced: Path | None = None
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be copied and shared
@@ -197,7 +201,10 @@ def export_bundle(
             _fsync_tree(tmp)
             replaced = _swap_into_place(tmp, target)
         finally:
-            _empty_and_remove(tmp, target)  # the new bundle after a failure, or the old one
+            if fresh is not None and _dir_id(tmp) == fresh:
+                _remove_fresh(tmp)  # the new bundle after a failure: all written by this export
+            else:
+                _empty_and_remove(tmp, target)  # the old bundle after an exchange
             if replaced is not None:
                 _empty_and_remove(replaced, target)
     return out
@@ -214,16 +221,22 @@ def algorithm_of(policy: Policy, source: str = "policy") -> AlgorithmSpec:
 
 
 def _parity_check(spec: AlgorithmSpec) -> Callable[[Policy, Path], Any]:
-    """The parity check of ``spec``'s bundle kind (:data:`PARITY_CHECKS`)."""
-    entry = PARITY_CHECKS.get(spec.bundle_kind)
-    if entry is None:
+    """The family's parity check, ``check_bundle(policy, bundle_dir)``: its own, or the
+    default of :class:`~robometa.methods.base.Method` (which checks gradient bundles) where
+    the algorithm's ``bundle_kind`` is ``gradient``; else ``ValueError``."""
+    from robometa.methods.base import Method
+
+    method = spec.load()
+    check = getattr(method, "check_bundle", None)
+    default = getattr(check, "__func__", None) is Method.check_bundle.__func__
+    if check is None or (default and spec.bundle_kind != GRADIENT_KIND):
         raise ValueError(
             f"algorithm {spec.name!r} exports bundle kind {spec.bundle_kind!r}, which has no "
-            f"parity check (kinds with one: {', '.join(PARITY_CHECKS)}); export it without "
+            f"parity check ({method.__module__}.{method.__qualname__} does not define "
+            "check_bundle; the default checks gradient bundles); define it, or export without "
             "verification (verify=False, --no-verify)"
         )
-    module, attr = entry.split(":")
-    return getattr(importlib.import_module(module), attr)
+    return check
 
 
 def check_env_ids(policy: Policy, source: str) -> None:
@@ -248,7 +261,8 @@ def check_env_ids(policy: Policy, source: str) -> None:
 
 # --------------------------------------------------------------------------- the output directory
 
-#: every file name an export writes (a temp directory without a manifest yet holds only these).
+#: the file names a gradient export writes: what the clean-up of another export's temporary
+#: directory without a manifest yet removes (this export's own is removed whole).
 _WRITTEN_FILES: tuple[str, ...] = (*REQUIRED_FILES, CONFIG_FILE, MANIFEST_FILE)
 _NEW_TAG = "robometa-new"  # .NAME.robometa-new-PID-XXXX: the bundle being written
 _OLD_TAG = "robometa-old"  # .NAME.robometa-old-PID-XXXX: the replaced bundle (two-rename swap)
@@ -445,11 +459,13 @@ def _is_complete(path: Path) -> bool:
 
 
 def _empty_and_remove(path: Path, live: Path) -> None:
-    """Remove a directory an export made or replaced, file by file, keeping what is not ours.
+    """Remove a directory an export replaced or a killed one left, file by file, keeping what
+    is not ours.
 
-    Removed: the files its manifest lists (in a temp directory without a manifest yet, the
-    bundle's file names). The manifest goes last, so an interrupted clean-up stays
-    recognisable. A directory that still holds anything else is kept, with a warning.
+    Removed: the files its manifest lists (in a killed export's temp directory without a
+    manifest yet, a gradient bundle's file names). The manifest goes last, so an interrupted
+    clean-up stays recognisable. A directory that still holds anything else is kept, with a
+    warning.
     """
     try:
         entries = os.listdir(path)
@@ -466,12 +482,48 @@ def _empty_and_remove(path: Path, live: Path) -> None:
         (path / name).unlink()
     rest = sorted(os.listdir(path))
     if rest:
+        why = (
+            "which robometa did not write"
+            if manifest is not None or not path.name.startswith(f".{live.name}.{_NEW_TAG}-")
+            else "which its manifest does not list (a killed export of another bundle kind "
+            "may have written them before its manifest)"
+        )
         warnings.warn(
-            f"kept {path}: it holds {', '.join(rest)}, which robometa did not write "
+            f"kept {path}: it holds {', '.join(rest)}, {why} "
             f"(left over next to {live}; move or delete them)",
             stacklevel=2,
         )
         return
+    path.rmdir()
+
+
+def _dir_id(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of the directory at ``path`` itself (``None``: none there)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
+
+
+def _remove_fresh(path: Path) -> None:
+    """Remove the temporary directory this export made, with whatever the family's
+    ``write_bundle`` wrote in it before it failed (every entry is this export's own: ``mkdtemp``
+    made the directory empty, and only its owner can write in it). Nothing outside it is
+    touched: a symlink is removed, never followed. The manifest goes last, so an interrupted
+    clean-up leaves a directory the next export recognises."""
+    for top, dirs, files in os.walk(path, topdown=False, followlinks=False):
+        for name in files:
+            if not (top == str(path) and name == MANIFEST_FILE):
+                os.unlink(os.path.join(top, name))
+        for name in dirs:
+            sub = os.path.join(top, name)
+            if os.path.islink(sub):
+                os.unlink(sub)
+            else:
+                os.rmdir(sub)
+    with contextlib.suppress(FileNotFoundError):
+        (path / MANIFEST_FILE).unlink()
     path.rmdir()
 
 

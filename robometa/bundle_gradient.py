@@ -1,6 +1,7 @@
 """The ``gradient`` bundle kind, writer side: what every builtin method family exports.
 
-:meth:`robometa.methods.base.Method.write_bundle` calls :func:`write_bundle` (the rsl_rl
+:meth:`robometa.methods.base.Method.write_bundle` calls :func:`write_bundle` and
+:meth:`~robometa.methods.base.Method.check_bundle` calls :func:`check_parity` (the rsl_rl
 ``as_onnx`` pattern: the family owns what its bundle holds); the generic writer,
 :func:`robometa.bundle.export_bundle`, owns the output directory, the manifest's shared
 sections, the files table, fsync and verification. A gradient bundle holds

@@ -48,12 +48,15 @@ def _f(
     lo: float | None = None,
     hi: float | None = None,
     choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+    documented: Callable[[], Sequence[Any]] | None = None,
 ) -> Any:
     """A field with its documentation and allowed values; ``choices`` may be a function, read
-    each time a value is checked (``algorithm``: whatever is registered then)."""
+    each time a value is checked (``algorithm``: whatever is registered then), and
+    ``documented`` the values the README's reference lists (``algorithm``: robometa's own,
+    whatever plug-ins are installed where the docs are generated)."""
     if choices is not None and not callable(choices):
         choices = tuple(choices) or None
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "documented": documented}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -240,7 +243,12 @@ class LoggingConfig:
 class Config:
     """A whole experiment, read top to bottom."""
 
-    algorithm: str = _f("dqn", "what to train", choices=robometa.algorithms.names)
+    algorithm: str = _f(
+        "dqn",
+        "what to train",
+        choices=robometa.algorithms.names,
+        documented=robometa.algorithms.builtin_names,
+    )
     seed: int = _f(0, "seed of everything (tasks, envs, networks, exploration)", lo=0, hi=MAX_SEED)
     env: EnvConfig = field(default_factory=EnvConfig, metadata={"doc": "robot family"})
     network: NetworkConfig = field(default_factory=NetworkConfig, metadata={"doc": "Q-network"})
@@ -613,7 +621,8 @@ def reference_table() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             doc = f.metadata.get("doc", "")
-            choices = allowed_values(f.metadata)
+            documented = f.metadata.get("documented")
+            choices = tuple(documented()) if documented else allowed_values(f.metadata)
             if choices:
                 doc += " (one of " + ", ".join(f"`{c}`" for c in choices) + ")"
             elif f.metadata.get("lo") is not None or f.metadata.get("hi") is not None:

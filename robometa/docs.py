@@ -26,12 +26,13 @@ def config_reference() -> str:
 
 
 def algorithm_table() -> str:
-    """Markdown table of every registered algorithm (:mod:`robometa.algorithms`): its name,
-    method family, whether evaluation adapts it, and its summary."""
+    """Markdown table of robometa's own algorithms (:func:`robometa.algorithms.builtin_names`:
+    an installed plug-in does not change the README): name, method family, whether evaluation
+    adapts it, and its summary."""
     from robometa import algorithms
 
     rows = ["| algorithm | family | adapts | what it is |", "|---|---|---|---|"]
-    for name in algorithms.names():
+    for name in algorithms.builtin_names():
         spec = algorithms.get(name)
         adapts = "yes" if spec.adapts else "no"
         if not spec.adapts and spec.fine_tunes:

@@ -79,6 +79,17 @@ class PolicyMethod:
     def support_size(self) -> int:
         return self.policy.support_size
 
+    def __post_init__(self) -> None:
+        import robometa.algorithms
+
+        spec = robometa.algorithms.get(self.policy.algorithm)
+        if self.lrs is None and spec.adapts and not self.policy.lrs:
+            raise ValueError(
+                f"algorithm {spec.name!r} adapts, but its policy has no inner learning rates: "
+                "gradient steps would leave it unchanged. A family that adapts without "
+                "gradient steps gives its own Method.evaluation_method"
+            )
+
     def initial_actor(self) -> ActFn:
         return greedy_act_fn(self.policy.net, self.policy.params)
 
@@ -418,15 +429,18 @@ def plan_methods(
     methods: dict[str, MethodRuns] = {}
     tuned: dict[str, Any] = {}
 
-    def add(name: str, adapts: bool, reference: bool, method: PolicyMethod) -> None:
+    def add(name: str, adapts: bool, reference: bool, method: Method) -> None:
         methods.setdefault(name, MethodRuns(name, adapts, reference)).methods.append(method)
 
     for run in runs:
         pol, eps, label = run.policy, run.support_epsilon, run.label
+        family = run.spec.load()  # the trainer class: how its policies adapt
         if run.spec.adapts:
-            add(label, True, run.spec.privileged, PolicyMethod(label, pol, eps))
+            add(label, True, run.spec.privileged, family.evaluation_method(pol, label, eps))
             continue
-        add(label, False, run.spec.privileged, PolicyMethod(label, pol, eps, lrs={}))
+        add(
+            label, False, run.spec.privileged, family.evaluation_method(pol, label, eps, lrs={})
+        )
         if tunes(run):
             lr, grid = tune_fine_tune_lr(
                 pol,
@@ -438,7 +452,7 @@ def plan_methods(
             tuned[str(run.run_dir)] = {"fine_tune_lr": lr, "grid_returns": grid}
             lrs = {k: torch.tensor(lr) for k in pol.params}
             name = f"{label}+finetune"
-            add(name, True, False, PolicyMethod(name, pol, eps, lrs=lrs))
+            add(name, True, False, family.evaluation_method(pol, name, eps, lrs=lrs))
     if tune_bar is not None:
         tune_bar.close()
     return methods, tuned

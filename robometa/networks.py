@@ -112,10 +112,14 @@ class QNetwork(nn.Module):
     def numpy_actor(self, params: Params) -> ActFn | None:
         """The greedy single-observation actor of the Q path under ``params``, in numpy: the
         weights are copied once, and ``act(obs)`` equals ``q_values(self, params,
-        obs).argmax()``. ``None`` for a subclass that changes :meth:`features` or
-        :meth:`forward` (this copy of the Q path would not be its own)."""
+        obs).argmax()``. ``None`` (act through torch instead) for a subclass that changes
+        :meth:`features` or :meth:`forward`, or whose body or Q head is not the plain linear
+        layers this copy assumes: it would not be its own Q path."""
         cls = type(self)
         if cls.forward is not QNetwork.forward or cls.features is not QNetwork.features:
+            return None
+        linear = [*self.body, self.q_head]
+        if len(self.body) != len(self.spec.hidden) or any(type(m) is not nn.Linear for m in linear):
             return None
         spec = self.spec
 

@@ -3,10 +3,10 @@
 The source decides the code path, so what the video shows is what evaluation and deployment do:
 
 * a **run directory** (``policy.pt``, written by ``robometa train``): the torch policy. A
-  method that adapts (non-empty inner learning rates) collects ``support_size`` transitions
-  with its meta-parameters at the run's ``adaptation.support_epsilon`` and takes
-  ``adapt_steps`` steps of ``adapt_step``, through the evaluation harness's own
-  :class:`~robometa.evaluate.PolicyMethod` and :func:`~robometa.rollout.collect`;
+  method that adapts collects ``support_size`` transitions with its meta-parameters at the
+  run's ``adaptation.support_epsilon`` and adapts ``adapt_steps`` steps, through what the
+  evaluation harness uses: the family's evaluation method
+  (:meth:`robometa.methods.base.Method.evaluation_method`) and :func:`~robometa.rollout.collect`;
 * a **bundle directory** (``manifest.json``, written by ``robometa export``): the on-device
   runtime. :class:`robometa.deploy.Adapter` collects the support with
   :func:`robometa.deploy.loop.collect` at the bundle's support epsilon and runs its guarded
@@ -42,7 +42,6 @@ from robometa.deploy import Adapter
 from robometa.deploy.bundle import MANIFEST_FILE
 from robometa.deploy.loop import collect as deploy_collect
 from robometa.envs import FAMILIES, Task, load_tasks
-from robometa.evaluate import PolicyMethod
 from robometa.policy import POLICY_FILE, Policy
 from robometa.render import VIDEO_SUFFIXES, episode_frames, side_by_side, write_video
 from robometa.rollout import ActFn, collect, make_env, seed_from
@@ -214,7 +213,9 @@ def run_scene(
     spec = algorithms.get(policy.algorithm)
     adaptation = policy.config.get("adaptation", {})
     eps = float(adaptation.get("support_epsilon", AdaptationConfig.support_epsilon))
-    method = PolicyMethod(policy.algorithm, policy, eps)
+    method = spec.load().evaluation_method(
+        policy, policy.algorithm, eps, lrs=None if spec.adapts else {}
+    )
     env = make_env(
         policy.env_id, policy.dynamics, privileged=policy.privileged, render_mode="rgb_array"
     )
@@ -222,7 +223,7 @@ def run_scene(
         task, robot = choose(env.unwrapped.dynamics_space)
         scene = Scene(env, task, robot, [], policy.algorithm, policy.env_id, "")
         initial = method.initial_actor()
-        if not spec.adapts or not policy.lrs or not policy.adapt_steps:
+        if not spec.adapts or not policy.adapt_steps:
             # As in robometa eval: DR and the oracle act as trained (eval's DR + fine-tuning
             # tunes its rate on training robots first; play shows the policy as it is).
             scene.actors = [Actor("greedy policy", initial)]

@@ -138,7 +138,14 @@ class Policy:
                 f"(this robometa reads format {POLICY_FORMAT})"
             )
         net = _network(state["algorithm"], json.loads(state["spec"]), source)
-        net.load_state_dict({**state["params"], **state["buffers"]})
+        try:
+            net.load_state_dict({**state["params"], **state["buffers"]})
+        except RuntimeError as err:  # names or shapes the family's network does not have
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise ValueError(
+                f"{source}: its parameters do not fit the network of algorithm "
+                f"{state['algorithm']!r} ({type(net).__name__}): {first}"
+            ) from None
         return cls(
             algorithm=state["algorithm"],
             env_id=state["env_id"],

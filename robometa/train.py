@@ -86,8 +86,18 @@ METRIC_FIELDS = (
 
 
 def make_algorithm(cfg: Config) -> Method:
-    """The trainer of ``cfg.algorithm``, as the registry (:mod:`robometa.algorithms`) names it."""
-    return robometa.algorithms.load(cfg.algorithm)(cfg)
+    """The trainer of ``cfg.algorithm``, as the registry (:mod:`robometa.algorithms`) names it.
+    A trainer must take at least one env step per iteration, or a run would never end."""
+    alg = robometa.algorithms.load(cfg.algorithm)(cfg)
+    per_iteration = alg.steps_per_iteration
+    if not isinstance(per_iteration, int) or isinstance(per_iteration, bool) or per_iteration < 1:
+        alg.close()
+        raise ValueError(
+            f"algorithm {cfg.algorithm!r}: its trainer {type(alg).__name__} takes "
+            f"{per_iteration!r} env steps per iteration; it must take an integer >= 1 (check "
+            "the config keys that size its iterations)"
+        )
+    return alg
 
 
 def _adapts(algorithm: str) -> bool:
@@ -362,16 +372,17 @@ def selection_return(policy: Policy, cfg: Config) -> float:
     The same protocol as evaluation (support set, adapt, greedy episode) on tasks drawn from
     the train split, so choosing the best policy never looks at held-out robots.
     """
-    from robometa.evaluate import PolicyMethod, TaskSet, evaluate_method
+    from robometa.evaluate import TaskSet, evaluate_method
     from robometa.rollout import make_env, train_tasks
 
     env = make_env(cfg.env.id, cfg.env.dynamics)
     space = env.unwrapped.dynamics_space
     env.close()
     tasks = train_tasks(space, cfg.env.tasks, cfg.logging.eval_tasks, SELECTION_SEED)
-    adapted = robometa.algorithms.get(cfg.algorithm).adapts
-    method = PolicyMethod(
-        "selection", policy, cfg.adaptation.support_epsilon, lrs=None if adapted else {}
+    spec = robometa.algorithms.get(cfg.algorithm)
+    adapted = spec.adapts
+    method = spec.load().evaluation_method(
+        policy, "selection", cfg.adaptation.support_epsilon, lrs=None if adapted else {}
     )
     res = evaluate_method(
         method,

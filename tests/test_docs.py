@@ -32,7 +32,8 @@ def test_algorithm_table_lists_the_registry():
 
     lines = algorithm_table().splitlines()
     assert lines[:2] == ["| algorithm | family | adapts | what it is |", "|---|---|---|---|"]
-    assert [ln.split(" | ")[0] for ln in lines[2:]] == [f"| `{n}`" for n in algorithms.names()]
+    names = [f"| `{n}`" for n in algorithms.builtin_names()]
+    assert [ln.split(" | ")[0] for ln in lines[2:]] == names
     assert lines[2] == (
         "| `dqn` | dqn | no (also evaluated fine-tuned) | Double DQN over the task distribution "
         "(domain randomization); evaluation reports it as `dr` when it trains on the train "
@@ -40,10 +41,10 @@ def test_algorithm_table_lists_the_registry():
     )
     assert "| `cavia` | gradient | yes | CAVIA: adapts only a context vector" in algorithm_table()
     algorithms.register(
-        "toy-plugin", "toy_package.module:Toy", family="toy", summary="a | toy", adapts=True
+        "toy-plugin", "toy_package.module:Toy", family="toy", summary="a toy", adapts=True
     )
-    try:
-        assert algorithm_table().splitlines()[-1] == "| `toy-plugin` | toy | yes | a \\| toy |"
+    try:  # an installed plug-in does not change robometa's README
+        assert "toy-plugin" not in algorithm_table()
     finally:
         algorithms.unregister("toy-plugin")
 

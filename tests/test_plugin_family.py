@@ -305,3 +305,125 @@ def test_a_new_gradient_variant_is_one_table_entry_and_one_register_call(
             FirstOrderCaviaLearner(config_from_dict({"algorithm": "dqn"}))
     finally:
         algorithms.unregister("toy-fo-cavia")
+
+
+class NoRatesDQN(DQN):
+    """A family that says it adapts but keeps no inner learning rates (as an inference-based
+    family would): evaluation must not report gradient steps that change nothing."""
+
+    def policy(self) -> Policy:
+        policy = super().policy()
+        policy.lrs = {}
+        return policy
+
+
+class InferringDQN(NoRatesDQN):
+    """The same family with its own adaptation: the support set picks the greedy action of
+    the support's most frequent action (a stand-in for inferring a context)."""
+
+    seen: ClassVar[list[int]] = []
+
+    @classmethod
+    def evaluation_method(cls, policy, name, support_epsilon, lrs=None):
+        from robometa.evaluate import PolicyMethod
+
+        base = PolicyMethod(name, policy, support_epsilon, lrs={})
+
+        class Inferring:
+            env_id, privileged = policy.env_id, policy.privileged
+            support_size = policy.support_size
+
+            def __init__(self) -> None:
+                self.name, self.support_epsilon = name, support_epsilon
+
+            def initial_actor(self):
+                return base.initial_actor()
+
+            def adapted_actors(self, support, steps):
+                cls.seen.append(len(support.reward))
+                favourite = int(np.bincount(support.action.numpy()).argmax())
+                return [base.initial_actor() if k == 0 else (lambda _o: favourite) for k in steps]
+
+        return Inferring()
+
+
+def _tiny_run(tmp_path: Path, algorithm: str) -> Path:
+    config = tmp_path / f"{algorithm}.yaml"
+    config.write_text(
+        CONFIG.replace(TOY, algorithm).replace("total_steps: 600", "total_steps: 300")
+    )
+    run = tmp_path / algorithm
+    assert robometa_main(["train", str(config), "--out", str(run)]) == 0
+    return run
+
+
+def test_a_family_that_adapts_without_gradients_brings_its_own_evaluation(
+    tmp_path: Path, capsys
+) -> None:
+    algorithms.register("toy-norates", f"{__name__}:NoRatesDQN", family="dqn", adapts=True)
+    algorithms.register("toy-infer", f"{__name__}:InferringDQN", family="dqn", adapts=True)
+    try:
+        # Without its own evaluation method: a clear error, not steps that change nothing.
+        run = _tiny_run(tmp_path, "toy-norates")
+        capsys.readouterr()
+        code = robometa_main(["eval", str(run), "--n-tasks", "1", "--out", str(tmp_path / "e")])
+        assert code == 2
+        assert "adapts, but its policy has no inner learning rates" in capsys.readouterr().err
+        config = tmp_path / "infer.yaml"
+        config.write_text(
+            CONFIG.replace(TOY, "toy-infer").replace("eval_every: 0", "eval_every: 300")
+        )
+        run = tmp_path / "infer"
+        assert robometa_main(["train", str(config), "--out", str(run), "--steps", "300"]) == 0
+        assert InferringDQN.seen  # model selection adapted through the family's method
+        InferringDQN.seen.clear()
+        out = tmp_path / "eval"
+        args = ["eval", str(run), "--n-tasks", "2", "--episodes", "1", "--curve", "0,2"]
+        assert robometa_main([*args, "--out", str(out)]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["steps"] == [0, 2] and set(results["returns"]) == {"toy-infer"}
+        assert len(InferringDQN.seen) == 4 and all(n == 32 for n in InferringDQN.seen)
+    finally:
+        algorithms.unregister("toy-norates")
+        algorithms.unregister("toy-infer")
+    capsys.readouterr()
+
+
+class ContextVariantLearner(MetaLearner):
+    """A plug-in variant registered without a config check."""
+
+    variants: ClassVar[dict[str, Variant]] = {"toy-ctx": Variant(adapts="context")}
+
+
+class NoStepsDQN(DQN):
+    @property
+    def steps_per_iteration(self) -> int:
+        return 0
+
+
+def test_a_plug_in_gets_its_rules_from_its_variant_and_the_harness(tmp_path: Path) -> None:
+    algorithms.register("toy-ctx", f"{__name__}:ContextVariantLearner", family="gradient")
+    algorithms.register("toy-nosteps", f"{__name__}:NoStepsDQN", family="dqn")
+    try:
+        cfg = config_from_dict({"algorithm": "toy-ctx", "network": {"context_dim": 0}})
+        with pytest.raises(ValueError, match="'network.context_dim': toy-ctx needs a context"):
+            ContextVariantLearner(cfg)
+        cfg = config_from_dict({"algorithm": "toy-nosteps", "dqn": {"total_steps": 100}})
+        with pytest.raises(ValueError, match="takes 0 env steps per iteration; it must take"):
+            train(cfg, tmp_path / "run")
+    finally:
+        algorithms.unregister("toy-ctx")
+        algorithms.unregister("toy-nosteps")
+
+
+def test_a_policy_whose_parameters_do_not_fit_its_family_is_refused(
+    toy_family, tmp_path: Path
+) -> None:
+    from robometa.testing import random_policy
+
+    policy = random_policy("dqn", hidden=(8,))
+    state = policy.state()
+    state["algorithm"] = TOY  # a plain Q-network's parameters, labelled as the dueling toy
+    torch.save(state, tmp_path / "policy.pt")
+    with pytest.raises(ValueError, match=r"policy\.pt: its parameters do not fit the network"):
+        Policy.load(tmp_path / "policy.pt")

@@ -75,6 +75,23 @@ class Method:
     # -------------------------------------------------------------- what the family owns
 
     @classmethod
+    def evaluation_method(
+        cls,
+        policy: Policy,
+        name: str,
+        support_epsilon: float,
+        lrs: Mapping[str, torch.Tensor] | None = None,
+    ) -> Any:
+        """How evaluation, model selection and play adapt this family's trained ``policy``: an
+        :class:`robometa.evaluate.Method` (initial actor, support set -> adapted actors). The
+        default takes gradient steps of the policy's inner loss with its learning rates
+        (``lrs`` overrides them; ``{}``: evaluated as it is); a family that adapts in another
+        way (inferring a context, a recurrent state) overrides this."""
+        from robometa.evaluate import PolicyMethod
+
+        return PolicyMethod(name, policy, support_epsilon, lrs=None if lrs is None else dict(lrs))
+
+    @classmethod
     def network_from_config(cls, cfg: Config, obs_dim: int, n_actions: int) -> QNetwork:
         """The (untrained) network training starts from: ``cfg.network`` for an env with
         ``obs_dim`` inputs and ``n_actions`` actions."""
@@ -93,7 +110,22 @@ class Method:
     @classmethod
     def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
         """Write the bundle's files and ``manifest.json`` into the empty directory ``root``
-        (the writer verifies, fsyncs and swaps it into place afterwards)."""
+        (the writer verifies, fsyncs and swaps it into place afterwards). The default writes
+        a ``gradient`` bundle (:func:`robometa.bundle_gradient.write_bundle`)."""
         from robometa.bundle_gradient import write_bundle
 
         write_bundle(policy, root, run_dir)
+
+    @classmethod
+    def check_bundle(cls, policy: Policy, bundle_dir: Path) -> Any:
+        """Check the bundle :meth:`write_bundle` wrote in ``bundle_dir`` against ``policy`` in
+        torch, raising ``AssertionError`` on a mismatch (``export_bundle(verify=True)`` runs
+        it before the bundle is swapped into place); the return value is for reporting.
+
+        The default checks a ``gradient`` bundle (:func:`robometa.bundle_gradient.check_parity`:
+        Q-values within 1e-5, one adaptation step within 1e-4); a family whose
+        ``bundle_kind`` is another overrides it, or its bundles export only without
+        verification."""
+        from robometa.bundle_gradient import check_parity
+
+        return check_parity(policy, bundle_dir)

@@ -142,7 +142,7 @@ class MetaLearner(Method):
         self.variant = self.variants[cfg.algorithm]
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
-        _check_rules(cfg)
+        _check_rules(cfg, self.variant)
         a, m = cfg.adaptation, cfg.meta
         self.inner = InnerLoss(a.loss, cfg.dqn.gamma, cfg.dqn.huber_delta, a.model_weight)
         self.first_order = m.first_order or self.variant.first_order
@@ -463,9 +463,11 @@ class MetaLearner(Method):
             slot.env.close()
 
 
-def _check_rules(cfg: Config) -> None:
+def _check_rules(cfg: Config, variant: Variant) -> None:
     """The algorithm's config rules (:mod:`robometa.algorithms`) again, for a config handed to
-    the learner directly rather than validated by :mod:`robometa.config`."""
+    the learner directly rather than validated by :mod:`robometa.config`, and the rules its
+    variant implies (a plug-in variant registered without a ``check`` gets them too)."""
     check = robometa.algorithms.get(cfg.algorithm).check
     if check is not None:
         check(cfg, "")
+    robometa.algorithms.gradient_check(variant.adapts, variant.reptile)(cfg, "")

@@ -296,3 +296,123 @@ class TestInstalledKind:
         first, second = done.stdout.splitlines()
         assert first == "('gradient', 'toy') toy_kind ToyAdapter"
         assert "'Bad Name'" in second and "lowercase" in second  # reported, not swallowed
+
+
+STATIC_KIND = '''
+"""A plug-in kind whose bundles hold only policy.onnx and params.npz: no inner loop."""
+
+from robometa.deploy.adapter import Adapter
+from robometa.deploy.bundle import PARAMS_ARRAY, BundleLayout, check_parameters
+from robometa.deploy.gradient import POLICY_GRAPH_SPEC
+
+
+def check(manifest, where, obs_dim):
+    check_parameters(manifest, where)
+
+
+class StaticRuntime(Adapter):
+    layout = BundleLayout(
+        graphs={"policy": POLICY_GRAPH_SPEC},
+        arrays=(PARAMS_ARRAY,),
+        sections=("parameters",),
+        check_manifest=check,
+    )
+'''
+
+
+@pytest.fixture
+def static_kind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """The kind ``static`` (module ``static_kind``) registered in a private registry copy."""
+    monkeypatch.setattr(kinds_module, "KINDS", dict(kinds_module.KINDS))
+    plugin = tmp_path / "static-plugin"
+    plugin.mkdir()
+    (plugin / "static_kind.py").write_text(textwrap.dedent(STATIC_KIND))
+    monkeypatch.syspath_prepend(str(plugin))
+    register_kind("static", "static_kind:StaticRuntime")
+    yield
+    sys.modules.pop("static_kind", None)
+
+
+def static_copy(cavia, out: Path, **changes: object) -> Path:
+    """The cavia bundle as a ``static`` one: without adapt.onnx, lrs.npz, inner, discount."""
+    doc = json.loads((cavia.path / MANIFEST_FILE).read_text())
+    graphs = {"policy": doc["graphs"]["policy"]}
+    files = {k: v for k, v in doc["files"].items() if k not in ("adapt.onnx", "lrs.npz")}
+    path = with_manifest(
+        cavia.path, out, kind="static", inner=None, discount=None, graphs=graphs, files=files
+    )
+    for name in ("adapt.onnx", "lrs.npz"):
+        (path / name).unlink()
+    doc = json.loads((path / MANIFEST_FILE).read_text())
+    for key, value in changes.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    (path / MANIFEST_FILE).write_text(json.dumps(doc))
+    return path
+
+
+class TestLayoutSections:
+    """The generic reader checks what every kind shares; the rest is the kind's layout's."""
+
+    def test_a_kind_without_an_inner_section_loads(
+        self, cavia, tmp_path: Path, static_kind: None
+    ) -> None:
+        path = static_copy(cavia, tmp_path / "static")
+        doc = json.loads((path / MANIFEST_FILE).read_text())
+        assert not {"inner", "discount"} & set(doc)
+        bundle = Bundle.load(path)
+        assert bundle.kind == "static" and list(bundle.graphs) == ["policy.onnx"]
+        assert sorted(bundle.params) == sorted(Bundle.load(cavia.path).params)
+        assert bundle.lrs == {} and bundle.adapted == ()
+        with pytest.raises(BundleError, match=r"manifest.json: a 'static' bundle has no discount"):
+            _ = bundle.discount
+
+    def test_the_kinds_own_sections_and_files_are_still_checked(
+        self, cavia, tmp_path: Path, static_kind: None
+    ) -> None:
+        path = static_copy(cavia, tmp_path / "no-parameters", parameters=None)
+        with pytest.raises(BundleError, match=r"manifest.json: missing key 'parameters'"):
+            Bundle.load(path)
+        path = static_copy(cavia, tmp_path / "with-lrs")
+        shutil.copyfile(cavia.path / "lrs.npz", path / "lrs.npz")
+        doc = json.loads((path / MANIFEST_FILE).read_text())
+        doc["files"]["lrs.npz"] = json.loads((cavia.path / MANIFEST_FILE).read_text())["files"][
+            "lrs.npz"
+        ]
+        (path / MANIFEST_FILE).write_text(json.dumps(doc))
+        with pytest.raises(
+            BundleError,
+            match=r"files lists 'lrs.npz'; a bundle holds only policy.onnx, params.npz, "
+            r"config.yaml besides manifest.json",
+        ):
+            Bundle.load(path)
+
+    @pytest.mark.parametrize("key", ["inner", "discount", "parameters"])
+    def test_a_gradient_bundle_without_its_sections_is_refused_as_before(
+        self, cavia, tmp_path: Path, key: str
+    ) -> None:
+        path = with_manifest(cavia.path, tmp_path / f"no-{key}", **{key: None})
+        with pytest.raises(BundleError) as refused:
+            Bundle.load(path)
+        assert str(refused.value) == f"{path / MANIFEST_FILE}: missing key {key!r}"
+
+    def test_a_layout_declares_plain_distinct_file_names(self) -> None:
+        from dataclasses import replace
+
+        from robometa.deploy.bundle import PARAMS_ARRAY, BundleLayout
+        from robometa.deploy.gradient import POLICY_GRAPH_SPEC
+
+        policy = {"policy": POLICY_GRAPH_SPEC}
+        for graphs, arrays in [
+            (policy, (PARAMS_ARRAY, PARAMS_ARRAY)),
+            ({"policy": replace(POLICY_GRAPH_SPEC, file="sub/policy.onnx")}, ()),
+            ({"policy": replace(POLICY_GRAPH_SPEC, file="..")}, ()),
+            (policy, (replace(PARAMS_ARRAY, file="manifest.json"),)),
+            (policy, (replace(PARAMS_ARRAY, file="config.yaml"),)),
+        ]:
+            with pytest.raises(ValueError, match=r"distinct plain file names"):
+                BundleLayout(graphs=graphs, arrays=arrays)
+        with pytest.raises(ValueError, match=r"sections \['graphs'\] are shared by every kind"):
+            BundleLayout(graphs=policy, sections=("graphs",))

@@ -422,6 +422,25 @@ class ManifestlessDQN(DQN):
         (root / PARAMS_FILE).write_bytes(b"not a bundle")
 
 
+class UnlistingDQN(DQN):
+    """A broken family: a gradient bundle, then files its manifest does not list."""
+
+    @classmethod
+    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
+        super().write_bundle(policy, root, run_dir)
+        (root / "encoder.onnx").write_bytes(b"an unlisted graph")
+        (root / "cache").mkdir()
+        (root / "cache" / "blob").write_bytes(b"\0")
+
+
+class CheckingDQN(DQN):
+    """DQN with its own parity check (which fails): the family's check is what runs."""
+
+    @classmethod
+    def check_bundle(cls, policy: Policy, bundle_dir: Path) -> Any:
+        raise AssertionError(f"{bundle_dir}: the family's own check ran")
+
+
 @contextlib.contextmanager
 def registered(name: str, cls: type, **kwargs: Any) -> Iterator[None]:
     algorithms.register(name, f"{__name__}:{cls.__name__}", family="dqn", replace=True, **kwargs)
@@ -465,6 +484,29 @@ class TestFamilyExport:
             pytest.raises(ValueError, match="'toy-broken'.*wrote no robometa manifest.json"),
         ):
             export_bundle(policy, tmp_path / "bundle", verify=False)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_what_a_failed_family_wrote_is_removed_with_its_temporary_directory(
+        self, tmp_path: Path, recwarn: pytest.WarningsRecorder
+    ) -> None:
+        policy = random_policy("dqn", hidden=(16, 16))
+        policy.algorithm = "toy-unlisting"
+        with (
+            registered("toy-unlisting", UnlistingDQN),
+            pytest.raises(ValueError, match=r"wrote cache, encoder.onnx without listing them"),
+        ):
+            export_bundle(policy, tmp_path / "bundle", verify=False)
+        assert list(tmp_path.iterdir()) == []
+        assert [str(w.message) for w in recwarn] == []  # nothing "kept": all of it was its own
+
+    def test_the_familys_own_parity_check_runs(self, tmp_path: Path) -> None:
+        policy = random_policy("dqn", hidden=(16, 16))
+        policy.algorithm = "toy-checking"
+        with (
+            registered("toy-checking", CheckingDQN),
+            pytest.raises(AssertionError, match=r"robometa-new-.*: the family's own check ran"),
+        ):
+            export_bundle(policy, tmp_path / "bundle")
         assert list(tmp_path.iterdir()) == []
 
     def test_a_kind_without_a_parity_check_needs_no_verify(self, tmp_path: Path) -> None:

@@ -77,7 +77,9 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
-@pytest.fixture(scope="module", params=algorithms.adapting())
+@pytest.fixture(
+    scope="module", params=[n for n in algorithms.builtin_names() if algorithms.get(n).adapts]
+)
 def reference(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, Path]:
     """One uninterrupted tiny run per algorithm, shared by the tests that only read it."""
     torch.set_num_threads(1)
