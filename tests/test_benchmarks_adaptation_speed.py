@@ -1,0 +1,56 @@
+"""benchmarks/adaptation_speed.py: the adaptation benchmark run from a baseline worktree and
+from this tree, side by side, on a tiny budget (the 0.5x target is not asserted here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "adaptation_speed.py"
+TINY = "--families cartpole --methods dr,oracle,cavia --seeds 0 --steps 300 --oracle-steps 300"
+TINY += " --n-tasks 2 --episodes 1 --jobs 1"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("adaptation_speed_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_side_by_side_with_a_baseline_worktree(tmp_path: Path) -> None:
+    bench = _load()
+    out = tmp_path / "speed.json"
+    assert bench.main(["--baseline-ref", "HEAD", "--out", str(out), "--", *TINY.split()]) == 0
+    report = json.loads(out.read_text())
+    base, cur = report["baseline"], report["current"]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert base["tree"]["commit"] == head and base["tree"]["root"] != str(ROOT)
+    assert cur["tree"]["root"] == str(ROOT)
+    for r in (base, cur):
+        assert r["returncode"] == 0 and r["wall_s"] > 0 and r["cpu_s"] > 0
+        assert set(r["claim"]) == {"cartpole"} and set(r["claim"]["cartpole"]) == {"id", "ood"}
+    assert report["ratio"] == pytest.approx(cur["wall_s"] / base["wall_s"])
+    assert report["pass"]["same_claim"] == (base["claim"] == cur["claim"])
+    assert out.with_suffix(".md").read_text().startswith("| tree | commit |")
+    assert out.with_suffix(".png").stat().st_size > 5000
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "robometa-baseline-" not in worktrees  # removed afterwards
+
+
+def test_a_baseline_that_imports_the_wrong_tree_is_refused(tmp_path: Path) -> None:
+    bench = _load()
+    tt = bench._throughput_module()
+    wrong = tt.Tree("baseline x", tmp_path / "elsewhere", None, "0" * 40, "")
+    with pytest.raises(SystemExit, match="robometa imports from .* not from"):
+        bench.check_import(wrong, tmp_path)
