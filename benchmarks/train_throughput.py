@@ -65,10 +65,6 @@ DEFAULT_STEPS = 10_000
 PER = 10_000  # the per-env-steps unit of every "per 10k" number
 REFERENCE = "dr"  # DQN over the training robots: the ratio's denominator
 DEFAULT_FAMILIES = ("cartpole", "diffdrive")
-#: the order rows are measured and shown in (config suffixes not listed come after, sorted)
-ORDER = ("dr", "dqn", "oracle", "maml", "fomaml", "metasgd", "anil", "cavia", "reptile")
-#: algorithms of the gradient meta-learner family (when the registry cannot be read)
-GRADIENT = ("maml", "fomaml", "metasgd", "anil", "cavia", "reptile")
 TARGET_X_DQN = 2.0
 TARGET_X_DQN_MAML = 4.0  # second-order MAML
 #: pyproject's package-dir mapping of the trees before robometa.configs existed
@@ -541,7 +537,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def order_key(method: str) -> tuple[int, str]:
-    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+    order = table_order()
+    return (order.index(method) if method in order else len(order), method)
 
 
 def plan(families: list[str], methods: list[str] | None) -> list[tuple[str, str]]:
@@ -570,14 +567,19 @@ def plan(families: list[str], methods: list[str] | None) -> list[tuple[str, str]
     return pairs
 
 
+def table_order() -> list[str]:
+    """The order rows are measured and shown in: DR first, then robometa's algorithms in
+    registry order (config suffixes no algorithm has come after, sorted)."""
+    from robometa import algorithms
+
+    return [REFERENCE, *(n for n in algorithms.builtin_names() if n != REFERENCE)]
+
+
 def gradient_algorithms() -> set[str]:
     """The gradient meta-learners, from the current tree's registry."""
-    try:
-        from robometa import algorithms
+    from robometa import algorithms
 
-        return {n for n in algorithms.names() if algorithms.get(n).family == "gradient"}
-    except Exception:  # an older or broken registry: the builtin list
-        return set(GRADIENT)
+    return {n for n in algorithms.builtin_names() if algorithms.get(n).family == "gradient"}
 
 
 # --------------------------------------------------------------------------- measuring
