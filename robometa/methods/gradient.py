@@ -36,7 +36,17 @@ import numpy as np
 import torch
 
 import robometa.algorithms
-from robometa.adaptation import Batch, InnerLoss, adapt_step, model_loss, td_loss
+from robometa.adaptation import (
+    Batch,
+    InnerLoss,
+    adapt_step,
+    batched_adapt_step,
+    batched_model_loss,
+    batched_supported,
+    batched_td_loss,
+    model_loss,
+    td_loss,
+)
 from robometa.config import Config
 from robometa.deploy import collection
 from robometa.deploy.collection import Episode
@@ -292,10 +302,11 @@ class MetaLearner(Method):
         return returns
 
     def _adapt(self, params: Params, batch: Batch, first_order: bool) -> Params:
+        """``adaptation.steps`` inner steps on one task's batch, or (a batch with a leading
+        task axis, inside :meth:`_task_losses`) on every task of the meta-batch at once."""
+        step = batched_adapt_step if batch.obs.dim() == 3 else adapt_step
         for _ in range(self.cfg.adaptation.steps):
-            params, _ = adapt_step(
-                self.net, params, self.lrs, batch, self.inner, first_order=first_order
-            )
+            params, _ = step(self.net, params, self.lrs, batch, self.inner, first_order=first_order)
         return params
 
     # -------------------------------------------------------------- one outer step
@@ -360,12 +371,36 @@ class MetaLearner(Method):
         return support, query
 
     def _task_losses(self, support: Batch, query: Batch) -> tuple[torch.Tensor, Params]:
-        """:meth:`_task_loss` of every task at once (vmapped over the task axis)."""
+        """:meth:`_task_loss` of every task at once: batched over the task axis
+        (:func:`robometa.adaptation.batched_adapt_step`) where that gives vmap's numbers to
+        the bit (first-order outer gradients, and ANIL's, whose second-order terms stay in
+        the heads), else vmapped: the batched second-order gradient through the body or the
+        context sums its terms in another order (differences of ~1e-7 after 120 outer steps),
+        which would change what MAML, Meta-SGD and CAVIA learn; kept off until that is shown
+        to leave their results unchanged. A network the batched forward does not cover is
+        vmapped too."""
+        exact = self.first_order or self.variant.adapts == "heads"
+        if exact and batched_supported(self.net):
+            return self._batched_task_losses(support, query)
 
         def per_task(sup: tuple, qry: tuple) -> tuple[torch.Tensor, Params]:
             return self._task_loss(Batch(*sup), Batch(*qry))
 
         return torch.func.vmap(per_task)(tuple(support), tuple(query))
+
+    def _batched_task_losses(self, support: Batch, query: Batch) -> tuple[torch.Tensor, Params]:
+        """:meth:`_task_loss` with a leading task axis on the batches and the adapted
+        parameters: the numbers of vmapping it (to float rounding where the outer gradient is
+        of second order in the body or the context, see :mod:`robometa.adaptation`)."""
+        d = self.cfg.dqn
+        meta = dict(self.meta_params)
+        adapted = self._adapt(meta, support, self.first_order)
+        delta = {k: adapted[k] - meta[k] for k in self.lrs}
+        target = {k: v + delta[k].detach() if k in delta else v for k, v in self.target.items()}
+        loss = batched_td_loss(self.net, adapted, target, query, d.gamma, d.huber_delta)
+        if self.inner.kind != "td":
+            loss = loss + self.inner.model_weight * batched_model_loss(self.net, adapted, query)
+        return loss, delta
 
     def _reptile_update(self, support: Batch, query: Batch) -> torch.Tensor:
         """Move the meta-parameters a (scheduled) fraction of the way to the adapted ones."""
