@@ -366,7 +366,8 @@ def _train(spec: dict[str, Any]) -> dict[str, Any]:
     from robometa.config import load_config
     from robometa.train import train
 
-    cfg = load_config(spec["config"], ["logging.progress=false"], steps=spec["steps"])
+    overrides = ["logging.progress=false", *spec.get("overrides", [])]
+    cfg = load_config(spec["config"], overrides, steps=spec["steps"])
     timers = Timers()
     absent = timers.install() if spec["breakdown"] else {}
     run_dir = Path(spec["run_dir"])
@@ -641,6 +642,7 @@ def measure(
     physics_steps: int,
     timeout: float,
     work_root: Path,
+    overrides: list[str] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """The physics bound of every family, then every config, each tree after the other per
     config (interleaved: slow drift of a shared machine hits both refs alike)."""
@@ -687,6 +689,8 @@ def measure(
                 "steps": steps,
                 "run_dir": str(work / "run"),
                 "breakdown": tree.site is None,
+                # --set applies to this tree's configs only (an old ref may lack the key)
+                "overrides": list(overrides or []) if tree.site is None else [],
             }
             row |= {"config": str(config.relative_to(tree.root))} | run_child(
                 tree, spec, work, timeout
@@ -780,6 +784,9 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, tree in report["trees"].items():
         lines.append(f"- **{name}**: {tree['commit'][:12]} {tree['subject']} ({tree['root']})")
+    if report.get("overrides"):
+        shown = ", ".join(f"`{o}`" for o in report["overrides"])
+        lines.append(f"- config overrides of the current tree's runs: {shown}")
     lines += [
         "",
         "| family | method | ref | env steps | wall s | CPU s | wall s/10k | CPU s/10k | "
@@ -1035,6 +1042,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds one measurement may take"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run of the current tree (not the baseline's), "
+        "e.g. --set threads=2",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -1057,7 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             physics, rows = measure(
-                trees, pairs, args.steps, physics_steps, args.timeout, work_root
+                trees, pairs, args.steps, physics_steps, args.timeout, work_root, args.set
             )
             tree_info = {t.name: t.describe() for t in trees}
     finally:
@@ -1068,6 +1083,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_throughput",
         "command": " ".join(["python", sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "steps": args.steps,
+        "overrides": args.set,
         "physics_steps": physics_steps,
         "per_env_steps": PER,
         "reference": REFERENCE,

@@ -576,7 +576,7 @@ class _Run:
         else:
             created = _claim_run_dir(run_dir)
         _clean_up_temp_files(run_dir)
-        torch.set_num_threads(1)
+        torch.set_num_threads(cfg.threads)
         return cls(cfg, run_dir, _build_algorithm(cfg, created), state, created)
 
     def begin(self) -> None:

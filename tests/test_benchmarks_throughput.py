@@ -215,3 +215,14 @@ def test_site_directory_lays_out_the_packages(tmp_path: Path) -> None:
     ]
     assert (package / "envs").resolve() == (tree / "envs").resolve()
     assert (package / "train.py").resolve() == (tree / "robometa" / "train.py").resolve()
+
+
+def test_set_overrides_the_current_trees_configs(tmp_path: Path) -> None:
+    bench = _bench()
+    out = tmp_path / "t.json"
+    args = ["--steps", "200", "--methods", "dr", "--families", "cartpole", "--set", "threads=2"]
+    assert bench.main([*args, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["overrides"] == ["threads=2"]
+    assert "error" not in _row(report, "dr")
+    assert "`threads=2`" in out.with_suffix(".md").read_text()
