@@ -40,23 +40,54 @@ def _throughput_module() -> Any:
     return module
 
 
+#: put in the baseline's site directory: every process of the baseline (the benchmark and
+#: each training worker it spawns) drops the editable install's import hook at start-up, so
+#: a module the old tree lacks is an ImportError rather than the current tree's copy
+SITECUSTOMIZE = """\
+import sys
+sys.meta_path[:] = [
+    f for f in sys.meta_path
+    if not ((getattr(f, "__module__", "") or "").startswith("__editable__")
+            and "robometa" in (getattr(f, "__module__", "") or ""))
+]
+"""
+#: imported by the check: what the adaptation benchmark's processes load
+CHECKED_MODULES = ("robometa.train", "robometa.evaluate", "robometa.envs", "robometa.deploy")
+_CHECK = """\
+import importlib, os, sys
+for name in {modules!r}:
+    importlib.import_module(name)
+tree = os.path.realpath({tree!r})
+outside = sorted(
+    f"{{n}}: {{os.path.realpath(m.__file__)}}"
+    for n, m in list(sys.modules.items())
+    if (n == "robometa" or n.startswith("robometa.")) and getattr(m, "__file__", None)
+    and not os.path.realpath(m.__file__).startswith(tree + os.sep)
+)
+print(os.path.realpath(sys.modules["robometa"].__file__))
+print("\\n".join(outside))
+"""
+
+
 def check_import(tree: Any, cwd: Path) -> str:
-    """Where ``import robometa`` resolves for ``tree``'s processes; an error when it is not
-    inside ``tree`` (the measurement would time the wrong code)."""
+    """Where ``robometa`` and the modules the benchmark uses resolve for ``tree``'s processes;
+    an error when any is not inside ``tree`` (the measurement would time the wrong code)."""
+    if tree.site is not None and not (tree.site / "sitecustomize.py").exists():
+        (tree.site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    script = _CHECK.format(modules=CHECKED_MODULES, tree=str(tree.root))
     done = subprocess.run(
-        [sys.executable, "-c", "import os, robometa; print(os.path.realpath(robometa.__file__))"],
+        [sys.executable, "-c", script],
         env=tree.env(),
         cwd=cwd,  # not this checkout: "-c" puts the working directory first on sys.path
         capture_output=True,
         text=True,
         timeout=120,
     )
-    where = done.stdout.strip()
-    if done.returncode != 0 or not Path(where).is_relative_to(tree.root):
-        raise SystemExit(
-            f"{tree.name}: robometa imports from {where or done.stderr.strip()!r}, not from "
-            f"{tree.root}"
-        )
+    where, *outside = done.stdout.strip().splitlines() or [""]
+    outside = [line for line in outside if line]
+    if done.returncode != 0 or not Path(where).is_relative_to(tree.root) or outside:
+        found = "; ".join(outside) or where or done.stderr.strip()[-500:]
+        raise SystemExit(f"{tree.name}: robometa imports from {found!r}, not from {tree.root}")
     return where
 
 

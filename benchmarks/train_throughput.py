@@ -105,7 +105,7 @@ PARTS = {
     "collection": "MetaLearner._support_and_query (support + no-grad adaptation + query) or "
     "DQN._step_every_env: env steps, acting, storing",
     "inner_steps": "MetaLearner._adapt inside _outer_step: the differentiable inner steps "
-    "(forward, graph built; vmapped over the meta-batch)",
+    "(forward, graph built; over the meta-batch at once: batched or vmapped)",
     "updates": "MetaLearner._outer_step minus its inner steps and _after_update: batch "
     "sampling, outer loss forward, backward, clipping, Adam (Reptile: its update); DQN: "
     "DQN._gradient_step minus DQN._update_target",
@@ -692,9 +692,8 @@ def measure(
                 # --set applies to this tree's configs only (an old ref may lack the key)
                 "overrides": list(overrides or []) if tree.site is None else [],
             }
-            row |= {"config": str(config.relative_to(tree.root))} | run_child(
-                tree, spec, work, timeout
-            )
+            row |= {"config": str(config.relative_to(tree.root)), "overrides": spec["overrides"]}
+            row |= run_child(tree, spec, work, timeout)
             per_10k(row)
             rows.append(row)
             if "error" not in row:
@@ -733,6 +732,8 @@ def add_ratios(rows: list[dict], gradient: set[str]) -> None:
     for r in rows:
         mine = current.get((r["family"], r["method"]))
         if r["ref"] != "current" and mine and "wall_s_per_10k" in r and "wall_s_per_10k" in mine:
+            if mine.get("overrides"):  # not the same settings: no code speed-up to state
+                continue
             mine["speedup_vs_baseline"] = r["wall_s_per_10k"] / mine["wall_s_per_10k"]
             mine["cpu_speedup_vs_baseline"] = r["cpu_s_per_10k"] / mine["cpu_s_per_10k"]
 
@@ -786,7 +787,23 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- **{name}**: {tree['commit'][:12]} {tree['subject']} ({tree['root']})")
     if report.get("overrides"):
         shown = ", ".join(f"`{o}`" for o in report["overrides"])
-        lines.append(f"- config overrides of the current tree's runs: {shown}")
+        lines.append(
+            f"- config overrides of the current tree's runs: {shown} (so no speed-up vs the "
+            "baseline is stated: the settings differ)"
+        )
+    absent = sorted(
+        {
+            w
+            for r in report["rows"]
+            if r["ref"] == "current"
+            for w in (r.get("breakdown") or {}).get("absent_wrappers") or {}
+        }
+    )
+    if absent:
+        lines.append(
+            f"- **timing wrappers that found nothing to wrap** (their time is in *other*): "
+            f"{', '.join(absent)}"
+        )
     lines += [
         "",
         "| family | method | ref | env steps | wall s | CPU s | wall s/10k | CPU s/10k | "
@@ -900,8 +917,9 @@ def cpu_note(summary: list[dict]) -> str:
     )
     if util <= 1.05 and share < 0.02:
         return (
-            f"{head} Training is single-threaded (train() sets torch.set_num_threads(1)): one "
-            "core runs the process, the second does no work for it; the busy share the second "
+            f"{head} Training ran single-threaded (train() sets torch.set_num_threads to the "
+            "config's `threads`, 1 unless overridden): one core runs the process, the second "
+            "does no work for it; the busy share the second "
             "core shows above is other processes on the machine (and the kernel's I/O for the "
             "fsynced checkpoint and policy writes)."
         )

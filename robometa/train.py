@@ -89,7 +89,11 @@ def make_algorithm(cfg: Config) -> Method:
     """The trainer of ``cfg.algorithm``, as the registry (:mod:`robometa.algorithms`) names it.
     A trainer must take at least one env step per iteration, or a run would never end."""
     alg = robometa.algorithms.load(cfg.algorithm)(cfg)
-    per_iteration = alg.steps_per_iteration
+    try:
+        per_iteration = alg.steps_per_iteration
+    except BaseException:
+        alg.close()
+        raise
     if not isinstance(per_iteration, int) or isinstance(per_iteration, bool) or per_iteration < 1:
         alg.close()
         raise ValueError(

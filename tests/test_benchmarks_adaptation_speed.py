@@ -23,17 +23,22 @@ def _load():
     return module
 
 
+#: a commit before robometa/collection.py moved to deploy/: the baseline must not pick up the
+#: current tree's copy of a module it lacks (the editable install's hook is dropped there)
+OLDER = "cd05957"
+
+
 @pytest.mark.slow
 def test_side_by_side_with_a_baseline_worktree(tmp_path: Path) -> None:
     bench = _load()
     out = tmp_path / "speed.json"
-    assert bench.main(["--baseline-ref", "HEAD", "--out", str(out), "--", *TINY.split()]) == 0
+    assert bench.main(["--baseline-ref", OLDER, "--out", str(out), "--", *TINY.split()]) == 0
     report = json.loads(out.read_text())
     base, cur = report["baseline"], report["current"]
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    older = subprocess.run(
+        ["git", "rev-parse", OLDER], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert base["tree"]["commit"] == head and base["tree"]["root"] != str(ROOT)
+    assert base["tree"]["commit"] == older and base["tree"]["root"] != str(ROOT)
     assert cur["tree"]["root"] == str(ROOT)
     for r in (base, cur):
         assert r["returncode"] == 0 and r["wall_s"] > 0 and r["cpu_s"] > 0
@@ -54,3 +59,23 @@ def test_a_baseline_that_imports_the_wrong_tree_is_refused(tmp_path: Path) -> No
     wrong = tt.Tree("baseline x", tmp_path / "elsewhere", None, "0" * 40, "")
     with pytest.raises(SystemExit, match="robometa imports from .* not from"):
         bench.check_import(wrong, tmp_path)
+
+
+def test_the_baseline_site_drops_the_editable_hook(tmp_path: Path) -> None:
+    """In the baseline's processes a module only the current tree has does not import."""
+    import os
+    import sys
+
+    bench = _load()
+    tt = bench._throughput_module()
+    with tt.baseline_tree(OLDER) as base:
+        bench.check_import(base, tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-c", "import robometa.deploy.collection"],
+            env=base.env(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr, os.linesep + done.stderr

@@ -382,6 +382,10 @@ class MetaLearner(Method):
         exact = self.first_order or self.variant.adapts == "heads"
         if exact and batched_supported(self.net):
             return self._batched_task_losses(support, query)
+        return self._vmapped_task_losses(support, query)
+
+    def _vmapped_task_losses(self, support: Batch, query: Batch) -> tuple[torch.Tensor, Params]:
+        """:meth:`_task_loss` vmapped over the task axis."""
 
         def per_task(sup: tuple, qry: tuple) -> tuple[torch.Tensor, Params]:
             return self._task_loss(Batch(*sup), Batch(*qry))
