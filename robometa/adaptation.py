@@ -66,9 +66,11 @@ def double_dqn_target(
     terminated: Tensor,
     gamma: float | Tensor,
 ) -> Tensor:
-    """``r + gamma (1 - d) Q_target(s', argmax_a Q_online(s', a))``."""
-    best = q_next_online.argmax(dim=1, keepdim=True)
-    return reward + gamma * (1.0 - terminated) * q_next_target.gather(1, best).squeeze(1)
+    """``r + gamma (1 - d) Q_target(s', argmax_a Q_online(s', a))``; the actions are the last
+    axis, so a leading task axis (the batched inner loop's ``(T, N, A)``) works too."""
+    axis = q_next_online.dim() - 1
+    best = q_next_online.argmax(dim=axis, keepdim=True)
+    return reward + gamma * (1.0 - terminated) * q_next_target.gather(axis, best).squeeze(axis)
 
 
 def td_loss(
@@ -312,15 +314,6 @@ def batched_q_and_delta(
     return q, delta.view(*obs.shape[:-1], spec.n_actions, spec.obs_dim)
 
 
-def _batched_target(
-    q_next_online: Tensor, q_next_target: Tensor, batch: Batch, gamma: float | Tensor
-) -> Tensor:
-    """:func:`double_dqn_target` per task, (T, N)."""
-    best = q_next_online.argmax(dim=2, keepdim=True)
-    bootstrap = q_next_target.gather(2, best).squeeze(2)
-    return batch.reward + gamma * (1.0 - batch.terminated) * bootstrap
-
-
 def _batched_huber(q: Tensor, batch: Batch, target: Tensor, huber_delta: float) -> Tensor:
     q_sa = q.gather(2, batch.action.unsqueeze(2)).squeeze(2)
     loss = torch.nn.functional.huber_loss(q_sa, target, reduction="none", delta=huber_delta)
@@ -340,7 +333,9 @@ def batched_td_loss(
     with torch.no_grad():
         online_next = batched_q_and_delta(net, params, batch.next_obs, with_model=False)[0]
         target_next = batched_q_and_delta(net, target_params, batch.next_obs, False)[0]
-    target = _batched_target(online_next.detach(), target_next.detach(), batch, gamma)
+    target = double_dqn_target(
+        online_next.detach(), target_next.detach(), batch.reward, batch.terminated, gamma
+    )
     return _batched_huber(q, batch, target.detach(), huber_delta)
 
 
@@ -365,7 +360,7 @@ def batched_inner_loss(
         frozen = {k: v.detach() for k, v in params.items()}
         q = batched_q_and_delta(net, params, batch.obs, probes=probes)[0]
         q_next = batched_q_and_delta(net, frozen, batch.next_obs, with_model=False)[0].detach()
-        target = _batched_target(q_next, q_next, batch, inner.gamma)
+        target = double_dqn_target(q_next, q_next, batch.reward, batch.terminated, inner.gamma)
         loss = loss + _batched_huber(q, batch, target.detach(), inner.huber_delta)
     if inner.kind in ("model", "td+model"):
         loss = loss + inner.model_weight * batched_model_loss(net, params, batch, probes)

@@ -324,17 +324,21 @@ class MetaLearner(Method):
         buf = slot.support
         return buf.all() if len(buf) == buf.capacity else buf.sample(buf.capacity, self.rng)
 
-    def _task_loss(self, support: Batch, query: Batch) -> tuple[torch.Tensor, Params]:
-        """Outer loss of one task (vmapped over the meta-batch) and its adaptation delta."""
+    def _task_loss(
+        self, support: Batch, query: Batch, batched: bool = False
+    ) -> tuple[torch.Tensor, Params]:
+        """Outer loss of one task (vmapped over the meta-batch) and its adaptation delta; with
+        ``batched``, of every task at once (batches and parameters with a task axis)."""
         d = self.cfg.dqn
+        td, model = (batched_td_loss, batched_model_loss) if batched else (td_loss, model_loss)
         meta = dict(self.meta_params)
         adapted = self._adapt(meta, support, self.first_order)
         delta = {k: adapted[k] - meta[k] for k in self.lrs}
         # The target network takes the same adaptation displacement as the online one.
         target = {k: v + delta[k].detach() if k in delta else v for k, v in self.target.items()}
-        loss = td_loss(self.net, adapted, target, query, d.gamma, d.huber_delta)
+        loss = td(self.net, adapted, target, query, d.gamma, d.huber_delta)
         if self.inner.kind != "td":
-            loss = loss + self.inner.model_weight * model_loss(self.net, adapted, query)
+            loss = loss + self.inner.model_weight * model(self.net, adapted, query)
         return loss, delta
 
     def outer_scale(self) -> float:
@@ -396,15 +400,7 @@ class MetaLearner(Method):
         """:meth:`_task_loss` with a leading task axis on the batches and the adapted
         parameters: the numbers of vmapping it (to float rounding where the outer gradient is
         of second order in the body or the context, see :mod:`robometa.adaptation`)."""
-        d = self.cfg.dqn
-        meta = dict(self.meta_params)
-        adapted = self._adapt(meta, support, self.first_order)
-        delta = {k: adapted[k] - meta[k] for k in self.lrs}
-        target = {k: v + delta[k].detach() if k in delta else v for k, v in self.target.items()}
-        loss = batched_td_loss(self.net, adapted, target, query, d.gamma, d.huber_delta)
-        if self.inner.kind != "td":
-            loss = loss + self.inner.model_weight * batched_model_loss(self.net, adapted, query)
-        return loss, delta
+        return self._task_loss(support, query, batched=True)
 
     def _reptile_update(self, support: Batch, query: Batch) -> torch.Tensor:
         """Move the meta-parameters a (scheduled) fraction of the way to the adapted ones."""
