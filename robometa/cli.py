@@ -88,8 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from robometa.config import load_config
+    from robometa.distributed import Backend
     from robometa.train import TrainingInterrupted, checkpoint_steps, train
 
+    backend = Backend(args.backend, args.address, args.num_workers)
     if args.resume:
         given = [
             flag
@@ -120,9 +122,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume_with = f"resume with: robometa train --resume {shlex.quote(str(out))}"
     try:
         if args.resume:
-            train(None, out, resume=True)  # type: ignore[arg-type]
+            train(None, out, resume=True, backend=backend)  # type: ignore[arg-type]
         else:
-            train(cfg, out)
+            train(cfg, out, backend=backend)
     except TrainingInterrupted as stop:
         print(f"interrupted at {stop.env_steps} env steps; {resume_with}", file=sys.stderr)
         return 130
@@ -331,6 +333,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any config key, e.g. --set dqn.learning_rate=3e-4",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where a meta-learner's tasks run: in this process (default), or on Ray workers "
+        '(pip install "robometa[ray]"); the same results either way, a run resumes with either',
+    )
+    p.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="with --backend ray: the cluster to join (auto: the one this machine is in; "
+        "HOST:PORT: the address `ray start --head` prints); default: start Ray here",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=_int_in(1, 1024),
+        metavar="N",
+        help="with --backend ray: task workers (default: one per free CPU, at most one per task)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)

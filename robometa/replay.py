@@ -28,6 +28,9 @@ class ReplayBuffer:
         self.terminated = np.zeros(capacity, np.float32)
         self.pos = 0
         self.size = 0
+        #: transitions ever added to this buffer object (not saved: a count to take
+        #: differences of, e.g. what a remote worker's collection added)
+        self.added = 0
 
     def __len__(self) -> int:
         return self.size
@@ -43,6 +46,7 @@ class ReplayBuffer:
         self.terminated[i] = float(terminated)
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+        self.added += 1
 
     def indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.size == 0:

@@ -49,6 +49,7 @@ import torch
 import robometa.algorithms
 from robometa import __version__
 from robometa.config import Config, config_from_dict, load_config
+from robometa.distributed import Backend, BackendError
 from robometa.envs.safe_load import parse_yaml, read_text
 from robometa.methods.base import Method
 from robometa.policy import (  # the one atomic writer; importable from here as before
@@ -85,10 +86,21 @@ METRIC_FIELDS = (
 )
 
 
-def make_algorithm(cfg: Config) -> Method:
-    """The trainer of ``cfg.algorithm``, as the registry (:mod:`robometa.algorithms`) names it.
-    A trainer must take at least one env step per iteration, or a run would never end."""
-    alg = robometa.algorithms.load(cfg.algorithm)(cfg)
+def make_algorithm(cfg: Config, backend: Backend | None = None) -> Method:
+    """The trainer of ``cfg.algorithm``, as the registry (:mod:`robometa.algorithms`) names it,
+    its tasks' work run by ``backend`` (None: in this process). A trainer must take at least
+    one env step per iteration, or a run would never end."""
+    cls = robometa.algorithms.load(cfg.algorithm)
+    if backend is None or backend.name == "local":
+        alg = cls(cfg)
+    elif backend.name in cls.backends:
+        alg = cls(cfg, backend=backend)
+    else:
+        able = [n for n in robometa.algorithms.names() if backend.name in _backends(n)]
+        raise ValueError(
+            f"algorithm {cfg.algorithm!r} trains on the {', '.join(cls.backends)} backend only; "
+            f"--backend {backend.name} runs the tasks of {', '.join(able)}"
+        )
     try:
         per_iteration = alg.steps_per_iteration
     except BaseException:
@@ -102,6 +114,13 @@ def make_algorithm(cfg: Config) -> Method:
             "the config keys that size its iterations)"
         )
     return alg
+
+
+def _backends(algorithm: str) -> tuple[str, ...]:
+    try:
+        return robometa.algorithms.load(algorithm).backends
+    except Exception:  # a plug-in that cannot be imported is listed by its own error
+        return ()
 
 
 def _adapts(algorithm: str) -> bool:
@@ -500,7 +519,11 @@ def checkpoint_steps(run_dir: str | Path) -> int | None:
 
 
 def train(
-    cfg: Config, run_dir: str | Path, resume: bool = False, stop_after: int | None = None
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    backend: Backend | None = None,
 ) -> Policy:
     """Train ``cfg`` into ``run_dir`` (or continue the run there with ``resume=True``).
 
@@ -516,10 +539,11 @@ def train(
     checkpoint (at env step 0 at the latest) stays resumable.
 
     ``stop_after`` ends the process's work early at that env step (tests use it); the run can
-    then be resumed.
+    then be resumed. ``backend``: where a meta-learner's tasks run (:mod:`robometa.distributed`;
+    None: here); a run can be resumed with either.
     """
     with _StopRequest() as stop:
-        run = _Run.open(cfg, Path(run_dir), resume)
+        run = _Run.open(cfg, Path(run_dir), resume, backend)
         try:
             run.begin()
             finished = run.iterate_until_done(stop, stop_after)
@@ -570,7 +594,7 @@ class _Run:
     # -------------------------------------------------------------- the steps of a run
 
     @classmethod
-    def open(cls, cfg: Config, run_dir: Path, resume: bool) -> _Run:
+    def open(cls, cfg: Config, run_dir: Path, resume: bool, backend: Backend | None = None) -> _Run:
         """Claim ``run_dir`` for a new run, or read the checkpoint (and its config) to resume;
         remove stale temporary files; build the algorithm."""
         state, created = None, []
@@ -581,7 +605,7 @@ class _Run:
             created = _claim_run_dir(run_dir)
         _clean_up_temp_files(run_dir)
         torch.set_num_threads(cfg.threads)
-        return cls(cfg, run_dir, _build_algorithm(cfg, created), state, created)
+        return cls(cfg, run_dir, _build_algorithm(cfg, created, backend), state, created)
 
     def begin(self) -> None:
         """Resume the checkpoint's state (a checkpoint that does not fit fails here, before any
@@ -817,9 +841,9 @@ def _clean_up_temp_files(run_dir: Path) -> None:
         raise RunWriteError(f"cannot clean up {run_dir}: {os_reason(err)}", run_dir) from None
 
 
-def _build_algorithm(cfg: Config, created: list[Path]) -> Method:
+def _build_algorithm(cfg: Config, created: list[Path], backend: Backend | None) -> Method:
     try:
-        return make_algorithm(cfg)
+        return make_algorithm(cfg, backend)
     except BaseException:  # an env that cannot be built leaves no run behind
         _remove_empty_dirs(created)
         raise
@@ -888,6 +912,8 @@ def _restore(
             [float(x) for x in state.get("pending_losses", [])],
             [float(x) for x in state["recent_returns"]],
         )
+    except BackendError:  # the workers could not take the state: not the checkpoint's fault
+        raise
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or [""])[0]
         raise CheckpointError(

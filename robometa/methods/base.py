@@ -37,6 +37,9 @@ class Method:
     #: the network class :meth:`network_from_config` builds and :meth:`network_from_spec`
     #: rebuilds (a family with another head overrides this or the methods)
     network_class: ClassVar[type[QNetwork]] = QNetwork
+    #: where its training's work can run: ``robometa train --backend`` (a trainer that
+    #: lists more than ``local`` takes a ``backend=`` keyword, :mod:`robometa.distributed`)
+    backends: ClassVar[tuple[str, ...]] = ("local",)
 
     cfg: Config
     env_steps: int

@@ -28,9 +28,10 @@ the context vector fed to the network, reset to zero for every task (CAVIA).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -64,6 +65,9 @@ from robometa.rollout import (
     store_into,
     train_tasks,
 )
+
+if TYPE_CHECKING:
+    from robometa.distributed import Backend, TaskPool
 
 REPLAY_PER_TASK = 5000
 LR_FLOOR = 1e-6
@@ -110,14 +114,25 @@ def _stack(batches: list[Batch]) -> Batch:
 
 
 class _TaskSlot:
-    """One training task: its env (episodes continue across outer steps) and its data."""
+    """One training task: its env (episodes continue across outer steps) and its data. The
+    env is built on first use: a learner whose tasks run on remote workers
+    (:mod:`robometa.distributed`) never builds one."""
 
-    def __init__(self, task: Task, env: Any, obs_dim: int, support_size: int, seed: int) -> None:
+    def __init__(
+        self, task: Task, make: Callable[[], Any], obs_dim: int, support_size: int, seed: int
+    ) -> None:
         self.task = task
-        self.env = env
+        self.make = make
         self.seed = seed
         self.episode: Episode | None = None
+        self._env: Any = None
         self.clear(support_size, obs_dim)
+
+    @property
+    def env(self) -> Any:
+        if self._env is None:
+            self._env = self.make()
+        return self._env
 
     def clear(self, support_size: int, obs_dim: int) -> None:
         """Empty data: the support ring and the replay buffer."""
@@ -133,6 +148,11 @@ class _TaskSlot:
     def restart(self, rng: np.random.Generator) -> None:
         self.episode = Episode(self.reset_env(rng))
 
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
 
 class MetaLearner(Method):
     """Meta-trains a Q-network initialization (``algorithm`` in maml, fomaml, metasgd, anil,
@@ -141,21 +161,14 @@ class MetaLearner(Method):
     #: the variants this class trains, by algorithm name
     variants: ClassVar[dict[str, Variant]] = VARIANTS
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.algorithm = cfg.algorithm
-        if cfg.algorithm not in self.variants:
-            raise ValueError(
-                f"{type(self).__name__} trains {', '.join(self.variants)}, not "
-                f"{cfg.algorithm!r} (give its Variant in the class's 'variants')"
-            )
-        self.variant = self.variants[cfg.algorithm]
+    #: where the tasks' work can run (:mod:`robometa.distributed`)
+    backends: ClassVar[tuple[str, ...]] = ("local", "ray")
+
+    def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
+        self._settings(cfg)
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         _check_rules(cfg, self.variant)
-        a, m = cfg.adaptation, cfg.meta
-        self.inner = InnerLoss(a.loss, cfg.dqn.gamma, cfg.dqn.huber_delta, a.model_weight)
-        self.first_order = m.first_order or self.variant.first_order
         self.net = self._fitted_network()
         self.meta_params: dict[str, torch.nn.Parameter] = dict(self.net.named_parameters())
         self.lrs = self._inner_learning_rates()
@@ -165,7 +178,78 @@ class MetaLearner(Method):
         self.env_steps = 0
         self.outer_steps = 0
         self.skipped_updates = 0
+        #: the remote workers that own the task slots' envs and data, or None: every task
+        #: runs here (the slots then hold the only copy of the data; with a pool they mirror it)
+        self.pool: TaskPool | None = None
+        if backend is not None and backend.name != "local":
+            self.pool = backend.task_pool(self)
         self.boundary()
+
+    def _settings(self, cfg: Config) -> None:
+        """What the config fixes about the learner: its variant and inner loss."""
+        self.cfg = cfg
+        self.algorithm = cfg.algorithm
+        if cfg.algorithm not in self.variants:
+            raise ValueError(
+                f"{type(self).__name__} trains {', '.join(self.variants)}, not "
+                f"{cfg.algorithm!r} (give its Variant in the class's 'variants')"
+            )
+        self.variant = self.variants[cfg.algorithm]
+        a, m = cfg.adaptation, cfg.meta
+        self.inner = InnerLoss(a.loss, cfg.dqn.gamma, cfg.dqn.huber_delta, a.model_weight)
+        self.first_order = m.first_order or self.variant.first_order
+
+    @classmethod
+    def worker(cls, cfg: Config, spec: dict[str, Any]) -> MetaLearner:
+        """A learner that only runs tasks' work for another one (a remote worker of
+        :mod:`robometa.distributed`): the same network (``spec``: :meth:`worker_spec`) and
+        inner loop, no envs, no optimizer, no slots until given some."""
+        self = cls.__new__(cls)
+        self._settings(cfg)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.obs_dim, self.n_actions = int(spec["obs_dim"]), int(spec["n_actions"])
+        self.net = self.network_from_config(cfg, self.obs_dim, self.n_actions)
+        self.net.load_state_dict(spec["net"])
+        self.meta_params = dict(self.net.named_parameters())
+        self.lrs = {
+            k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in spec["lrs"].items()
+        }
+        self.target = {k: v.detach().clone() for k, v in self.meta_params.items()}
+        self.slots = []
+        self.env_steps = self.outer_steps = self.skipped_updates = 0
+        self.pool = None
+        return self
+
+    def worker_spec(self) -> dict[str, Any]:
+        """What :meth:`worker` needs to rebuild this learner's network and inner loop."""
+        return {
+            "obs_dim": self.obs_dim,
+            "n_actions": self.n_actions,
+            "net": self.net.state_dict(),
+            "lrs": {
+                k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in self.lrs.items()
+            },
+        }
+
+    def new_slot(self, index: int, state: dict[str, Any]) -> _TaskSlot:
+        """Task slot ``index`` of this run rebuilt from ``state`` (:meth:`slot_state`)."""
+        e = self.cfg.env
+        make = partial(make_env, e.id, e.dynamics, e.max_episode_steps)
+        slot = _TaskSlot(
+            Task(state["task"]), make, self.obs_dim, self.cfg.adaptation.support_size, index
+        )
+        slot.support.load_state_dict(state["support"])
+        slot.replay.load_state_dict(state["replay"])
+        return slot
+
+    @staticmethod
+    def slot_state(slot: _TaskSlot) -> dict[str, Any]:
+        """One slot's task and data (what a checkpoint and a new worker take)."""
+        return {
+            "task": dict(slot.task),
+            "support": slot.support.state_dict(),
+            "replay": slot.replay.state_dict(),
+        }
 
     # -------------------------------------------------------------- building
 
@@ -206,14 +290,9 @@ class MetaLearner(Method):
         cfg, e, m = self.cfg, self.cfg.env, self.cfg.meta
         n_slots = m.task_pool if m.task_pool > 0 else m.meta_batch
         tasks = train_tasks(self.space, e.tasks, n_slots, self.rng)
+        make = partial(make_env, e.id, e.dynamics, e.max_episode_steps)
         return [
-            _TaskSlot(
-                t,
-                make_env(e.id, e.dynamics, e.max_episode_steps),
-                self.obs_dim,
-                cfg.adaptation.support_size,
-                i,
-            )
+            _TaskSlot(t, make, self.obs_dim, cfg.adaptation.support_size, i)
             for i, t in enumerate(tasks)
         ]
 
@@ -225,6 +304,9 @@ class MetaLearner(Method):
         return 2 * m.collect_steps * tasks
 
     def boundary(self) -> None:
+        if self.pool is not None:
+            self.pool.restart(self.slots, self.rng)
+            return
         for slot in self.slots:
             slot.restart(self.rng)
 
@@ -236,8 +318,12 @@ class MetaLearner(Method):
         eps = self.epsilon()
         returns: list[float] = []
         meta_now = {k: v.detach() for k, v in self.meta_params.items()}
-        for slot in slots:
-            returns += self._support_and_query(slot, meta_now, eps)
+        if self.pool is not None:
+            returns = self.pool.collect(self, slots, meta_now, eps)
+            self.env_steps += 2 * self.cfg.meta.collect_steps * len(slots)
+        else:
+            for slot in slots:
+                returns += self._support_and_query(slot, meta_now, eps)
         losses = [self._outer_step() for _ in range(self.cfg.meta.updates_per_collect)]
         return {
             "returns": returns,
@@ -265,7 +351,11 @@ class MetaLearner(Method):
         for slot, task in zip(self.slots, tasks, strict=True):
             slot.task = task
             slot.clear(self.cfg.adaptation.support_size, self.obs_dim)
-            slot.restart(self.rng)
+        if self.pool is not None:
+            self.pool.reset(self.slots, self.rng)
+        else:
+            for slot in self.slots:
+                slot.restart(self.rng)
         return self.slots
 
     def _support_and_query(self, slot: _TaskSlot, meta: Params, epsilon: float) -> list[float]:
@@ -285,7 +375,6 @@ class MetaLearner(Method):
         replay buffer (and support ring); the returns of the episodes that ended."""
         buffers = (slot.replay, slot.support) if into_support else (slot.replay,)
         act = greedy_act_fn(self.net, params)
-        restart = partial(slot.reset_env, self.rng)
         with torch.no_grad():
             returns = collection.collect(
                 slot.env,
@@ -296,7 +385,7 @@ class MetaLearner(Method):
                 self.rng,
                 self.n_actions,
                 store_into(*buffers),
-                restart,
+                partial(slot.reset_env, self.rng),
             )
         self.env_steps += n
         return returns
@@ -318,11 +407,6 @@ class MetaLearner(Method):
         ready = [s for s in self.slots if len(s.support)] or self.slots
         chosen = self.rng.choice(len(ready), size=min(m.meta_batch, len(ready)), replace=False)
         return [ready[int(i)] for i in chosen]
-
-    def _support_batch(self, slot: _TaskSlot) -> Batch:
-        """The task's support ring; resampled to full size while it is still filling."""
-        buf = slot.support
-        return buf.all() if len(buf) == buf.capacity else buf.sample(buf.capacity, self.rng)
 
     def _task_loss(
         self, support: Batch, query: Batch, batched: bool = False
@@ -357,21 +441,50 @@ class MetaLearner(Method):
         if self.cfg.meta.outer_lr_end_fraction != 1.0:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.outer_lr()
-        support, query = self._meta_batch()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.variant.reptile:
-            losses = self._reptile_update(support, query)
+        if self.pool is not None:
+            losses = self.pool.outer(self, self._sample_slots())
         else:
-            losses = self._gradient_update(support, query)
+            support, query = self._meta_batch()
+            if self.variant.reptile:
+                losses = self._reptile_update(support, query)
+            else:
+                losses = self._gradient_update(support, query)
         self._after_update()
         finite = losses.detach()[torch.isfinite(losses.detach())]
         return float(finite.mean()) if finite.numel() else math.nan
 
     def _meta_batch(self) -> tuple[Batch, Batch]:
-        """Support and query batches of the sampled tasks, stacked along a task axis."""
-        slots = self._sample_slots()
-        support = _stack([self._support_batch(s) for s in slots])
-        query = _stack([s.replay.sample(self.cfg.meta.query_batch, self.rng) for s in slots])
+        """Support and query batches of a fresh meta-batch of tasks."""
+        return self._batches(self._sample_slots())
+
+    def _batches(self, slots: list[_TaskSlot]) -> tuple[Batch, Batch]:
+        """Support and query batches of ``slots``, stacked along a task axis."""
+        return self._batches_at(slots, self._batch_indices(slots))
+
+    def _batch_indices(self, slots: list[_TaskSlot]) -> list[tuple[Any, Any]]:
+        """Which transitions the batches of ``slots`` take, drawn from the learner's stream
+        (every support first, then every query): per slot the support ring's indices (None:
+        the whole ring, once it is full) and the replay buffer's."""
+        support = [
+            None
+            if len(s.support) == s.support.capacity
+            else s.support.indices(s.support.capacity, self.rng)
+            for s in slots
+        ]
+        query = [s.replay.indices(self.cfg.meta.query_batch, self.rng) for s in slots]
+        return list(zip(support, query, strict=True))
+
+    @staticmethod
+    def _batches_at(slots: list[_TaskSlot], indices: list[tuple[Any, Any]]) -> tuple[Batch, Batch]:
+        """The batches of ``slots`` at ``indices`` (:meth:`_batch_indices`), stacked."""
+        support = _stack(
+            [
+                s.support.all() if i is None else s.support.batch(i)
+                for s, (i, _) in zip(slots, indices, strict=True)
+            ]
+        )
+        query = _stack([s.replay.batch(j) for s, (_, j) in zip(slots, indices, strict=True)])
         return support, query
 
     def _task_losses(self, support: Batch, query: Batch) -> tuple[torch.Tensor, Params]:
@@ -404,12 +517,17 @@ class MetaLearner(Method):
 
     def _reptile_update(self, support: Batch, query: Batch) -> torch.Tensor:
         """Move the meta-parameters a (scheduled) fraction of the way to the adapted ones."""
-        step = self.cfg.meta.reptile_step
         with torch.no_grad():
             losses, deltas = self._task_losses(support, query)
-            for k, delta in deltas.items():
-                self.meta_params[k].add_(step * self.outer_scale() * delta.mean(0))
+        self._reptile_step({k: delta.mean(0) for k, delta in deltas.items()})
         return losses
+
+    def _reptile_step(self, mean_delta: Params) -> None:
+        """Reptile's move along the tasks' mean adaptation displacement."""
+        step = self.cfg.meta.reptile_step
+        with torch.no_grad():
+            for k, delta in mean_delta.items():
+                self.meta_params[k].add_(step * self.outer_scale() * delta)
 
     def _gradient_update(self, support: Batch, query: Batch) -> torch.Tensor:
         """Adam on the mean outer loss, differentiated through the inner steps; skipped (and
@@ -417,6 +535,17 @@ class MetaLearner(Method):
         meta-parameters. Learned inner rates stay above :data:`LR_FLOOR`."""
         losses, _ = self._task_losses(support, query)
         losses.mean().backward()
+        return self._gradient_step(losses)
+
+    def outer_parameters(self) -> dict[str, torch.Tensor]:
+        """What the outer optimizer steps, by name: the meta-parameters but the context
+        (``param:NAME``) and the learned inner rates (``lr:NAME``)."""
+        named = {f"param:{k}": v for k, v in self.meta_params.items() if k != "context"}
+        named.update({f"lr:{k}": v for k, v in self.lrs.items() if v.requires_grad})
+        return named
+
+    def _gradient_step(self, losses: torch.Tensor) -> torch.Tensor:
+        """Clip the outer gradients now in ``.grad`` and step Adam, or skip a non-finite one."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.dqn.max_grad_norm if self.cfg.dqn.max_grad_norm > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -450,14 +579,7 @@ class MetaLearner(Method):
             "lrs": {k: v.detach().clone() for k, v in self.lrs.items()},
             "target": {k: v.clone() for k, v in self.target.items()},
             "optimizer": self.optimizer.state_dict(),
-            "slots": [
-                {
-                    "task": dict(s.task),
-                    "support": s.support.state_dict(),
-                    "replay": s.replay.state_dict(),
-                }
-                for s in self.slots
-            ],
+            "slots": [self.slot_state(s) for s in self.slots],
             "env_steps": self.env_steps,
             "outer_steps": self.outer_steps,
             "skipped_updates": self.skipped_updates,
@@ -474,6 +596,8 @@ class MetaLearner(Method):
             slot.task = self.space.make_task(s["task"])
             slot.support.load_state_dict(s["support"])
             slot.replay.load_state_dict(s["replay"])
+        if self.pool is not None:
+            self.pool.load(self.slots)
         self.env_steps = int(state["env_steps"])
         self.outer_steps = int(state["outer_steps"])
         self.skipped_updates = int(state.get("skipped_updates", 0))
@@ -494,8 +618,11 @@ class MetaLearner(Method):
         )
 
     def close(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.close()
+            self.pool = None
         for slot in self.slots:
-            slot.env.close()
+            slot.close()
 
 
 def _check_rules(cfg: Config, variant: Variant) -> None:

@@ -268,7 +268,7 @@ def test_a_config_that_cannot_build_its_env_leaves_no_run_behind(
     with pytest.raises(ValueError, match=r"config key 'env\.id': 'robometa/Nope-v0' is not one"):
         config_from_dict({**SMALL, "env": {**SMALL["env"], "id": "robometa/Nope-v0"}})
 
-    def cannot_build(cfg: object) -> None:
+    def cannot_build(cfg: object, backend: object = None) -> None:
         raise ValueError("the simulator refused")
 
     monkeypatch.setattr("robometa.train.make_algorithm", cannot_build)
