@@ -13,11 +13,24 @@ meta-learner.
 
 Each row of the table is reproduced by ``robometa train configs/<family>_<method>.yaml --seed S``
 for the seeds, then ``robometa eval`` over the run directories.
+
+``--backend ray`` (``pip install "robometa[ray]"``) runs each training run and each family's
+evaluation as a Ray task instead, all submitted at once: a training run asks for its config's
+``threads`` CPUs, an evaluation for one. Without ``--address`` it starts a local Ray with
+``--jobs`` CPUs (stopped at the end); ``--address auto`` or ``--address HOST:PORT`` joins a
+running cluster, whose nodes must see this checkout and ``--runs-dir`` at the same paths (a
+shared filesystem). The same runs are reused, each job writes the same log, and the JSON is the
+same. A job whose worker process dies (killed for memory, a crash in native code, a lost node)
+is re-run up to ``RAY_MAX_RETRIES`` times, a training run resuming from its last checkpoint; an
+exception raised by a job is not retried.
+
+    python benchmarks/adaptation.py --out bench-results/adaptation.json --backend ray
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -26,6 +39,7 @@ import time
 from pathlib import Path
 
 from robometa import algorithms
+from robometa.distributed import CONNECT_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the claim's baseline: DQN over the training robots (how evaluation labels the dqn runs)
@@ -46,6 +60,8 @@ COST = {  # seconds per run on CartPole at the shipped budgets (measured, one co
     "dr": 30,
 }
 FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.5, "reacher": 1.5, "armreach": 3.0}
+#: --backend ray: how many times a job whose worker process died is run again
+RAY_MAX_RETRIES = 2
 
 
 def method_spec(method: str) -> algorithms.AlgorithmSpec | None:
@@ -194,13 +210,9 @@ def evaluate_families(
     results = {}
     with _pool(jobs) as pool:
         futures = {}
-        for family, family_runs in runs.items():
-            if not family_runs:
-                continue
-            out_dir = runs_dir / family / "eval"
-            log = runs_dir / family / "eval.log"
-            print(f"[eval] {family}: {len(family_runs)} runs (progress in {log})", flush=True)
-            kwargs = {"tasks": "test", "n_tasks": n_tasks, "episodes": episodes, "out": out_dir}
+        for family, family_runs, out_dir, log, kwargs in _eval_jobs(
+            runs, runs_dir, n_tasks, episodes
+        ):
             future = pool.submit(run_logged, log, run_evaluation, family_runs, **kwargs)
             futures[future] = (family, out_dir, log)
         for future in as_completed(futures):
@@ -210,6 +222,184 @@ def evaluate_families(
             except Exception as err:
                 pool.shutdown(cancel_futures=True)
                 raise RuntimeError(f"evaluating {family} failed; see {log}") from err
+    return {f: results[f] for f in runs if f in results}
+
+
+def _eval_jobs(runs: dict[str, list[Path]], runs_dir: Path, n_tasks: int, episodes: int):
+    """Each family's evaluation, announced: (family, its runs, report dir, log, the keyword
+    arguments of :func:`robometa.evaluate.run_evaluation`)."""
+    for family, family_runs in runs.items():
+        if not family_runs:
+            continue
+        out_dir = runs_dir / family / "eval"
+        log = runs_dir / family / "eval.log"
+        print(f"[eval] {family}: {len(family_runs)} runs (progress in {log})", flush=True)
+        kwargs = {"tasks": "test", "n_tasks": n_tasks, "episodes": episodes, "out": out_dir}
+        yield family, family_runs, out_dir, log, kwargs
+
+
+def connect_ray(address: str | None, jobs: int):
+    """``ray``, connected, and whether this call connected it (the caller then ends with
+    ``ray.shutdown()``; a Ray this process already initialized is used as it is).
+
+    ``address`` None starts a local Ray with ``jobs`` CPUs; ``auto`` or ``HOST:PORT`` joins a
+    running cluster (:func:`robometa.distributed.connect`: a ``HOST:PORT`` must accept a TCP
+    connection within a few seconds first). No Ray, an address that does not parse, and a
+    cluster not reached each end the program with one line.
+    """
+    from robometa.distributed import BackendError, connect, import_ray
+
+    try:
+        ray = import_ray()
+        return ray, connect(ray, address, jobs)
+    except BackendError as err:
+        raise SystemExit(str(err)) from None
+
+
+def _ray_tasks():
+    """The two jobs as plain functions for ``ray.remote``. They are defined in here so that
+    Ray ships them by value: a worker needs robometa, not this script. ``cwd``: the driver's
+    working directory, which relative paths (``--runs-dir``) are relative to."""
+
+    def train_job(cwd: str, config: str, run: Path, log: str, steps: int | None, seed: int):
+        import os
+        import shutil
+
+        from robometa.config import load_config
+        from robometa.train import run_logged, run_status, train_to_log
+
+        before = os.getcwd()
+        os.chdir(cwd)
+        try:
+            # Decided here rather than by the planner: a retry (the first worker died) finds
+            # the run where that worker left it, as the next call of this script would.
+            def prepare() -> str:
+                status = run_status(run, load_config(config, steps=steps, seed=seed))
+                if status == "stale":
+                    shutil.rmtree(run)
+                return status
+
+            status = run_logged(log, prepare, append=True)  # a failure's traceback: the log
+            if status == "finished":
+                return 0.0
+            return train_to_log(config, str(run), log, steps, seed, status == "resumable")
+        finally:
+            os.chdir(before)
+
+    def evaluate_job(cwd: str, log: Path, runs: list[Path], kwargs: dict):
+        import os
+        import time
+
+        from robometa.evaluate import run_evaluation
+        from robometa.train import run_logged
+
+        before = os.getcwd()
+        os.chdir(cwd)
+        try:
+            t = time.perf_counter()
+            result = run_logged(log, run_evaluation, runs, **kwargs)
+            return result, time.perf_counter() - t
+        finally:
+            os.chdir(before)
+
+    return train_job, evaluate_job
+
+
+def _ray_failure(ray, err: BaseException, what: str, log: Path | str) -> RuntimeError:
+    """The error that ends the sweep when a Ray job failed: one that raised, or one whose
+    worker died on every try."""
+    if isinstance(err, ray.exceptions.RayTaskError):
+        return RuntimeError(f"{what} failed; see {log}")
+    return RuntimeError(
+        f"{what} failed: its Ray worker died ({type(err).__name__}: killed for memory, a crash "
+        f"in native code, or its node lost) on each of {RAY_MAX_RETRIES + 1} tries; see {log}"
+    )
+
+
+def _ray_gather(ray, refs: dict, on_done) -> None:
+    """``on_done(ref, value, jobs left)`` for each of ``refs`` as it finishes (``ray.wait``);
+    a job that failed raises :func:`_ray_failure` (``refs[ref]``: what, log). On any error the
+    jobs still pending are cancelled, their workers stopped: training runs keep their last
+    checkpoint and resume on the next call."""
+    pending = list(refs)
+    try:
+        while pending:
+            (ref,), pending = ray.wait(pending, num_returns=1)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                raise _ray_failure(ray, err, *refs[ref]) from err
+            on_done(ref, value, len(pending))
+    except BaseException:
+        for ref in pending:
+            with contextlib.suppress(Exception):  # already finished, or Ray is going down
+                ray.cancel(ref, force=True)
+        raise
+
+
+def _node_cpus(ray) -> float:
+    """The CPUs of the largest live node (0 where none is known: an autoscaling cluster)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
+
+
+def train_runs_ray(todo: list[tuple], ray) -> None:
+    """:func:`train_runs` as Ray tasks, all submitted at once (the costliest first), each
+    asking for its config's ``threads`` CPUs (at most a node's), output in ``<run>.log``."""
+    from tqdm import tqdm
+
+    from robometa.config import load_config
+
+    if not todo:
+        return
+    train_job, _ = _ray_tasks()
+    task = ray.remote(train_job)
+    largest, cwd = _node_cpus(ray), os.getcwd()
+    refs, runs = {}, {}
+    for _, c, b, seed, run, _resume in todo:
+        threads = load_config(c, steps=b, seed=seed).threads
+        cpus = min(threads, largest) if largest else threads
+        job = task.options(num_cpus=cpus, max_retries=RAY_MAX_RETRIES)
+        ref = job.remote(cwd, c, run, f"{run}.log", b, seed)
+        refs[ref], runs[ref] = (f"training {run}", f"{run}.log"), run
+    bar = tqdm(total=len(todo), unit="run", desc="train", mininterval=0)
+
+    def done(ref, seconds: float, _left: int) -> None:
+        run = runs[ref]
+        if not (run / "policy.pt").exists():
+            raise RuntimeError(
+                f"training {run} finished on a Ray worker, but {run / 'policy.pt'} is not "
+                "here: --runs-dir (and this checkout) must be at the same path on every node "
+                "of the cluster, on a filesystem they share"
+            )
+        bar.write(f"[trained] {run} in {seconds:.0f} s")
+        bar.update()
+
+    try:
+        _ray_gather(ray, refs, done)
+    finally:
+        bar.close()
+
+
+def evaluate_families_ray(
+    runs: dict[str, list[Path]], runs_dir: Path, n_tasks: int, episodes: int, ray
+) -> dict[str, dict]:
+    """:func:`evaluate_families` as Ray tasks (one CPU each), families side by side."""
+    _, evaluate_job = _ray_tasks()
+    job = ray.remote(evaluate_job).options(num_cpus=1, max_retries=RAY_MAX_RETRIES)
+    cwd = os.getcwd()
+    refs, families = {}, {}
+    for family, family_runs, out_dir, log, kwargs in _eval_jobs(runs, runs_dir, n_tasks, episodes):
+        ref = job.remote(cwd, log, family_runs, kwargs)
+        refs[ref], families[ref] = (f"evaluating {family}", log), (family, out_dir)
+    results = {}
+
+    def done(ref, value: tuple[dict, float], left: int) -> None:
+        (family, out_dir), (result, seconds) = families[ref], value
+        results[family] = result | {"report_dir": str(out_dir)}
+        print(f"[evaluated] {family} in {seconds:.0f} s ({left} left)", flush=True)
+
+    _ray_gather(ray, refs, done)
     return {f: results[f] for f in runs if f in results}
 
 
@@ -279,9 +469,30 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="training runs at a time (each uses one core)",
+        help="training runs at a time (each uses one core); with --backend ray and no "
+        "--address, the CPUs of the local Ray it starts",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: --jobs worker processes on this machine; ray: each training run and each "
+        "evaluation a Ray task, all submitted at once (a run asks for its config's `threads` "
+        "CPUs, an evaluation for one); a job whose worker process dies (killed for memory, a "
+        f"crash in native code, a lost node) is re-run up to {RAY_MAX_RETRIES} times, a "
+        "training run resuming from its last checkpoint; an exception in a job is not "
+        'retried (needs pip install "robometa[ray]")',
+    )
+    p.add_argument(
+        "--address",
+        help="with --backend ray: the Ray cluster to join, auto (the one `ray start` started "
+        "on this machine) or HOST:PORT of its head node (which must answer within "
+        f"{CONNECT_TIMEOUT_S:.0f} s); its nodes must see this checkout and --runs-dir at "
+        "the same paths. Default: start a local Ray with --jobs CPUs, stopped at the end",
     )
     args = p.parse_args(argv)
+    if args.address is not None and args.backend != "ray":
+        p.error("--address needs --backend ray")
 
     from robometa.evaluate import markdown_table
 
@@ -295,12 +506,24 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "families": {},
     }
-    runs, todo = plan_runs(families, methods, seeds, args.steps, runs_dir, args.oracle_steps)
-    train_runs(todo, args.jobs)
-    report["train_wall_s"] = time.perf_counter() - t0
-    for family, res in evaluate_families(
-        runs, runs_dir, args.n_tasks, args.episodes, args.jobs
-    ).items():
+    ray, disconnect = None, False
+    if args.backend == "ray":  # before anything is trained: no Ray, or no cluster, fails fast
+        ray, disconnect = connect_ray(args.address, args.jobs)
+    try:
+        runs, todo = plan_runs(families, methods, seeds, args.steps, runs_dir, args.oracle_steps)
+        if ray is None:
+            train_runs(todo, args.jobs)
+        else:
+            train_runs_ray(todo, ray)
+        report["train_wall_s"] = time.perf_counter() - t0
+        if ray is None:
+            evaluated = evaluate_families(runs, runs_dir, args.n_tasks, args.episodes, args.jobs)
+        else:
+            evaluated = evaluate_families_ray(runs, runs_dir, args.n_tasks, args.episodes, ray)
+    finally:
+        if disconnect:
+            ray.shutdown()
+    for family, res in evaluated.items():
         print(f"\n{family} ({res['env_id']}), final adaptation step:\n")
         print(markdown_table(res["summary"]))
         report["families"][family] = {

@@ -60,7 +60,7 @@ START_TIMEOUT_S = 180.0
 MAX_REPLACEMENTS = 3
 #: spawn key of the streams that restart a replaced worker's episodes (apart from the run's)
 REPLACEMENT_STREAM = 1
-RAY_MISSING = 'the ray backend needs Ray: pip install "robometa[ray]"'
+RAY_MISSING = '--backend ray needs Ray: pip install "robometa[ray]"'
 
 
 class BackendError(ValueError):
@@ -98,7 +98,7 @@ class Backend:
         threads = learner.cfg.threads
         slots = len(learner.slots)
         wanted = self.num_workers
-        started = connect(ray, self.address, (wanted or 0) * threads)
+        started = connect(ray, self.address, max(os.cpu_count() or 1, (wanted or 0) * threads))
         try:
             cpus = int(ray.cluster_resources().get("CPU", 0))
             n = min(wanted or max(1, cpus // threads), slots)
@@ -118,7 +118,7 @@ def parse_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port); a clear ``ValueError`` for anything else."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(
+        raise BackendError(
             f"--address {address!r} is not auto or HOST:PORT (a port in 1..65535), e.g. "
             "127.0.0.1:6379, the address `ray start --head` prints"
         )
@@ -128,19 +128,26 @@ def parse_address(address: str) -> tuple[str, int]:
 def import_ray() -> Any:
     try:
         import ray
-    except ImportError:
+    except ImportError as err:
+        if err.name != "ray":  # Ray is there, but something it imports is broken: that error
+            raise
         raise BackendError(RAY_MISSING) from None
     return ray
 
 
-def connect(ray: Any, address: str | None, num_cpus: int) -> bool:
-    """Join or start Ray; whether this call started it (then :meth:`TaskPool.close` stops
-    it). A process that already called ``ray.init`` keeps its Ray."""
+def connect(ray: Any, address: str | None, num_cpus: int = 0) -> bool:
+    """Join the cluster at ``address`` or (None) start Ray here with ``num_cpus`` CPUs (0:
+    this machine's); whether this call connected it (the caller then ends with
+    ``ray.shutdown()``). A process that already called ``ray.init`` keeps its Ray. An address
+    that does not parse or cannot be reached is a one-line :class:`BackendError` (a
+    ``HOST:PORT`` must accept a TCP connection within :data:`CONNECT_TIMEOUT_S`)."""
     if ray.is_initialized():
         return False
     quiet = {"logging_level": "WARNING", "configure_logging": True}
-    if address is None:
-        ray.init(num_cpus=max(num_cpus, os.cpu_count() or 1), include_dashboard=False, **quiet)
+    if address is None:  # "local": a new Ray, even where RAY_ADDRESS or `ray start` names
+        # the cluster a bare ray.init() would join
+        cpus = num_cpus if num_cpus > 0 else os.cpu_count() or 1
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
         return True
     if address != "auto":
         host, port = parse_address(address)
