@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "ray"),
         default="local",
         help="where a meta-learner's tasks run: in this process (default), or on Ray workers "
-        '(pip install "robometa[ray]"); the same results either way, a run resumes with either',
+        '(pip install "robometa[ray]"): the same results (to the bit with one worker, to '
+        "float rounding with several); a run resumes with either",
     )
     p.add_argument(
         "--address",

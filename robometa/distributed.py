@@ -213,7 +213,7 @@ class TaskWorker:
         return stream.bit_generator.state
 
     def load(self, slots: dict[int, dict]) -> None:
-        """The slots' data and streams from a checkpoint (their envs are kept)."""
+        """The slots' tasks and data from a checkpoint (their envs are kept)."""
         for i, state in slots.items():
             old = self.slots.get(i)
             new = self.learner.new_slot(i, state)
