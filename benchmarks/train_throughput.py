@@ -31,9 +31,19 @@ run_dir)``, present in every version; each tree reads its own config files.
 Targets (reported, PASS/MISS): every gradient meta-learner's wall-clock per env step at its
 shipped config at most 2x DQN's (``dr``), second-order MAML at most 4x.
 
+The arithmetic beside the times (``--no-flops`` skips it): after the timed runs, a separate
+counting pass per config of the current tree (a fresh child each, same config and ``train()``
+call, the timing wrappers counting too) under ``torch.utils.flop_counter.FlopCounterMode``:
+the matrix-product FLOPs (forward, backward, second-order backward) of the trainer's
+``iterate()`` calls per env step, from the end of the warm-up (a meta-learner's first round,
+DQN's ``dqn.learning_starts``) over ``--flops-steps`` env steps (:data:`FLOPS_NOTE`); reported
+as MFLOP per env step, its ratio to DQN's, and wall time per MFLOP (the timed wall per env step
+over it) and that ratio to DQN's, with a plain reading of the numbers.
+
     python benchmarks/train_throughput.py --out bench-results/train_throughput.json
     python benchmarks/train_throughput.py --out x.json --steps 4000 --methods dr,cavia,maml
     python benchmarks/train_throughput.py --out x.json --baseline-ref 0964d52
+    python benchmarks/train_throughput.py --out x.json --steps 2000 --no-flops
 
 Writes the JSON report, a markdown table beside it (``.md``) and a plot (``.png``).
 """
@@ -67,6 +77,7 @@ REFERENCE = "dr"  # DQN over the training robots: the ratio's denominator
 DEFAULT_FAMILIES = ("cartpole", "diffdrive")
 TARGET_X_DQN = 2.0
 TARGET_X_DQN_MAML = 4.0  # second-order MAML
+DEFAULT_FLOPS_STEPS = 2_000  # env steps the counting pass counts, past the warm-up
 #: pyproject's package-dir mapping of the trees before robometa.configs existed
 DEFAULT_PACKAGE_DIR = {
     "robometa": "robometa",
@@ -132,27 +143,62 @@ SUBPARTS = {
     "per selection task)",
 }
 
+#: what the counting pass counts, and how (the report says it)
+FLOPS_NOTE = (
+    "Counted by torch.utils.flop_counter.FlopCounterMode in a separate pass (its own child "
+    "process after the timed runs, so their times do not include it): the same config and "
+    "train() call, at the timed runs' dqn.total_steps (raised only where the counting window "
+    "would not fit in it). Counted: the matrix products FlopCounterMode has formulas for "
+    "(mm, addmm, bmm, baddbmm, convolutions, attention; 2 FLOPs per multiply-add), forward "
+    "and backward, second-order backward included (the backward ops are counted as they "
+    "run). Not counted: matrix-vector products, elementwise ops, reductions, the optimizer, "
+    "the physics, and arithmetic outside torch (the meta-learners' single-observation numpy "
+    "actor; DQN acts through torch, batched over its envs, and that is counted). What is "
+    "divided: the FLOPs of the trainer's iterate() calls (collection "
+    "and acting, the no-grad adaptation for the query, inner steps, outer/TD updates, target "
+    "updates) over the env steps they trained, from the end of the warm-up (a meta-learner's "
+    "first round; DQN's dqn.learning_starts, after which every train_freq vector steps make "
+    "a gradient step) to {window} env steps later (whole iterations): the same as FLOPs(run "
+    "stopped at the window's end) - FLOPs(run stopped at its start), over the env steps "
+    "between, since a stopped run is a prefix of the longer one. So setup (the input "
+    "normalization fit), the step-0 checkpoint and DQN's update-free first steps are "
+    "excluded, and so are model selection (every logging.eval_every env steps) and "
+    "checkpointing, which the timed wall time includes. The window's length is "
+    "--flops-steps; it starts right after the warm-up because the arithmetic per env step is "
+    "steady from there (each run's per-iteration range is in the JSON), except a "
+    "meta-learner's no-grad adaptation for the query, which runs "
+    "on the task's support ring and grows while the ring fills over the task's first visits "
+    "(adaptation.support_size / meta.collect_steps of them): the collection FLOP share below "
+    "bounds what that leaves out."
+)
+
 
 class Timers:
-    """Timing wrappers that record, per call path of wrapped labels, calls, wall and CPU."""
+    """Timing wrappers that record, per call path of wrapped labels, calls, wall and CPU; and,
+    given ``flops`` (a running FLOP total, e.g. ``FlopCounterMode.get_total_flops``), the
+    FLOPs counted inside each call too."""
 
-    def __init__(self) -> None:
+    def __init__(self, flops: Any = None) -> None:
         self.stack: list[str] = []
         self.totals: dict[tuple[str, ...], list[float]] = {}
+        self.flops = flops
 
     def wrap(self, label: str, fn: Any) -> Any:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             self.stack.append(label)
             path = tuple(self.stack)
+            flops0 = self.flops() if self.flops is not None else 0
             wall0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                entry = self.totals.setdefault(path, [0, 0.0, 0.0])
+                entry = self.totals.setdefault(path, [0, 0.0, 0.0, 0])
                 entry[0] += 1
                 entry[1] += time.perf_counter() - wall0
                 entry[2] += time.process_time() - cpu0
+                if self.flops is not None:
+                    entry[3] += self.flops() - flops0
                 self.stack.pop()
 
         return timed
@@ -174,21 +220,36 @@ class Timers:
             setattr(owner, attr, self.wrap(label, original))
         return absent
 
-    def rows(self) -> list[dict[str, Any]]:
-        return [
-            {"path": "/".join(p), "calls": int(c), "wall_s": w, "cpu_s": u}
-            for p, (c, w, u) in sorted(self.totals.items())
-        ]
+    def snapshot(self) -> dict[tuple[str, ...], list[float]]:
+        """The totals so far (:meth:`rows` ``since`` one gives what came after it)."""
+        return {path: list(entry) for path, entry in self.totals.items()}
+
+    def rows(self, since: dict[tuple[str, ...], list[float]] | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for path, entry in sorted(self.totals.items()):
+            before = (since or {}).get(path, [0, 0.0, 0.0, 0])
+            c, w, u, f = (now - then for now, then in zip(entry, before, strict=True))
+            if since is not None and c == 0:
+                continue
+            row = {"path": "/".join(path), "calls": int(c), "wall_s": w, "cpu_s": u}
+            if self.flops is not None:
+                row["flops"] = int(f)
+            rows.append(row)
+        return rows
 
 
-def breakdown(paths: list[dict[str, Any]], wall: float, cpu: float) -> dict[str, Any]:
-    """The exclusive parts (:data:`PARTS`) and sub-parts of a run from its timer paths."""
+def breakdown(
+    paths: list[dict[str, Any]], wall: float, cpu: float, flops: float | None = None
+) -> dict[str, Any]:
+    """The exclusive parts (:data:`PARTS`) and sub-parts of a run from its timer paths; with
+    ``flops`` (the whole's FLOPs; the paths then carry ``flops``) their FLOPs too."""
 
     def total(pred: Any, key: str) -> float:
         return sum(r[key] for r in paths if pred(r["path"].split("/")))
 
     out: dict[str, Any] = {"parts": {}, "subparts": {}}
-    for key, whole in (("wall_s", wall), ("cpu_s", cpu)):
+    wholes = [("wall_s", wall), ("cpu_s", cpu)] + ([("flops", flops)] if flops is not None else [])
+    for key, whole in wholes:
 
         def last(name: str, k: str = key) -> float:
             return total(lambda p: p[-1] == name, k)
@@ -227,13 +288,14 @@ def breakdown(paths: list[dict[str, Any]], wall: float, cpu: float) -> dict[str,
             ),
             "selection_return": inside("selection", "selection_return"),
         }
-        suffix = key.removesuffix("_s")
         for k, v in parts.items():
-            out["parts"].setdefault(k, {})[f"{suffix}_s"] = v
+            out["parts"].setdefault(k, {})[key] = v
         for k, v in subparts.items():
-            out["subparts"].setdefault(k, {})[f"{suffix}_s"] = v
+            out["subparts"].setdefault(k, {})[key] = v
     for part in out["parts"].values():
         part["wall_fraction"] = part["wall_s"] / wall if wall > 0 else math.nan
+        if flops is not None:
+            part["flops_fraction"] = part["flops"] / flops if flops > 0 else math.nan
     return out
 
 
@@ -320,6 +382,8 @@ def child(spec_path: str) -> int:
     result["robometa_file"] = os.path.realpath(robometa.__file__)
     if spec["kind"] == "physics":
         result |= _physics(spec)
+    elif spec["kind"] == "flops":
+        result |= _flops(spec)
     else:
         result |= _train(spec)
     result["modules_outside_tree"] = _outside(tree)
@@ -404,6 +468,123 @@ def _train(spec: dict[str, Any]) -> dict[str, Any]:
             "absent_wrappers": absent,
         }
     return result
+
+
+def _flops(spec: dict[str, Any]) -> dict[str, Any]:
+    """The counting pass (:data:`FLOPS_NOTE`): ``train()`` of the config under one
+    ``FlopCounterMode``, the timing wrappers counting FLOPs as well; the FLOPs of the trainer's
+    ``iterate()`` calls from the end of the warm-up (a meta-learner's first round, DQN's
+    ``dqn.learning_starts``) to ``flops_steps`` env steps (whole iterations) later, where the
+    run stops (``train``'s ``stop_after``: no final selection, no plot)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import robometa.algorithms
+    import robometa.train as train_module
+    from robometa.config import load_config
+
+    overrides = ["logging.progress=false", *spec.get("overrides", [])]
+    window = int(spec["flops_steps"])
+    cfg = load_config(spec["config"], overrides, steps=spec["steps"])
+    # the timed runs' budget (their schedules: epsilon, learning rates), unless the window
+    # would not fit in it (a quick run's small --steps)
+    total = max(spec["steps"], 2 * (cfg.dqn.learning_starts + window))
+    if total != spec["steps"]:
+        cfg = load_config(spec["config"], overrides, steps=total)
+    family = robometa.algorithms.get(cfg.algorithm).family
+    counter = FlopCounterMode(display=False)
+    timers = Timers(flops=counter.get_total_flops)
+    absent = timers.install()
+    iterations: list[tuple[int, int, int]] = []  # env steps before, after; FLOPs of iterate()
+    marks: dict[str, Any] = {}
+    run_class = train_module._Run
+    original = run_class.__dict__["iterate_until_done"]
+
+    def mark() -> dict[str, Any]:
+        return {
+            "timers": timers.snapshot(),
+            "ops": counter.get_flop_counts().get("Global", {}),
+            "flops": counter.get_total_flops(),
+            "wall": time.perf_counter(),
+            "cpu": time.process_time(),
+        }
+
+    def iterate_until_done(run: Any, stop: Any, stop_after: int | None) -> bool:
+        alg = run.alg
+        per = int(alg.steps_per_iteration)
+        start = per if family == "gradient" else cfg.dqn.learning_starts
+        start = math.ceil(max(start, 0) / per) * per
+        end = start + max(1, math.ceil(window / per)) * per
+        if end >= cfg.dqn.total_steps:
+            raise RuntimeError(
+                f"the counting window ends at env step {end}, past dqn.total_steps "
+                f"{cfg.dqn.total_steps}: pass a larger --steps"
+            )
+        marks.update(start=start, end=end, per_iteration=per)
+        iterate = alg.iterate
+
+        def counted() -> dict[str, Any]:
+            if alg.env_steps >= start and "at_start" not in marks:
+                marks["at_start"] = mark()
+            steps0, flops0 = alg.env_steps, counter.get_total_flops()
+            out = iterate()
+            iterations.append((steps0, alg.env_steps, counter.get_total_flops() - flops0))
+            return out
+
+        alg.iterate = counted  # this run's trainer only
+        return original(run, stop, end)
+
+    run_class.iterate_until_done = iterate_until_done
+    run_dir = Path(spec["run_dir"])
+    wall0 = time.perf_counter()
+    with counter:
+        train_module.train(cfg, run_dir)
+        at_end = mark()
+    wall = time.perf_counter() - wall0
+    at_start = marks["at_start"]
+    counted_its = [it for it in iterations if it[0] >= marks["start"]]
+    warmup_its = [it for it in iterations if it[0] < marks["start"]]
+    steps = counted_its[-1][1] - counted_its[0][0]
+    train_flops = sum(f for *_, f in counted_its)
+    window_flops = at_end["flops"] - at_start["flops"]
+    per_iteration = [f for *_, f in counted_its]
+    parts = breakdown(
+        timers.rows(since=at_start["timers"]),
+        wall=at_end["wall"] - at_start["wall"],
+        cpu=at_end["cpu"] - at_start["cpu"],
+        flops=window_flops,
+    )
+    warmup_steps = marks["start"]
+    return {
+        "algorithm": cfg.algorithm,
+        "family": family,
+        "total_steps": cfg.dqn.total_steps,
+        "warmup_env_steps": warmup_steps,
+        "window": [counted_its[0][0], counted_its[-1][1]],
+        "env_steps": steps,
+        "iterations": len(counted_its),
+        "env_steps_per_iteration": marks["per_iteration"],
+        "flops": train_flops,
+        "flops_per_env_step": train_flops / steps,
+        "flops_per_iteration_min": min(per_iteration),
+        "flops_per_iteration_max": max(per_iteration),
+        # everything counted in the window (iterate() and whatever train() did between)
+        "window_flops": window_flops,
+        "ops": {
+            str(op): int(n - at_start["ops"].get(op, 0))
+            for op, n in at_end["ops"].items()
+            if n - at_start["ops"].get(op, 0)
+        },
+        "warmup_flops_per_env_step": (
+            sum(f for *_, f in warmup_its) / warmup_steps if warmup_steps else None
+        ),
+        # the naive figure: every FLOP of the run (setup, step-0 checkpoint, warm-up too)
+        "run_flops": counter.get_total_flops(),
+        "run_env_steps": iterations[-1][1] if iterations else 0,
+        "breakdown": parts | {"absent_wrappers": absent},
+        "counting_wall_s": wall,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 # --------------------------------------------------------------------------- trees
@@ -738,6 +919,88 @@ def add_ratios(rows: list[dict], gradient: set[str]) -> None:
             mine["cpu_speedup_vs_baseline"] = r["cpu_s_per_10k"] / mine["cpu_s_per_10k"]
 
 
+def measure_flops(
+    tree: Tree,
+    pairs: list[tuple[str, str]],
+    steps: int,
+    window: int,
+    timeout: float,
+    work_root: Path,
+    overrides: list[str] | None = None,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The counting pass (:data:`FLOPS_NOTE`) of every config of ``tree`` (the current one),
+    one child process each, after the timed runs: (family, method) -> its result."""
+    out = {}
+    for i, (family, method) in enumerate(pairs, 1):
+        config = tree.config(family, method)
+        if not config.exists():
+            continue
+        what = f"{tree.name} {family}/{method}"
+        print(
+            f"[flops {i}/{len(pairs)}] {what}: counting FLOPs over {window} env steps",
+            file=sys.stderr,
+        )
+        work = Path(tempfile.mkdtemp(prefix="f-", dir=work_root))
+        spec = {
+            "kind": "flops",
+            "config": str(config),
+            "steps": steps,
+            "flops_steps": window,
+            "run_dir": str(work / "run"),
+            "overrides": list(overrides or []),
+        }
+        result = run_child(tree, spec, work, timeout)
+        out[(family, method)] = result
+        if "error" in result:
+            print(f"    FAILED: {result['error'][:500]}", file=sys.stderr)
+        else:
+            print(
+                f"    {result['flops_per_env_step'] / 1e6:.3f} MFLOP per env step over env "
+                f"steps {result['window'][0]}-{result['window'][1]} "
+                f"({result['counting_wall_s']:.1f} s)",
+                file=sys.stderr,
+            )
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def add_flop_ratios(rows: list[dict], flops: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Per current row: the counting pass's result (``flops``), MFLOP per env step, its ratio
+    to DQN's (``dr``, same family), wall time per MFLOP (the timed wall per env step over the
+    counted MFLOP per env step) and that ratio to DQN's, the effective GFLOP/s, and CPU time
+    per MFLOP and its ratio to DQN's."""
+    for r in rows:
+        result = flops.get((r["family"], r.get("method")))
+        if r["ref"] != "current" or result is None:
+            continue
+        r["flops"] = result
+        if "error" in result or not result.get("flops_per_env_step"):
+            continue
+        mflop = result["flops_per_env_step"] / 1e6
+        r["mflop_per_env_step"] = mflop
+        if "wall_s_per_10k" in r:
+            wall_per_step = r["wall_s_per_10k"] / PER
+            r["wall_ms_per_mflop"] = 1e3 * wall_per_step / mflop
+            r["effective_gflop_per_s"] = mflop / wall_per_step / 1e3
+        if "cpu_s_per_10k" in r:  # the same per CPU second (less sensitive to a busy machine)
+            r["cpu_ms_per_mflop"] = 1e3 * r["cpu_s_per_10k"] / PER / mflop
+    dqn = {
+        r["family"]: r
+        for r in rows
+        if r["ref"] == "current" and r["method"] == REFERENCE and "mflop_per_env_step" in r
+    }
+    for r in rows:
+        ref = dqn.get(r["family"])
+        if ref is None or "mflop_per_env_step" not in r:
+            continue
+        r["flops_x_dqn"] = r["mflop_per_env_step"] / ref["mflop_per_env_step"]
+        for kind in ("wall", "cpu"):
+            if f"{kind}_ms_per_mflop" in r and f"{kind}_ms_per_mflop" in ref:
+                r[f"{kind}_per_mflop_x_dqn"] = (
+                    r[f"{kind}_ms_per_mflop"] / ref[f"{kind}_ms_per_mflop"]
+                )
+
+
 def cpu_summary(rows: list[dict]) -> list[dict[str, Any]]:
     """Per current measurement: how the child's CPU time split over its threads, and how busy
     each core of the machine was meanwhile."""
@@ -804,11 +1067,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"- **timing wrappers that found nothing to wrap** (their time is in *other*): "
             f"{', '.join(absent)}"
         )
+    counted = report.get("flops") is not None
+    flop_head = " MFLOP/env step | arithmetic x DQN | wall/MFLOP x DQN |" if counted else ""
+    flop_rule = "---:|---:|---:|" if counted else ""
+    flop_blank = " | | |" if counted else ""
     lines += [
         "",
         "| family | method | ref | env steps | wall s | CPU s | wall s/10k | CPU s/10k | "
-        "CPU util | x DQN | target | speed-up vs baseline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "CPU util | x DQN | target | speed-up vs baseline |" + flop_head,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|" + flop_rule,
     ]
     for r in report["physics"]:
         lines.append(
@@ -816,26 +1083,40 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r.get('env_steps', '-')} | {_f(r.get('wall_s'), '.2f')} | "
             f"{_f(r.get('cpu_s'), '.2f')} | {_f(r.get('wall_s_per_10k'), '.2f')} | "
             f"{_f(r.get('cpu_s_per_10k'), '.2f')} | {_f(r.get('cpu_utilization'), '.2f')} | "
-            "| | |"
+            "| | |" + flop_blank
         )
     for r in report["rows"]:
         if r.get("absent"):
-            lines.append(f"| {r['family']} | {r['method']} | {r['ref']} | absent | | | | | | | | |")
+            lines.append(
+                f"| {r['family']} | {r['method']} | {r['ref']} | absent | | | | | | | | |"
+                + flop_blank
+            )
             continue
         if "error" in r:
-            lines.append(f"| {r['family']} | {r['method']} | {r['ref']} | FAILED | | | | | | | | |")
+            lines.append(
+                f"| {r['family']} | {r['method']} | {r['ref']} | FAILED | | | | | | | | |"
+                + flop_blank
+            )
             continue
         target = ""
         if "target_x_dqn" in r:
             verdict = "PASS" if r.get("target_met") else "MISS"
             target = f"<= {r['target_x_dqn']:g}x: {verdict}" if "target_met" in r else "-"
+        flop_cells = ""
+        if counted:
+            flop_cells = (
+                f" {_mflop(r)} | {_f(r.get('flops_x_dqn'), '.1f', 'x')} | "
+                f"{_f(r.get('wall_per_mflop_x_dqn'), '.3f', 'x')} |"
+            )
         lines.append(
             f"| {r['family']} | {r['method']} | {r['ref']} | {r['env_steps']} | "
             f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['wall_s_per_10k']:.1f} | "
             f"{r['cpu_s_per_10k']:.1f} | {r['cpu_utilization']:.2f} | "
             f"{_f(r.get('x_dqn_wall'), '.2f', 'x')} | {target} | "
-            f"{_f(r.get('speedup_vs_baseline'), '.2f', 'x')} |"
+            f"{_f(r.get('speedup_vs_baseline'), '.2f', 'x')} |" + flop_cells
         )
+    if counted:
+        lines += flops_section(report)
     parts = list(PARTS)
     broken = [r for r in report["rows"] if "breakdown" in r]
     if broken:
@@ -897,6 +1178,105 @@ def markdown(report: dict[str, Any]) -> str:
         + (f"; MISS: {', '.join(t['missed'])}" if t["missed"] else ""),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _mflop(r: dict[str, Any]) -> str:
+    """MFLOP per env step, about three significant digits (DQN's is below 1)."""
+    if "mflop_per_env_step" in r:
+        value = r["mflop_per_env_step"]
+        return f"{value:.{1 if value >= 10 else 2 if value >= 1 else 3}f}"
+    return "FAILED" if "error" in (r.get("flops") or {}) else "-"
+
+
+def flops_section(report: dict[str, Any]) -> list[str]:
+    """The markdown section of the counting pass: what it counts, the table, the reading."""
+    info = report["flops"]
+    rows = [r for r in report["rows"] if r["ref"] == "current" and "flops" in r]
+    lines = [
+        "",
+        "## Arithmetic per env step (current tree): overhead or inherent work?",
+        "",
+        info["note"],
+        "",
+        "MFLOP/env step: counted matrix-product MFLOP of training per env step. Arithmetic x "
+        "DQN: that over `dr`'s (same family). Wall ms/MFLOP: the timed run's wall time per env "
+        "step (the table above) over the MFLOP per env step, and x DQN its ratio to `dr`'s (= "
+        "wall x DQN / arithmetic x DQN; below 1: more counted arithmetic per second of wall "
+        "time than DQN). GFLOP/s: the same as a rate. FLOP shares: of the counted window's "
+        "FLOPs, by the breakdown's parts (the timing wrappers, counting FLOPs in this pass).",
+        "",
+        "| family | method | algorithm | warm-up env steps | counted env steps | MFLOP/env step "
+        "| arithmetic x DQN | wall x DQN | wall ms/MFLOP | wall/MFLOP x DQN | GFLOP/s "
+        "| FLOP shares: collection / inner steps / updates |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        f = r["flops"]
+        if "error" in f:
+            lines.append(f"| {r['family']} | {r['method']} | | FAILED | | | | | | | | |")
+            continue
+        parts = f["breakdown"]["parts"]
+        shares = " / ".join(
+            _f(100 * parts[k].get("flops_fraction", math.nan), ".1f", "%")
+            for k in ("collection", "inner_steps", "updates")
+        )
+        lines.append(
+            f"| {r['family']} | {r['method']} | {f['algorithm']} | {f['warmup_env_steps']} | "
+            f"{f['window'][0]}-{f['window'][1]} ({f['iterations']} "
+            f"iteration{'s' if f['iterations'] != 1 else ''}) | {_mflop(r)} "
+            f"| {_f(r.get('flops_x_dqn'), '.1f', 'x')} | {_f(r.get('x_dqn_wall'), '.2f', 'x')} "
+            f"| {_f(r.get('wall_ms_per_mflop'), '.4f')} "
+            f"| {_f(r.get('wall_per_mflop_x_dqn'), '.3f', 'x')} "
+            f"| {_f(r.get('effective_gflop_per_s'), '.2f')} | {shares} |"
+        )
+    reading = flops_reading(report["rows"])
+    if reading:
+        lines += ["", reading]
+    return lines
+
+
+def flops_reading(rows: list[dict]) -> str:
+    """One paragraph read off the numbers: each method's arithmetic and wall time x DQN, and
+    which side of its arithmetic ratio its wall ratio falls."""
+    rows = [
+        r
+        for r in rows
+        if r["ref"] == "current"
+        and r["method"] != REFERENCE
+        and "flops_x_dqn" in r
+        and "x_dqn_wall" in r
+    ]
+    if not rows:
+        return ""
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    sentences = []
+    for r in rows:
+        where = f" ({r['family']})" if len(families) > 1 else ""
+        sentences.append(
+            f"{r['method']}{where} does {r['flops_x_dqn']:.1f}x DQN's arithmetic per env step "
+            f"in {r['x_dqn_wall']:.1f}x its wall time ({r['wall_per_mflop_x_dqn']:.3f}x DQN's "
+            "wall per MFLOP)"
+        )
+    text = "Reading (DQN: `dr`): " + "; ".join(sentences) + "."
+    below = [r["method"] for r in rows if r["x_dqn_wall"] < r["flops_x_dqn"]]
+    above = [r["method"] for r in rows if r["x_dqn_wall"] >= r["flops_x_dqn"]]
+    if below:
+        text += (
+            f" For {', '.join(below)} the wall-time ratio is below the arithmetic ratio: each "
+            "counted FLOP costs less wall time than in DQN, so their wall time beyond DQN's "
+            "is less than their extra matrix arithmetic alone would predict at DQN's rate."
+        )
+    if above:
+        text += (
+            f" For {', '.join(above)} the wall-time ratio is at or above the arithmetic ratio: "
+            "time beyond what their counted arithmetic explains at DQN's rate (overhead not "
+            "in matrix products: env stepping, small ops, Python)."
+        )
+    text += (
+        " Less wall per MFLOP means more counted arithmetic per second of wall time, not that "
+        "either method is bound by arithmetic: the breakdown above shows where the time goes."
+    )
+    return text
 
 
 def cpu_note(summary: list[dict]) -> str:
@@ -1031,6 +1411,13 @@ def plot(report: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def counted_ops() -> list[str]:
+    """The ops FlopCounterMode has FLOP formulas for (this torch)."""
+    from torch.utils.flop_counter import flop_registry
+
+    return sorted(str(op) for op in flop_registry)
+
+
 def write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -1068,9 +1455,23 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config key in every run of the current tree (not the baseline's), "
         "e.g. --set threads=2",
     )
+    parser.add_argument(
+        "--no-flops",
+        action="store_true",
+        help="skip the FLOP counting pass (quicker; the report then has no arithmetic columns)",
+    )
+    parser.add_argument(
+        "--flops-steps",
+        type=int,
+        default=DEFAULT_FLOPS_STEPS,
+        help="env steps the FLOP counting pass counts past each run's warm-up (whole "
+        f"iterations, at least one; default {DEFAULT_FLOPS_STEPS})",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.flops_steps < 1:
+        parser.error("--flops-steps must be >= 1")
     physics_steps = args.physics_steps or args.steps
     methods = args.methods.split(",") if args.methods else None
     families = [f for f in args.families.split(",") if f]
@@ -1092,10 +1493,17 @@ def main(argv: list[str] | None = None) -> int:
             physics, rows = measure(
                 trees, pairs, args.steps, physics_steps, args.timeout, work_root, args.set
             )
+            flops = None
+            if not args.no_flops:  # after every timed run: their times stay clean
+                flops = measure_flops(
+                    trees[0], pairs, args.steps, args.flops_steps, args.timeout, work_root, args.set
+                )
             tree_info = {t.name: t.describe() for t in trees}
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     add_ratios(rows, gradient)
+    if flops is not None:
+        add_flop_ratios(rows, flops)
     summary = cpu_summary(rows)
     report = {
         "benchmark": "train_throughput",
@@ -1119,9 +1527,21 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": summary,
         "cpu_note": cpu_note(summary),
         "targets": targets(rows),
+        "flops": None
+        if flops is None
+        else {
+            "flops_steps": args.flops_steps,
+            "counted_ops": counted_ops(),
+            "note": FLOPS_NOTE.format(window=args.flops_steps),
+        },
         "wall_s": time.perf_counter() - t0,
     }
     failed = [f"{r['ref']} {r['family']}/{r['method']}" for r in rows if "error" in r]
+    failed += [
+        f"{r['ref']} {r['family']}/{r['method']} flops"
+        for r in rows
+        if "error" in (r.get("flops") or {})
+    ]
     failed += [f"{r['ref']} {r['family']} physics" for r in physics if "error" in r]
     report["failed"] = failed
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""benchmarks/train_throughput.py: a tiny measurement of the current tree, a side-by-side one
-with a baseline worktree, and the import check that fails loudly (targets not asserted)."""
+"""benchmarks/train_throughput.py: a tiny measurement of the current tree (with its FLOP
+counting pass), a side-by-side one with a baseline worktree, the import check that fails loudly
+(targets not asserted), and --no-flops."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _check_times(row: dict, budget: int) -> None:
 
 def test_throughput_of_dqn_and_a_meta_learner(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
-    argv = ["--out", str(out), "--steps", "400", "--methods", "dr,cavia"]
+    argv = ["--out", str(out), "--steps", "400", "--methods", "dr,cavia", "--flops-steps", "400"]
     assert _bench().main([*argv, "--families", "cartpole"]) == 0
 
     report = json.loads(out.read_text())
@@ -93,12 +94,60 @@ def test_throughput_of_dqn_and_a_meta_learner(tmp_path: Path) -> None:
     assert paths["collection"] == 8 and paths["collection/collect"] == 16
     assert paths["outer_step"] == 20
     assert report["cpu"] and all(0 < c["cpu_utilization"] <= 2.5 for c in report["cpu"])
+    _check_flops(report, out.with_suffix(".md").read_text(), dr, cavia)
+
+
+def _check_flops(report: dict, md: str, dr: dict, meta: dict) -> None:
+    """The counting pass of the test above: positive counts past the warm-up, the meta-learner
+    above DQN, the ratios from this run's numbers, the columns and the section in the table."""
+    assert report["flops"]["flops_steps"] == 400
+    assert "aten.mm" in report["flops"]["counted_ops"]
+    for row in (dr, meta):
+        f = row["flops"]
+        assert "error" not in f, f.get("error")
+        assert f["flops"] > 0 and f["flops_per_iteration_min"] > 0
+        assert f["flops_per_env_step"] == pytest.approx(f["flops"] / f["env_steps"])
+        assert f["window"] == [f["warmup_env_steps"], f["warmup_env_steps"] + f["env_steps"]]
+        assert row["mflop_per_env_step"] == pytest.approx(f["flops_per_env_step"] / 1e6)
+        assert f["ops"] and all(n > 0 for n in f["ops"].values())
+        assert sum(f["ops"].values()) == f["window_flops"] >= f["flops"]
+        # the FLOP shares of the window's parts sum to its FLOPs
+        parts = f["breakdown"]["parts"]
+        assert sum(p["flops"] for p in parts.values()) == pytest.approx(f["window_flops"])
+        assert parts["updates"]["flops"] > 0
+        # the timed runs' budget was too small for the window: raised, and only then
+        assert f["total_steps"] > 400 and f["window"][1] < f["total_steps"]
+        assert row["modules_outside_tree"] == [] and f["counting_wall_s"] > 0
+    # DQN: counted from dqn.learning_starts, a gradient step every vector step there; the
+    # update-free steps before it do a tiny fraction of that arithmetic
+    assert dr["flops"]["warmup_env_steps"] == 1000 and dr["flops"]["env_steps"] == 400
+    assert dr["flops"]["iterations"] == 100  # 4 envs
+    assert dr["flops"]["warmup_flops_per_env_step"] < 0.1 * dr["flops"]["flops_per_env_step"]
+    # the meta-learner: its first round is the warm-up, then one round (400 env steps)
+    assert meta["flops"]["window"] == [400, 800] and meta["flops"]["iterations"] == 1
+    assert meta["flops"]["breakdown"]["parts"]["inner_steps"]["flops"] > 0
+    assert meta["mflop_per_env_step"] > dr["mflop_per_env_step"]
+    assert dr["flops_x_dqn"] == pytest.approx(1.0) and dr["wall_per_mflop_x_dqn"] == 1.0
+    assert meta["flops_x_dqn"] == pytest.approx(
+        meta["mflop_per_env_step"] / dr["mflop_per_env_step"]
+    )
+    assert meta["flops_x_dqn"] > 1
+    assert meta["wall_ms_per_mflop"] == pytest.approx(
+        1e3 * meta["wall_s_per_10k"] / 10_000 / meta["mflop_per_env_step"]
+    )
+    assert meta["wall_per_mflop_x_dqn"] == pytest.approx(meta["x_dqn_wall"] / meta["flops_x_dqn"])
+    for column in ("MFLOP/env step", "arithmetic x DQN", "wall/MFLOP x DQN"):
+        assert column in md.split("\n## ")[0]  # in the main table
+    assert "## Arithmetic per env step" in md and "FlopCounterMode" in md
+    assert f"| {_bench()._mflop(meta)} | {meta['flops_x_dqn']:.1f}x |" in md
+    reading = f"{meta['method']} does {meta['flops_x_dqn']:.1f}x DQN's arithmetic per env step"
+    assert reading in md and f"in {meta['x_dqn_wall']:.1f}x its wall time" in md
 
 
 def test_baseline_ref_measures_a_temporary_worktree(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     argv = ["--out", str(out), "--steps", "100", "--methods", "dr", "--families", "cartpole"]
-    assert _bench().main([*argv, "--baseline-ref", "HEAD"]) == 0
+    assert _bench().main([*argv, "--baseline-ref", "HEAD", "--flops-steps", "40"]) == 0
 
     report = json.loads(out.read_text())
     assert list(report["trees"]) == ["current", "baseline HEAD"]
@@ -125,6 +174,9 @@ def test_baseline_ref_measures_a_temporary_worktree(tmp_path: Path) -> None:
     assert current["speedup_vs_baseline"] == pytest.approx(
         old["wall_s_per_10k"] / current["wall_s_per_10k"]
     )
+    # FLOPs are counted for the current tree only
+    assert current["mflop_per_env_step"] > 0 and current["flops"]["env_steps"] == 40
+    assert "flops" not in old and "mflop_per_env_step" not in old
 
 
 def test_a_child_that_imports_another_tree_fails_loudly(tmp_path: Path) -> None:
@@ -221,8 +273,105 @@ def test_set_overrides_the_current_trees_configs(tmp_path: Path) -> None:
     bench = _bench()
     out = tmp_path / "t.json"
     args = ["--steps", "200", "--methods", "dr", "--families", "cartpole", "--set", "threads=2"]
-    assert bench.main([*args, "--out", str(out)]) == 0
+    assert bench.main([*args, "--out", str(out), "--flops-steps", "40"]) == 0
     report = json.loads(out.read_text())
     assert report["overrides"] == ["threads=2"]
-    assert "error" not in _row(report, "dr")
+    dr = _row(report, "dr")
+    assert "error" not in dr
+    assert dr["torch_threads"] == 2
+    assert dr["flops"]["torch_threads"] == 2  # the counting pass runs the same settings
     assert "`threads=2`" in out.with_suffix(".md").read_text()
+
+
+def test_no_flops_skips_the_counting_pass(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    argv = ["--out", str(out), "--steps", "100", "--methods", "dr", "--families", "cartpole"]
+    assert _bench().main([*argv, "--no-flops"]) == 0
+    report = json.loads(out.read_text())
+    assert report["flops"] is None and report["failed"] == []
+    dr = _row(report, "dr")
+    _check_times(dr, 100)
+    assert not {"flops", "mflop_per_env_step", "flops_x_dqn", "wall_per_mflop_x_dqn"} & set(dr)
+    md = out.with_suffix(".md").read_text()
+    assert "MFLOP" not in md and "arithmetic x DQN" not in md
+    assert "## Arithmetic per env step" not in md
+    # the main table keeps its columns
+    assert "| CPU util | x DQN | target | speed-up vs baseline |\n" in md
+
+
+def test_flop_ratios_and_reading_come_from_the_numbers() -> None:
+    bench = _bench()
+
+    def row(method: str, wall_10k: float, ref: str = "current") -> dict:
+        return {
+            "ref": ref,
+            "family": "cartpole",
+            "method": method,
+            "wall_s_per_10k": wall_10k,
+            "cpu_s_per_10k": wall_10k / 2,
+        }
+
+    rows = [row("dr", 10.0), row("fomaml", 31.0), row("maml", 60.0), row("x", 5.0)]
+    rows.append(row("dr", 20.0, ref="baseline HEAD"))
+    flops = {
+        ("cartpole", "dr"): {"flops_per_env_step": 1e6},
+        ("cartpole", "fomaml"): {"flops_per_env_step": 9.8e6},
+        ("cartpole", "maml"): {"flops_per_env_step": 4e6},
+        ("cartpole", "x"): {"error": "exit code 1"},
+    }
+    bench.add_flop_ratios(rows, flops)
+    dr, fomaml, maml, failed, old = rows
+    for r, x_wall in ((dr, 1.0), (fomaml, 3.1), (maml, 6.0)):
+        r["x_dqn_wall"] = x_wall
+    assert dr["mflop_per_env_step"] == 1.0 and dr["flops_x_dqn"] == 1.0
+    assert dr["wall_ms_per_mflop"] == pytest.approx(1.0)  # 1 ms per env step, 1 MFLOP
+    assert dr["effective_gflop_per_s"] == pytest.approx(1.0)
+    assert fomaml["flops_x_dqn"] == pytest.approx(9.8)
+    assert fomaml["wall_per_mflop_x_dqn"] == pytest.approx(3.1 / 9.8)
+    assert maml["wall_per_mflop_x_dqn"] == pytest.approx(6.0 / 4.0)
+    assert dr["cpu_ms_per_mflop"] == pytest.approx(0.5)
+    assert maml["cpu_per_mflop_x_dqn"] == pytest.approx(6.0 / 4.0)
+    assert failed["flops"] == {"error": "exit code 1"} and "flops_x_dqn" not in failed
+    assert "flops" not in old  # the baseline's rows are not counted
+    text = bench.flops_reading(rows)
+    assert text.startswith(
+        "Reading (DQN: `dr`): fomaml does 9.8x DQN's arithmetic per env step in 3.1x its wall time "
+        "(0.316x DQN's wall per MFLOP); maml does 4.0x DQN's arithmetic per env step in 6.0x "
+        "its wall time (1.500x DQN's wall per MFLOP)."
+    )
+    assert "For fomaml the wall-time ratio is below the arithmetic ratio" in text
+    assert "For maml the wall-time ratio is at or above the arithmetic ratio" in text
+    assert bench.flops_reading([dr]) == ""
+    assert [bench._mflop(r) for r in (dr, fomaml, failed, old)] == ["1.00", "9.80", "FAILED", "-"]
+    assert bench._mflop({"mflop_per_env_step": 76.96}) == "77.0"
+
+
+def test_timers_count_flops_per_call_path_and_since_a_snapshot() -> None:
+    bench = _bench()
+    counted = [0]
+    timers = bench.Timers(flops=lambda: counted[0])
+
+    def work(n: int) -> None:
+        counted[0] += n
+
+    outer = timers.wrap("outer", lambda: (work(5), inner(7)))
+    inner = timers.wrap("inner", work)
+    outer()
+    before = timers.snapshot()
+    outer()
+    inner(1)
+    rows = {r["path"]: r for r in timers.rows()}
+    assert rows["outer"]["flops"] == 24 and rows["outer/inner"]["flops"] == 14
+    assert rows["inner"]["flops"] == 1 and rows["outer"]["calls"] == 2
+    since = {r["path"]: (r["calls"], r["flops"]) for r in timers.rows(since=before)}
+    assert since == {"inner": (1, 1), "outer": (1, 12), "outer/inner": (1, 7)}
+    paths = [
+        {"path": p, **{k: r[k] for k in ("calls", "wall_s", "cpu_s", "flops")}}
+        for p, r in rows.items()
+    ]
+    b = bench.breakdown(paths, wall=1.0, cpu=1.0, flops=30)
+    assert b["parts"]["other"]["flops"] == 30 and b["parts"]["other"]["flops_fraction"] == 1.0
+    assert "flops" not in bench.breakdown(paths, wall=1.0, cpu=1.0)["parts"]["other"]
+    plain = bench.Timers()  # no counter: no FLOPs in its rows
+    plain.wrap("f", work)(2)
+    assert "flops" not in plain.rows()[0]
