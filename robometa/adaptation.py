@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from robometa.networks import ACTIVATIONS, Params, QNetwork, q_and_delta
+from robometa.networks import ACTIVATIONS, Params, QNetwork, q_and_delta, q_values
 
 InnerLossKind = Literal["td", "model", "td+model"]
 INNER_LOSSES: tuple[str, ...] = ("td", "model", "td+model")
@@ -82,7 +82,7 @@ def td_loss(
     huber_delta: float = 1.0,
 ) -> Tensor:
     """Huber loss of Q(s, a) against the Double-DQN target (targets carry no gradient)."""
-    q = q_and_delta(net, params, batch.obs)[0]
+    q = q_values(net, params, batch.obs)
     q_sa = q.gather(1, batch.action.unsqueeze(1)).squeeze(1)
     with torch.no_grad():
         online_next = q_and_delta(net, params, batch.next_obs)[0]
@@ -129,7 +129,7 @@ def _td_with_stopped_target(
     huber_delta: float,
 ) -> Tensor:
     # Written without torch.no_grad() so that make_fx traces one graph; detach stops gradients.
-    q = q_and_delta(net, params, batch.obs)[0]
+    q = q_values(net, params, batch.obs)
     q_sa = q.gather(1, batch.action.unsqueeze(1)).squeeze(1)
     q_next = q_and_delta(net, frozen, batch.next_obs)[0].detach()
     target = double_dqn_target(q_next, q_next, batch.reward, batch.terminated, gamma)
@@ -329,7 +329,7 @@ def batched_td_loss(
     huber_delta: float = 1.0,
 ) -> Tensor:
     """:func:`td_loss` of each task, (T,)."""
-    q = batched_q_and_delta(net, params, batch.obs)[0]
+    q = batched_q_and_delta(net, params, batch.obs, with_model=False)[0]
     with torch.no_grad():
         online_next = batched_q_and_delta(net, params, batch.next_obs, with_model=False)[0]
         target_next = batched_q_and_delta(net, target_params, batch.next_obs, False)[0]
@@ -358,7 +358,7 @@ def batched_inner_loss(
     loss = torch.zeros(())
     if inner.kind in ("td", "td+model"):
         frozen = {k: v.detach() for k, v in params.items()}
-        q = batched_q_and_delta(net, params, batch.obs, probes=probes)[0]
+        q = batched_q_and_delta(net, params, batch.obs, False, probes)[0]
         q_next = batched_q_and_delta(net, frozen, batch.next_obs, with_model=False)[0].detach()
         target = double_dqn_target(q_next, q_next, batch.reward, batch.terminated, inner.gamma)
         loss = loss + _batched_huber(q, batch, target.detach(), inner.huber_delta)
