@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-workers",
         type=_int_in(1, 1024),
         metavar="N",
-        help="with --backend ray: task workers (default: one per free CPU, at most one per task)",
+        help="with --backend ray: task workers (default: one per CPU of the cluster, at most "
+        "one per task)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -74,7 +74,8 @@ class Backend:
     """Where training runs its tasks: ``local`` (this process) or ``ray``; ``address``: None
     (start Ray on this machine), ``auto`` (the cluster this machine belongs to) or
     ``HOST:PORT`` (a head node's GCS address, ``ray start --head`` prints it); ``num_workers``:
-    None (one per free CPU, at most one per task slot)."""
+    None (one per CPU of the cluster, at most one per task slot; the learner's process
+    mostly waits on them)."""
 
     name: str = "local"
     address: str | None = None
@@ -221,11 +222,6 @@ class TaskWorker:
                 new._env = old._env
             self.slots[i] = new
 
-    def _take_rates(self, lrs: dict) -> None:
-        with torch.no_grad():
-            for k, v in lrs.items():
-                self.learner.lrs[k].copy_(v)
-
     def collect(
         self, ids: list[int], shared: dict, epsilon: float, rng: dict
     ) -> tuple[dict[int, dict], dict]:
@@ -234,12 +230,15 @@ class TaskWorker:
         returns of the episodes that ended and what was added to its buffers; the stream's
         state after."""
         stream = self._stream(rng)
-        self._take_rates(shared["lrs"])
+        lrn = self.learner
+        _unflatten(shared["meta"], lrn.meta_params)
+        _unflatten(shared["lrs"], lrn.lrs)
+        meta = {k: v.detach() for k, v in lrn.meta_params.items()}
         out = {}
         for i in ids:
             slot = self.slots[i]
             before = slot.replay.added, slot.support.added
-            returns = self.learner._support_and_query(slot, shared["meta"], epsilon)
+            returns = lrn._support_and_query(slot, meta, epsilon)
             out[i] = {
                 "returns": returns,
                 "replay": _added(slot.replay, before[0]),
@@ -247,34 +246,57 @@ class TaskWorker:
             }
         return out, stream.bit_generator.state
 
-    def outer(self, ids: list[int], indices: list, shared: dict, total: int) -> dict[str, Any]:
+    def outer(
+        self, ids: list[int], indices: list, shared: dict, target: Any, total: int
+    ) -> dict[str, Any]:
         """This worker's share of one outer step over its slots ``ids`` of a meta-batch of
-        ``total`` tasks, their batches at ``indices`` (the learner drew them): their losses and
-        the gradient of their share of the mean outer loss (Reptile: their share of the mean
-        adaptation displacement)."""
+        ``total`` tasks, their batches at ``indices`` (the learner drew them), with the
+        meta-parameters and inner rates in ``shared`` and the target network ``target`` (None:
+        the one it was last sent): their losses and the gradient of their share of the mean
+        outer loss (Reptile: their share of the mean adaptation displacement), flat."""
         lrn = self.learner
-        with torch.no_grad():
-            for k, v in shared["meta"].items():
-                lrn.meta_params[k].copy_(v)
-        self._take_rates(shared["lrs"])
-        lrn.target = shared["target"]
+        _unflatten(shared["meta"], lrn.meta_params)
+        _unflatten(shared["lrs"], lrn.lrs)
+        if target is not None:
+            _unflatten(target, lrn.target)
         support, query = lrn._batches_at([self.slots[i] for i in ids], indices)
         whole = len(ids) == total
         if lrn.variant.reptile:
             with torch.no_grad():
                 losses, deltas = lrn._task_losses(support, query)
-            share = {k: d.mean(0) if whole else d.sum(0) / total for k, d in deltas.items()}
+            share = _flatten(
+                {k: d.mean(0) if whole else d.sum(0) / total for k, d in deltas.items()}
+            )
         else:
             named = lrn.outer_parameters()
             for v in [*named.values(), *lrn.meta_params.values()]:
                 v.grad = None
             losses, _ = lrn._task_losses(support, query)
             (losses.mean() if whole else losses.sum() / total).backward()
-            share = {
-                k: v.grad.detach().clone() if v.grad is not None else torch.zeros_like(v)
-                for k, v in named.items()
-            }
+            share = _flatten(
+                {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in named.items()}
+            )
         return {"losses": losses.detach(), "share": share}
+
+
+def _flatten(tensors: dict[str, torch.Tensor]) -> np.ndarray:
+    """The tensors' values as one float32 vector, in the dict's order (what travels: one
+    array serializes far faster than a dict of tensors)."""
+    if not tensors:
+        return np.zeros(0, np.float32)
+    return np.concatenate([t.detach().reshape(-1).numpy() for t in tensors.values()])
+
+
+def _unflatten(vec: np.ndarray, into: dict[str, torch.Tensor]) -> None:
+    """Copy :func:`_flatten`'s vector back into tensors of the same names and shapes."""
+    at = 0
+    with torch.no_grad():
+        for t in into.values():
+            n = t.numel()
+            t.copy_(torch.from_numpy(np.array(vec[at : at + n])).view_as(t))
+            at += n
+    if at != len(vec):
+        raise ValueError(f"a parameter vector of {len(vec)} values for {at} parameters")
 
 
 def _added(buf: ReplayBuffer, before: int) -> dict[str, Any] | None:
@@ -317,6 +339,9 @@ class TaskPool:
         self.n = n
         self.seed = learner.cfg.seed
         self.replaced = 0
+        #: the target network each worker holds, as (epoch, version); epoch: checkpoint loads
+        self.sent_target: dict[int, tuple[int, int]] = {}
+        self.epoch = 0
         #: pickled bytes of the last outer step's broadcast and of the shares sent back
         self.last_bytes: dict[str, int] = {}
         self.measure_bytes = False
@@ -388,6 +413,7 @@ class TaskPool:
         )
         self._stop(self.workers[w])
         self.replaced += 1
+        self.sent_target.pop(w, None)
         self.workers[w] = self._spawn(w)
         ids = [i for i in range(len(self.copies)) if self.owner(i) == w]
         # seeded apart from the run's stream, which stays where the lost call found it
@@ -432,8 +458,10 @@ class TaskPool:
         )
 
     def load(self, slots: list[_TaskSlot]) -> None:
-        """The copies were loaded from a checkpoint; the workers take their data."""
+        """The copies were loaded from a checkpoint; the workers take their data (and, at
+        their next outer step, the checkpoint's target network)."""
         self._run({w: ("load", self._states(w)) for w in range(self.n)})
+        self.epoch += 1
 
     def collect(
         self, learner: MetaLearner, slots: list[_TaskSlot], meta: dict, epsilon: float
@@ -441,8 +469,7 @@ class TaskPool:
         """One round of ``learner``'s collection on ``slots`` with the meta-parameters
         ``meta`` (and its inner rates, learned ones too); the finished episodes' returns in
         slot order."""
-        lrs = {k: v.detach() for k, v in learner.lrs.items()}
-        ref = self._share({"meta": meta, "lrs": lrs})
+        ref = self._share({"meta": _flatten(meta), "lrs": _flatten(learner.lrs)})
         results = self._in_turn(slots, learner.rng, lambda ids: ("collect", ids, ref, epsilon))
         out = {i: r for _, res in results for i, r in res.items()}
         returns: list[float] = []
@@ -457,23 +484,30 @@ class TaskPool:
         """One outer step of ``learner`` on the meta-batch ``slots``: the batch indices drawn
         here, the workers' shares summed, then Adam (or Reptile's move); the tasks' losses in
         slot order."""
-        indices = dict(
-            zip((self.index[id(s)] for s in slots), learner._batch_indices(slots), strict=True)
-        )
-        shared = {
-            "meta": {k: v.detach() for k, v in learner.meta_params.items()},
-            "lrs": {k: v.detach() for k, v in learner.lrs.items()},
-            "target": learner.target,
-        }
+        drawn = learner._batch_indices(slots)
+        # int32: half the bytes of numpy's int64, the same transitions (buffers hold < 2**31)
+        small = [tuple(None if a is None else a.astype(np.int32) for a in pair) for pair in drawn]
+        indices = dict(zip((self.index[id(s)] for s in slots), small, strict=True))
+        shared = {"meta": _flatten(learner.meta_params), "lrs": _flatten(learner.lrs)}
         ref = self._share(shared)
+        # The target network changes every meta.target_update_interval outer steps: a worker
+        # gets it only when it does (or when it has not got this one yet).
+        version = (self.epoch, learner.outer_steps // learner.cfg.meta.target_update_interval)
         groups = self._ids(slots)
+        stale = [w for w in groups if self.sent_target.get(w) != version]
+        target = self._share(_flatten(learner.target)) if stale else None
         total = len(slots)
-        results = self._run(
-            {w: ("outer", ids, [indices[i] for i in ids], ref, total) for w, ids in groups.items()}
-        )
+        calls = {
+            w: ("outer", ids, [indices[i] for i in ids], ref, target if w in stale else None, total)
+            for w, ids in groups.items()
+        }
+        results = self._run(calls)
+        for w in stale:
+            self.sent_target[w] = version
         if self.measure_bytes:
             self.last_bytes = {
                 "broadcast": len(pickle.dumps(shared)),
+                "target": len(pickle.dumps(_flatten(learner.target))) if stale else 0,
                 "indices": len(pickle.dumps(indices)),
                 "shares": sum(len(pickle.dumps(r["share"])) for r in results.values()),
                 "workers": len(results),
@@ -486,14 +520,19 @@ class TaskPool:
             [results[w]["losses"][j] for w, j in (position[self.index[id(s)]] for s in slots)]
         )
         order = sorted(results)
-        summed = {
-            k: _sum([results[w]["share"][k] for w in order]) for k in results[order[0]]["share"]
-        }
+        summed = results[order[0]]["share"]
+        for w in order[1:]:
+            summed = summed + results[w]["share"]
         if learner.variant.reptile:
-            learner._reptile_step(summed)
+            step = {k: torch.zeros_like(learner.meta_params[k]) for k in learner.lrs}
+            _unflatten(summed, step)
+            learner._reptile_step(step)
             return losses
-        for name, p in learner.outer_parameters().items():
-            p.grad = summed[name]
+        named = learner.outer_parameters()
+        grads = {k: torch.zeros_like(v) for k, v in named.items()}
+        _unflatten(summed, grads)
+        for name, p in named.items():
+            p.grad = grads[name]
         return learner._gradient_step(losses)
 
     def pids(self) -> list[int]:
@@ -504,13 +543,6 @@ class TaskPool:
         for worker in self.workers:
             self._stop(worker)
         self.workers = []
-
-
-def _sum(values: list[torch.Tensor]) -> torch.Tensor:
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    return total
 
 
 class WorkerLost(RuntimeError):
@@ -524,8 +556,9 @@ class RayTaskPool(TaskPool):
         self.ray = ray
         self.started = started
         self.actor = ray.remote(num_cpus=learner.cfg.threads, max_restarts=0)(TaskWorker)
-        super().__init__(learner, n)
+        self.workers = []
         try:
+            super().__init__(learner, n)
             ray.get([w.pid.remote() for w in self.workers], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             self.close()
@@ -533,6 +566,9 @@ class RayTaskPool(TaskPool):
                 f"{n} task workers did not start within {START_TIMEOUT_S:.0f} s: the Ray "
                 f"cluster has {ray.available_resources().get('CPU', 0):.0f} free CPUs"
             ) from None
+        except BaseException:  # a worker that could not start: none is left holding CPUs
+            self.close()
+            raise
 
     def _start(self, w: int) -> Any:
         return self.actor.remote(self.cls, self.cfg, self.spec, self._states(w))

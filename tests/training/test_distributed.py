@@ -179,6 +179,13 @@ def test_a_checkpoint_resumes_with_either_backend(tmp_path, monkeypatch, n):
     assert diff == 0.0 if n == 1 else diff < SUMMED_ATOL
     state = read_checkpoint(tmp_path / "mixed" / "checkpoint.pt")
     assert state["finished"] and state["algorithm"]["env_steps"] == 400
+    # and the other way: a local run's checkpoint continued by the workers
+    monkeypatch.undo()
+    train(cfg, tmp_path / "other", stop_after=160)
+    monkeypatch.setattr(Backend, "task_pool", lambda self, learner: InlineTaskPool(learner, n))
+    other = train(cfg, tmp_path / "other", resume=True, backend=Backend("ray", None, n))
+    diff = max_diff(whole.params, other.params)
+    assert diff == 0.0 if n == 1 else diff < SUMMED_ATOL
 
 
 def test_backend_options_are_checked():
