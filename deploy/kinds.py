@@ -7,7 +7,8 @@ kind holds. The module is imported on first use, so listing the kinds imports no
 
 | kind | runtime | what ``adapt`` does |
 |---|---|---|
-| ``gradient`` | :class:`robometa.deploy.gradient.GradientAdapter` | guarded gradient steps of ``adapt.onnx`` (every method robometa trains) |
+| ``gradient`` | :class:`robometa.deploy.gradient.GradientAdapter` | guarded gradient steps of ``adapt.onnx`` (every gradient and DQN method) |
+| ``context`` | :class:`robometa.deploy.context.ContextAdapter` | one forward pass of ``encoder.onnx`` over the buffer infers the context (the ``context`` family) |
 
 A new kind is its runtime module alone: an ``Adapter`` subclass whose ``layout`` declares the
 kind's graphs (:class:`~robometa.deploy.bundle.GraphSpec`), array files
@@ -53,6 +54,7 @@ DEFAULT_KIND = "gradient"
 #: bundle kind -> its runtime, ``"module:Class"`` (imported on first use).
 KINDS: dict[str, str] = {
     "gradient": "robometa.deploy.gradient:GradientAdapter",
+    "context": "robometa.deploy.context:ContextAdapter",
 }
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
 _ENTRY_POINT = re.compile(

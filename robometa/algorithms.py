@@ -269,6 +269,20 @@ def gradient_check(adapts: str = "all", reptile: bool = False) -> Check:
     return _all_of(*rules, _collects_in_rounds)
 
 
+def context_check(cfg: Config, where: str) -> None:
+    """The config rules of the ``context`` family (:mod:`robometa.methods.context`): a context
+    vector, collection in rounds, and an outer loss with the TD term (``td``, or ``td+model``
+    for the dynamics-prediction auxiliary loss)."""
+    _needs_context(cfg, where)
+    _collects_in_rounds(cfg, where)
+    if cfg.adaptation.loss == "model":
+        raise ValueError(
+            f"config key 'adaptation.loss': {cfg.algorithm} trains its Q-network and encoder "
+            f"with the TD loss, so it needs 'td' or 'td+model' (TD plus the dynamics-prediction "
+            f"auxiliary loss), got 'model'{where}"
+        )
+
+
 _DQN = "robometa.methods.dqn:DQN"
 _GRADIENT = "robometa.methods.gradient:MetaLearner"
 
@@ -343,6 +357,17 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
             "adapts": True,
             "check": gradient_check(reptile=True),
             "summary": "Reptile: moves the initialization toward each task's adapted parameters",
+        },
+    ),
+    "context": (
+        "robometa.methods.context:ContextLearner",
+        {
+            "family": "context",
+            "adapts": True,
+            "bundle_kind": "context",
+            "check": context_check,
+            "summary": "PEARL/MQL-style context encoder: a forward pass over the support "
+            "transitions gives the context the Q-network is conditioned on",
         },
     ),
 }

@@ -96,7 +96,7 @@ class TestManifestKind:
             Bundle.load(path)
         message = str(refused.value)
         assert message.startswith(f"{path / MANIFEST_FILE}: kind is {kind!r}, expected ")
-        assert "a known bundle kind (gradient)" in message
+        assert "a known bundle kind (gradient, context)" in message
         with pytest.raises(BundleError, match=r"kind is .*, expected a known bundle kind"):
             Adapter.load(path)
 
@@ -122,7 +122,7 @@ class TestRegisterKind:
         self, cavia, tmp_path: Path, registry: None
     ) -> None:
         register_kind("toy", "toy_kind:ToyAdapter")
-        assert known_kinds() == ("gradient", "toy")
+        assert known_kinds() == ("gradient", "context", "toy")
         path = with_manifest(cavia.path, tmp_path / "toy", kind="toy")
         bundle = Bundle.load(path)
         assert bundle.kind == "toy"
@@ -152,7 +152,7 @@ class TestRegisterKind:
             Bundle.load(path)
         register_kind("toy", "toy_kind:ToyAdapter")
         assert Bundle.load(path).kind == "toy"
-        with pytest.raises(BundleError, match=r"known bundle kind \(gradient, toy\)"):
+        with pytest.raises(BundleError, match=r"known bundle kind \(gradient, context, toy\)"):
             Bundle.load(with_manifest(cavia.path, tmp_path / "other", kind="other"))
 
     def test_a_duplicate_or_malformed_registration_is_refused(self, registry: None) -> None:
@@ -164,7 +164,7 @@ class TestRegisterKind:
         for entry in ("toy_kind", "toy_kind:", ":ToyAdapter", "toy kind:X", "a:b:c"):
             with pytest.raises(ValueError, match=r"entry point .* must be 'module:Class'"):
                 register_kind("toy", entry)
-        assert known_kinds() == ("gradient",)
+        assert known_kinds() == ("gradient", "context")
 
     def test_lookups_name_the_kind_and_entry_point(self, registry: None) -> None:
         with pytest.raises(ValueError, match=r"unknown bundle kind 'nosuch' \(known kinds: gr"):
@@ -294,7 +294,7 @@ class TestInstalledKind:
         )
         assert done.returncode == 0, done.stderr
         first, second = done.stdout.splitlines()
-        assert first == "('gradient', 'toy') toy_kind ToyAdapter"
+        assert first == "('gradient', 'context', 'toy') toy_kind ToyAdapter"
         assert "'Bad Name'" in second and "lowercase" in second  # reported, not swallowed
 
 

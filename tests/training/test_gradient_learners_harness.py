@@ -78,7 +78,8 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture(
-    scope="module", params=[n for n in algorithms.builtin_names() if algorithms.get(n).adapts]
+    scope="module",
+    params=[n for n in algorithms.builtin_names() if algorithms.get(n).family == "gradient"],
 )
 def reference(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, Path]:
     """One uninterrupted tiny run per algorithm, shared by the tests that only read it."""
