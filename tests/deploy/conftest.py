@@ -37,6 +37,16 @@ def cavia(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 @pytest.fixture(scope="session")
+def context(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """A ``context`` bundle (encoder.onnx + policy.onnx) of a random-weight context policy."""
+    from robometa.bundle import export_bundle
+    from robometa.methods.context import untrained_policy
+
+    policy = untrained_policy(seed=3, support_size=40)
+    return Built(policy, export_bundle(policy, tmp_path_factory.mktemp("bundles") / "context"))
+
+
+@pytest.fixture(scope="session")
 def finetune(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """A DQN-shaped policy without learning rates: the bundle fine-tunes every parameter."""
     return _build(tmp_path_factory, "dqn", "td")

@@ -70,9 +70,10 @@ def declared_minimums() -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("versions", ["newest", "declared minimums"])
 def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
-    cavia, tmp_path: Path, versions: str
+    cavia, context, tmp_path: Path, versions: str
 ) -> None:
-    """The runtime works at both ends of the declared ranges (pyproject's ``deploy`` extra)."""
+    """The runtime works at both ends of the declared ranges (pyproject's ``deploy`` extra),
+    with a bundle of every built-in kind (``gradient``: CAVIA's shape; ``context``)."""
     venv = tmp_path / "venv"
     made = run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
@@ -90,31 +91,38 @@ def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
         REPO / "deploy", site / "robometa" / "deploy", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copy(Path(__file__).with_name("fake_robot.py"), site / "fake_robot.py")
-    bundle = shutil.copytree(cavia.path, tmp_path / "bundle")
     (tmp_path / "loop.py").write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env |= {"PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
 
-    result = run(
-        [str(python), str(tmp_path / "loop.py"), str(bundle), str(tmp_path / "s.npz")],
-        env=env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    doc = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [r["round"] for r in doc["rounds"]] == [0, 1, 2]
-    assert all(r["report"]["n_transitions"] == 40 for r in doc["rounds"][1:])
-    assert doc["restored_buffer"] == 40 and doc["same_action"]
-    assert doc["modules"] == []
+    kinds = {}
+    for built in (cavia, context):
+        bundle = shutil.copytree(built.path, tmp_path / built.path.name)
+        kind = json.loads((bundle / "manifest.json").read_text())["kind"]
+        result = run(
+            [str(python), str(tmp_path / "loop.py"), str(bundle), str(tmp_path / f"{kind}.npz")],
+            env=env,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        doc = json.loads(result.stdout.strip().splitlines()[-1])
+        assert [r["round"] for r in doc["rounds"]] == [0, 1, 2], kind
+        assert all(r["report"]["n_transitions"] == 40 for r in doc["rounds"][1:]), kind
+        assert doc["restored_buffer"] == 40 and doc["same_action"], kind
+        assert doc["modules"] == [], kind
+        kinds[kind] = bundle
+    assert sorted(kinds) == ["context", "gradient"]
     if versions != "newest":
         got = {"numpy": doc["numpy"], "onnxruntime": doc["onnxruntime"]}
         for pin in wanted:
             name, version = pin.split("==")
             assert got[name].split(".")[:2] == version.split(".")[:2], (pin, got)
 
+    bundle = kinds["gradient"]
     cli = [str(python), "-m", "robometa.deploy.cli"]
-    info = run([*cli, "info", "--bundle", str(bundle)], env=env, cwd=tmp_path)
-    assert info.returncode == 0 and "verified" in info.stdout, info.stderr
+    for kind, path in kinds.items():
+        info = run([*cli, "info", "--bundle", str(path)], env=env, cwd=tmp_path)
+        assert info.returncode == 0 and "verified" in info.stdout, (kind, info.stderr)
     sim = run(
         [*cli, "adapt", "--bundle", str(bundle), "--sample-test-task", "1"], env=env, cwd=tmp_path
     )
