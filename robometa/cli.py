@@ -119,7 +119,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resolve(args.config)
         cfg = load_config(config, args.set or (), steps=args.steps, seed=args.seed)
         out = Path(args.out) if args.out else Path("runs") / f"{config.stem}-seed{cfg.seed}"
-    resume_with = f"resume with: robometa train --resume {shlex.quote(str(out))}"
+    where = ""  # a run on Ray workers is resumed on them too (either backend can resume it)
+    if backend.name != "local":
+        where = f" --backend {backend.name}"
+        if backend.address is not None:
+            where += f" --address {shlex.quote(backend.address)}"
+        if backend.num_workers is not None:
+            where += f" --num-workers {backend.num_workers}"
+    resume_with = f"resume with: robometa train --resume {shlex.quote(str(out))}{where}"
     try:
         if args.resume:
             train(None, out, resume=True, backend=backend)  # type: ignore[arg-type]

@@ -213,13 +213,15 @@ class TaskWorker:
             slot.restart(stream)
         return stream.bit_generator.state
 
-    def load(self, slots: dict[int, dict]) -> None:
-        """The slots' tasks and data from a checkpoint (their envs are kept)."""
+    def load(self, slots: dict[int, dict], net: dict) -> None:
+        """The slots' tasks and data and the network's state (its input scales) from a
+        checkpoint; the slots' envs and their episodes are kept, as a local resume keeps them."""
+        self.learner.net.load_state_dict(net)
         for i, state in slots.items():
             old = self.slots.get(i)
             new = self.learner.new_slot(i, state)
             if old is not None:
-                new._env = old._env
+                new._env, new.episode = old._env, old.episode
             self.slots[i] = new
 
     def collect(
@@ -383,10 +385,13 @@ class TaskPool:
     def _spawn(self, w: int) -> Any:
         return self._start(w)
 
-    def _run(self, calls: dict[int, tuple]) -> dict[int, Any]:
+    def _run(
+        self, calls: dict[int, tuple], again: Callable[[int, tuple], tuple] | None = None
+    ) -> dict[int, Any]:
         """``calls``: worker -> (method, *args), all at once; the results by worker. A worker
         that died is replaced from the learner's copies, its episodes restarted, and its call
-        run again (at most :data:`MAX_REPLACEMENTS` times)."""
+        run again (``again(w, call)``: the call as a new worker needs it; at most
+        :data:`MAX_REPLACEMENTS` times)."""
         pending = {w: self._submit(self.workers[w], *call) for w, call in calls.items()}
         results = {}
         for w, call in calls.items():
@@ -401,6 +406,8 @@ class TaskPool:
                             f"the run stops (last: {err})"
                         ) from None
                     self._replace(w, err)
+                    if again is not None:
+                        call = again(w, call)
                     pending[w] = self._submit(self.workers[w], *call)
         return results
 
@@ -421,12 +428,18 @@ class TaskPool:
         self._result(w, self._submit(self.workers[w], "restart", ids, apart.bit_generator.state))
 
     def _in_turn(
-        self, slots: list[_TaskSlot], rng: np.random.Generator, call: Callable[[list[int]], tuple]
-    ) -> list[tuple[list[int], Any]]:
+        self,
+        slots: list[_TaskSlot],
+        rng: np.random.Generator,
+        call: Callable[[list[int]], tuple],
+        done: Callable[[list[int], Any], None] | None = None,
+    ) -> None:
         """``call(ids)`` -> (method, *args) on each run of consecutive ``slots`` one worker
         owns, one after another, the run's stream passed along (its state is the last
         argument and comes back with the result); ``rng`` continues from where the last left
-        it. The results with their slot indices, in order."""
+        it. ``done(ids, result)`` as each run returns, before the next is sent: the learner's
+        copies take what a run added before a later run's worker could die and be rebuilt
+        from them."""
         runs: list[tuple[int, list[int]]] = []
         for slot in slots:
             i = self.index[id(slot)]
@@ -436,16 +449,15 @@ class TaskPool:
             else:
                 runs.append((w, [i]))
         state = rng.bit_generator.state
-        out = []
         for w, ids in runs:
             result = self._run({w: (*call(ids), state)})[w]
             if isinstance(result, tuple):
                 result, state = result
             else:
                 result, state = None, result
-            out.append((ids, result))
+            if done is not None:
+                done(ids, result)
         rng.bit_generator.state = state
-        return out
 
     # what the learner asks
     def restart(self, slots: list[_TaskSlot], rng: np.random.Generator) -> None:
@@ -457,10 +469,12 @@ class TaskPool:
             slots, rng, lambda ids: ("reset", {i: dict(self.copies[i].task) for i in ids})
         )
 
-    def load(self, slots: list[_TaskSlot]) -> None:
-        """The copies were loaded from a checkpoint; the workers take their data (and, at
-        their next outer step, the checkpoint's target network)."""
-        self._run({w: ("load", self._states(w)) for w in range(self.n)})
+    def load(self, learner: MetaLearner) -> None:
+        """The copies and the network were loaded from a checkpoint; the workers take their
+        data and the network's state (and, at their next outer step, the target network)."""
+        self.spec = learner.worker_spec()  # what a replacement is built from
+        net = self.spec["net"]
+        self._run({w: ("load", self._states(w), net) for w in range(self.n)})
         self.epoch += 1
 
     def collect(
@@ -470,14 +484,16 @@ class TaskPool:
         ``meta`` (and its inner rates, learned ones too); the finished episodes' returns in
         slot order."""
         ref = self._share({"meta": _flatten(meta), "lrs": _flatten(learner.lrs)})
-        results = self._in_turn(slots, learner.rng, lambda ids: ("collect", ids, ref, epsilon))
-        out = {i: r for _, res in results for i, r in res.items()}
         returns: list[float] = []
-        for slot in slots:
-            r = out[self.index[id(slot)]]
-            _apply(slot.replay, r["replay"])
-            _apply(slot.support, r["support"])
-            returns += r["returns"]
+
+        def take(ids: list[int], result: dict[int, dict]) -> None:
+            for i in ids:
+                r = result[i]
+                _apply(self.copies[i].replay, r["replay"])
+                _apply(self.copies[i].support, r["support"])
+                returns.extend(r["returns"])
+
+        self._in_turn(slots, learner.rng, lambda ids: ("collect", ids, ref, epsilon), take)
         return returns
 
     def outer(self, learner: MetaLearner, slots: list[_TaskSlot]) -> torch.Tensor:
@@ -501,8 +517,12 @@ class TaskPool:
             w: ("outer", ids, [indices[i] for i in ids], ref, target if w in stale else None, total)
             for w, ids in groups.items()
         }
-        results = self._run(calls)
-        for w in stale:
+
+        def again(w: int, call: tuple) -> tuple:  # a new worker holds no target yet
+            return (*call[:4], self._share(_flatten(learner.target)), *call[5:])
+
+        results = self._run(calls, again)
+        for w in groups:
             self.sent_target[w] = version
         if self.measure_bytes:
             self.last_bytes = {
@@ -561,12 +581,20 @@ class RayTaskPool(TaskPool):
             super().__init__(learner, n)
             ray.get([w.pid.remote() for w in self.workers], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
+            free = ray.available_resources().get("CPU", 0)
             self.close()
             raise BackendError(
-                f"{n} task workers did not start within {START_TIMEOUT_S:.0f} s: the Ray "
-                f"cluster has {ray.available_resources().get('CPU', 0):.0f} free CPUs"
+                f"{n} task workers of {learner.cfg.threads} CPU(s) did not start within "
+                f"{START_TIMEOUT_S:.0f} s: the Ray cluster has {free:.0f} free CPUs"
             ) from None
-        except BaseException:  # a worker that could not start: none is left holding CPUs
+        except ray.exceptions.RayActorError as err:
+            self.close()
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise BackendError(
+                f"a task worker could not start on the Ray cluster ({first:.300}); every node "
+                "needs robometa and its dependencies (torch, PyBullet) installed"
+            ) from None
+        except BaseException:  # none is left holding CPUs
             self.close()
             raise
 

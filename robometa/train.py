@@ -801,10 +801,12 @@ class _Run:
             # Set only on the last checkpoint, after policy.pt holds the final policy.
             "finished": finished,
         }
-        if restart_envs:
-            alg.boundary()
+        # Written before the envs restart: a restart that fails (a lost Ray cluster) cannot
+        # cost the state already taken.
         save_atomic(snapshot, self.run_dir / "checkpoint.pt")
         self.checkpointed_at = alg.env_steps
+        if restart_envs:
+            alg.boundary()
 
     def interrupt(self) -> None:
         """Ctrl-C: checkpoint here (unless one was just written) and stop."""

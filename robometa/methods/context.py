@@ -8,7 +8,8 @@ conditioned on ``z``. On a new robot that is one forward pass over the collected
 
 Network (:class:`ContextQNetwork`, the :class:`~robometa.networks.QNetwork` with the same
 normalization buffers and heads): each transition becomes ``[(s - mean) / std, one_hot(a), r,
-(s' - s) / delta_std]``; an MLP of ``network.hidden`` layers and a linear output of
+(s' - s) / delta_std, one_hot(a) x (s' - s) / delta_std]`` (the last: the state change in the
+taken action's slot, which makes the motor's sign a linear feature); an MLP of ``network.hidden`` layers and a linear output of
 ``network.context_dim`` embeds it; ``z`` is the mean of the embeddings (zeros for an empty
 support, so "0 transitions" is the unadapted policy, the one that collects the support). The
 Q-network and the dynamics head read ``[(s - mean) / std, z]``.

@@ -597,7 +597,7 @@ class MetaLearner(Method):
             slot.support.load_state_dict(s["support"])
             slot.replay.load_state_dict(s["replay"])
         if self.pool is not None:
-            self.pool.load(self.slots)
+            self.pool.load(self)
         self.env_steps = int(state["env_steps"])
         self.outer_steps = int(state["outer_steps"])
         self.skipped_updates = int(state.get("skipped_updates", 0))

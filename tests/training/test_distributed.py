@@ -161,6 +161,60 @@ def test_a_lost_worker_is_replaced_and_training_goes_on(capsys):
     assert max_diff(no_loss[0], lost[0]) < SUMMED_ATOL
 
 
+def lose_once(worker: int, method: str, nth: int):
+    """A ``lose`` hook: ``worker``'s ``nth`` call of ``method`` fails as a dead worker's."""
+    calls = {"n": 0}
+
+    def lose(w: int, m: str) -> bool:
+        if w == worker and m == method:
+            calls["n"] += 1
+            return calls["n"] == nth
+        return False
+
+    return lose
+
+
+def test_a_worker_lost_in_a_later_collection_run_is_rebuilt_with_the_earlier_runs_data():
+    # task_pool 0: the round's slots alternate between the workers, so each collects in
+    # several runs a round; worker 0 dies in its second run of the first round
+    cfg = tiny("fomaml", "meta.task_pool=0")
+    learner = MetaLearner(cfg, backend=Inline(2, lose_once(0, "collect", 2)))
+    try:
+        learner.iterate()  # (the next round would clear every slot's data again)
+        assert learner.pool.replaced == 1
+        for i, copy in enumerate(learner.slots):
+            own = learner.pool.workers[learner.pool.owner(i)][1].slots[i]
+            assert same_buffers(
+                [(copy.replay.state_dict(), copy.support.state_dict())],
+                [(own.replay.state_dict(), own.support.state_dict())],
+            )
+    finally:
+        learner.close()
+
+
+def test_a_worker_replaced_in_an_outer_step_gets_the_current_target_network():
+    # the target is copied every 2 outer steps; worker 0 dies in its 6th outer step (3 a
+    # round), after two copies: its replacement must compute with the target of then
+    cfg = tiny("fomaml", "meta.target_update_interval=2")
+    clean = trained(cfg, Inline(1), rounds=2)
+    lost = trained(cfg, Inline(1, lose_once(0, "outer", 6)), rounds=2)
+    assert lost[4] == 1
+    assert max_diff(clean[0], lost[0]) == 0.0  # the lost step re-run exactly
+
+
+def test_the_step_zero_checkpoint_resumes_on_workers(tmp_path, monkeypatch):
+    # stopped before the first periodic checkpoint: the one at env step 0 (envs not
+    # restarted) is where both resumes start
+    cfg = tiny("cavia", "logging.checkpoint_every=400", steps=400)
+    train(cfg, tmp_path / "local", stop_after=80)
+    local = train(cfg, tmp_path / "local", resume=True)
+    train(cfg, tmp_path / "workers", stop_after=80)
+    assert read_checkpoint(tmp_path / "workers" / "checkpoint.pt")["algorithm"]["env_steps"] == 0
+    monkeypatch.setattr(Backend, "task_pool", lambda self, learner: InlineTaskPool(learner, 1))
+    resumed = train(cfg, tmp_path / "workers", resume=True, backend=Backend("ray", None, 1))
+    assert max_diff(local.params, resumed.params) == 0.0
+
+
 def test_a_worker_that_keeps_dying_stops_the_run_with_its_name():
     cfg = tiny("fomaml")
     with pytest.raises(BackendError, match=r"task worker 0 died 4 times in one collect call"):
