@@ -114,9 +114,9 @@ class Traffic:
             self.shared.append(_size(value))
         return self._orig["_share"](value)
 
-    def _run(self, calls: dict[int, tuple]) -> dict[int, Any]:
+    def _run(self, calls: dict[int, tuple], again: Any = None) -> dict[int, Any]:
         shared, self.mark = self.mark, len(self.shared)  # what was shared since the last call
-        results = self._orig["_run"](calls)
+        results = self._orig["_run"](calls, again)
         method = next(iter(calls.values()))[0] if calls else "none"
         entry = self.calls.setdefault(
             method, {"calls": 0, "broadcast": 0, "args": 0, "replies": 0, "workers": 0}
