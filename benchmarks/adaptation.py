@@ -58,6 +58,7 @@ COST = {  # seconds per run on CartPole at the shipped budgets (measured, one co
     "cavia": 105,
     "oracle": 72,
     "dr": 30,
+    "context": 18,
 }
 FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.5, "reacher": 1.5, "armreach": 3.0}
 #: --backend ray: how many times a job whose worker process died is run again

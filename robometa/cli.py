@@ -82,6 +82,31 @@ def _step_counts(high: int) -> Callable[[str], list[int]]:
     return parse
 
 
+def _support_sizes(high: int) -> Callable[[str], list[int]]:
+    """argparse type of ``eval --support``: support sizes in ``[1, high]``, comma-separated."""
+    top = f"{high:_}" if high >= 100_000 else str(high)  # as the config reference shows it
+
+    def parse(text: str) -> list[int]:
+        try:
+            sizes = [int(k) for k in text.split(",")]
+        except ValueError:
+            sizes = []
+        if not sizes or any(k < 1 for k in sizes):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected support sizes >= 1 separated by commas, e.g. 10,50,200 "
+                f"(the allowed range is [1, {top}])"
+            )
+        if max(sizes) > high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {max(sizes)} support transitions is outside the allowed range "
+                f"[1, {top}] (adaptation.support_size allows at most {top})"
+            )
+        return sizes
+
+    parse.__name__ = "support sizes"
+    return parse
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or meta-train) a policy from a YAML config into a run directory."""
     import shlex
@@ -165,8 +190,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         steps=args.curve,
         out=out,
         fine_tune=not args.no_fine_tune,
+        supports=args.support,
     )
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'adaptation.png'}")
+    support = f", {out / 'support.png'}" if args.support else ""
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'adaptation.png'}{support}")
     return 0
 
 
@@ -382,6 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_step_counts(MAX_ADAPT_STEPS),
         help="adaptation steps to evaluate, e.g. 0,1,2,5 "
         "(default: 0,1,2,3 and each run's configured steps)",
+    )
+    import dataclasses
+
+    from robometa.config import AdaptationConfig
+
+    support_hi = {f.name: f for f in dataclasses.fields(AdaptationConfig)}["support_size"]
+    p.add_argument(
+        "--support",
+        type=_support_sizes(int(support_hi.metadata["hi"])),
+        metavar="N[,N...]",
+        help="support sizes to evaluate every method with, e.g. 10,50,200: transitions "
+        "collected on each robot before adapting (the largest once; a smaller size adapts "
+        "on the first N transitions); adds a support column and support.png (default: each "
+        "run's adaptation.support_size). The DR + fine-tuning baseline fine-tunes on the "
+        "same sizes; its learning rate is still tuned once, at the configured size",
     )
     p.add_argument("--no-fine-tune", action="store_true", help="skip the DR + fine-tuning baseline")
     p.add_argument("--out", default="eval", help="report directory (default: eval)")

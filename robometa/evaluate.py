@@ -18,6 +18,7 @@ The statistics live in :mod:`robometa.stats` (re-exported here).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -30,9 +31,20 @@ import torch
 
 from robometa import algorithms
 from robometa.adaptation import Batch
+from robometa.deploy import collection
+from robometa.deploy.collection import Episode
 from robometa.envs import Task, load_tasks
 from robometa.policy import Policy
-from robometa.rollout import ActFn, collect, episode_return, greedy_act_fn, make_env
+from robometa.replay import ReplayBuffer
+from robometa.rollout import (
+    ActFn,
+    collect,
+    episode_return,
+    greedy_act_fn,
+    make_env,
+    seed_from,
+    store_into,
+)
 from robometa.stats import bootstrap_ci as bootstrap_ci  # re-exported: the one bootstrap
 from robometa.stats import normalized as normalized
 from robometa.stats import normalized_ci
@@ -60,12 +72,14 @@ class Method(Protocol):
 
 @dataclass
 class PolicyMethod:
-    """A trained :class:`Policy` adapted with ``adapt_step`` (``lrs`` may be overridden)."""
+    """A trained :class:`Policy` adapted with ``adapt_step`` (``lrs`` may be overridden;
+    ``support_transitions`` overrides the policy's support size)."""
 
     name: str
     policy: Policy
     support_epsilon: float = 0.3
     lrs: dict[str, torch.Tensor] | None = None
+    support_transitions: int | None = None
 
     @property
     def env_id(self) -> str:
@@ -77,6 +91,8 @@ class PolicyMethod:
 
     @property
     def support_size(self) -> int:
+        if self.support_transitions is not None:
+            return self.support_transitions
         return self.policy.support_size
 
     def __post_init__(self) -> None:
@@ -184,6 +200,82 @@ def evaluate_method(
     return out
 
 
+def with_support(method: Method, size: int) -> Method:
+    """``method`` collecting ``size`` support transitions: a copy with its
+    ``support_transitions`` set (:class:`PolicyMethod`, the ``context`` family's method).
+    An evaluation object without that field takes only its own ``support_size``; another
+    size is an error naming the method and the allowed value."""
+    names = {f.name for f in dataclasses.fields(method)} if dataclasses.is_dataclass(method) else ()
+    if "support_transitions" in names:
+        return dataclasses.replace(method, support_transitions=size)  # type: ignore[type-var]
+    if size == method.support_size:
+        return method
+    raise ValueError(
+        f"method {method.name!r} ({type(method).__name__}) cannot be evaluated with "
+        f"{size} support transitions: its evaluation object takes no support size; "
+        f"allowed --support values for it: {method.support_size}"
+    )
+
+
+def collect_prefixes(
+    env: Any, act: ActFn, task: Task, sizes: Sequence[int], epsilon: float, rng: Any
+) -> dict[int, Batch]:
+    """Support sets of every size in ``sizes`` from one collection of the largest: the
+    batch of size ``k`` holds what the first ``k`` steps stored, exactly what
+    :func:`robometa.rollout.collect` of ``k`` steps with the same ``rng`` returns (a robot's
+    support after ``k`` steps; a step the physics rejected is not stored, as there)."""
+    order = sorted(set(sizes))
+    buf = ReplayBuffer(order[-1], env.observation_space.shape[0])
+    env.unwrapped.set_task(task)
+
+    def restart() -> np.ndarray:
+        return env.reset(seed=seed_from(rng))[0]
+
+    episode, done, out = Episode(restart()), 0, {}
+    n_actions = int(env.action_space.n)
+    for k in order:  # one collection, taken in segments: the same steps as one call
+        collection.collect(
+            env, episode, act, k - done, epsilon, rng, n_actions, store_into(buf), restart
+        )
+        done = k
+        out[k] = buf.all()  # never wraps: the capacity is the largest size
+    return out
+
+
+def evaluate_method_supports(
+    methods: dict[int, Method],
+    sets: list[TaskSet],
+    steps: Sequence[int],
+    episodes: int,
+    dynamics: dict | None = None,
+    progress: Callable[[], None] | None = None,
+) -> dict[int, dict[str, list[list[float]]]]:
+    """:func:`evaluate_method` for one trained policy at several support sizes
+    (``methods[size]``): on each task the largest support is collected once, with the
+    initial policy and the task's seed as there, and size ``k`` adapts on its first ``k``
+    steps' transitions. ``{size: {group: [[R_k for k], ...]}}``."""
+    largest = methods[max(methods)]
+    env = make_env(largest.env_id, dynamics, privileged=largest.privileged)
+    out: dict[int, dict[str, list[list[float]]]] = {size: {} for size in methods}
+    for s in sets:
+        rows: dict[int, list[list[float]]] = {size: [] for size in methods}
+        for i, task in enumerate(s.tasks):
+            seed = EVAL_SEED + i
+            rng = np.random.default_rng(seed)
+            supports = collect_prefixes(
+                env, largest.initial_actor(), task, list(methods), largest.support_epsilon, rng
+            )
+            for size, m in methods.items():
+                actors = m.adapted_actors(supports[size], steps)
+                rows[size].append([_returns(env, act, task, episodes, seed) for act in actors])
+            if progress is not None:
+                progress()
+        for size in methods:
+            out[size][s.name] = rows[size]
+    env.close()
+    return out
+
+
 def tune_fine_tune_lr(
     policy: Policy,
     steps: int,
@@ -218,10 +310,13 @@ def summarize(
     steps: Sequence[int],
     rand: dict[str, list[float]],
     oracle: dict[str, list[float]] | None,
+    support: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (method, group, k): mean return and normalized score with 95% CI.
 
     ``methods[name]`` holds one result per training seed; the pairs (task, seed) are pooled.
+    ``support``: the support size the results were adapted on, recorded in every row
+    (``robometa eval --support``; absent otherwise).
     """
     rows = []
     for name, per_seed in methods.items():
@@ -243,11 +338,12 @@ def summarize(
                 else:
                     mean = lo = hi = math.nan
                 rmean, rlo, rhi = bootstrap_ci(raw)
+                row: dict[str, Any] = {"method": name, "group": group, "steps": k}
+                if support is not None:
+                    row["support"] = support
                 rows.append(
-                    {
-                        "method": name,
-                        "group": group,
-                        "steps": k,
+                    row
+                    | {
                         "n": len(raw),
                         "score": mean,
                         "score_lo": lo,
@@ -267,14 +363,21 @@ def markdown_table(rows: list[dict[str, Any]], final_only: bool = True) -> str:
     filled with n/a.
     """
     scored = any(not math.isnan(r["score"]) for r in rows)
-    head = "| method | tasks | steps |" + (" normalized score [95% CI] |" if scored else "")
-    lines = [head + " return [95% CI] | n |", "|---" * (6 if scored else 5) + "|"]
-    last: dict[tuple[str, str], int] = {}
+    sized = any("support" in r for r in rows)  # robometa eval --support: a support column
+    head = "| method | tasks |" + (" support |" if sized else "") + " steps |"
+    head += " normalized score [95% CI] |" if scored else ""
+    lines = [head + " return [95% CI] | n |", "|---" * (5 + scored + sized) + "|"]
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["method"], r["group"], r.get("support"))
+
+    last: dict[tuple[Any, ...], int] = {}
     for r in rows:
-        last[(r["method"], r["group"])] = max(last.get((r["method"], r["group"]), 0), r["steps"])
+        last[key(r)] = max(last.get(key(r), 0), r["steps"])
     for r in rows:
-        if final_only and r["steps"] != last[(r["method"], r["group"])]:
+        if final_only and r["steps"] != last[key(r)]:
             continue
+        support = f" {r['support']} |" if sized else ""
         score = ""
         if scored:
             score = (
@@ -283,13 +386,20 @@ def markdown_table(rows: list[dict[str, Any]], final_only: bool = True) -> str:
                 else f" {r['score']:.2f} [{r['score_lo']:.2f}, {r['score_hi']:.2f}] |"
             )
         lines.append(
-            f"| {r['method']} | {r['group']} | {r['steps']} |{score} "
+            f"| {r['method']} | {r['group']} |{support} {r['steps']} |{score} "
             f"{r['return']:.1f} [{r['return_lo']:.1f}, {r['return_hi']:.1f}] | {r['n']} |"
         )
     return "\n".join(lines)
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def plot_adaptation(rows: list[dict[str, Any]], path: Path, use_score: bool = True) -> Path:
+    """Score (or return) against adaptation steps, one line per method; with rows of several
+    support sizes (``robometa eval --support``) one line per method and size: the colour is
+    the method, the line style and marker the size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,35 +408,90 @@ def plot_adaptation(rows: list[dict[str, Any]], path: Path, use_score: bool = Tr
     groups = sorted({r["group"] for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
     key = "score" if use_score and any(not math.isnan(r["score"]) for r in rows) else "return"
+    sizes = sorted({r["support"] for r in rows if "support" in r})
     for ax, group in zip(axes[0], groups, strict=True):
         for ci, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-            color = f"C{ci % 10}"
-            rs = sorted(
-                (r for r in rows if r["method"] == method and r["group"] == group),
-                key=lambda r: r["steps"],
-            )
-            if not rs:
-                continue
-            x = [r["steps"] for r in rs]
-            y = [r[key] for r in rs]
-            if len(rs) == 1:  # a method that does not adapt: a level line across the curve
-                ax.axhline(y[0], linestyle="--", linewidth=1.2, color=color, label=method)
-                ax.plot(x, y, marker="o", color=color)
-                continue
-            ax.plot(x, y, marker="o", color=color, label=method)
-            ax.fill_between(
-                x,
-                [r[f"{key}_lo"] for r in rs],
-                [r[f"{key}_hi"] for r in rs],
-                alpha=0.15,
-                color=color,
-            )
+            for si, size in enumerate(sizes or [None]):
+                color = f"C{ci % 10}"
+                style = LINE_STYLES[si % len(LINE_STYLES)] if sizes else "-"
+                marker = MARKERS[si % len(MARKERS)] if sizes else "o"
+                label = method if size is None else f"{method}, support {size}"
+                rs = sorted(
+                    (
+                        r
+                        for r in rows
+                        if r["method"] == method
+                        and r["group"] == group
+                        and r.get("support") == size
+                    ),
+                    key=lambda r: r["steps"],
+                )
+                if not rs:
+                    continue
+                x = [r["steps"] for r in rs]
+                y = [r[key] for r in rs]
+                if len(rs) == 1:  # a method that does not adapt: a level line across the curve
+                    level = "--" if size is None else style
+                    ax.axhline(y[0], linestyle=level, linewidth=1.2, color=color, label=label)
+                    ax.plot(x, y, marker=marker, color=color)
+                    continue
+                ax.plot(x, y, marker=marker, linestyle=style, color=color, label=label)
+                ax.fill_between(
+                    x,
+                    [r[f"{key}_lo"] for r in rs],
+                    [r[f"{key}_hi"] for r in rs],
+                    alpha=0.15 if size is None else 0.08,
+                    color=color,
+                )
         ax.set(
             title=f"{group} tasks",
             xlabel="adaptation steps",
             ylabel="normalized score" if key == "score" else "greedy return",
         )
         ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_support(rows: list[dict[str, Any]], path: Path) -> Path:
+    """``support.png`` of ``robometa eval --support``: greedy return against the support size
+    (log scale), one line per method at its final adaptation step count, 95% CI shaded; one
+    panel per task group. A method that does not adapt is the same at every size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({r["group"] for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    for ax, group in zip(axes[0], groups, strict=True):
+        for ci, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+            mine = [r for r in rows if r["method"] == method and r["group"] == group]
+            if not mine:
+                continue
+            final = max(r["steps"] for r in mine)
+            rs = sorted((r for r in mine if r["steps"] == final), key=lambda r: r["support"])
+            x = [r["support"] for r in rs]
+            color = f"C{ci % 10}"
+            label = f"{method} ({final} step{'s' if final != 1 else ''})"
+            ax.plot(x, [r["return"] for r in rs], marker="o", color=color, label=label)
+            ax.fill_between(
+                x,
+                [r["return_lo"] for r in rs],
+                [r["return_hi"] for r in rs],
+                alpha=0.15,
+                color=color,
+            )
+        ax.set_xscale("log")
+        ax.set(
+            title=f"{group} tasks: return vs support size",
+            xlabel="support transitions (log scale)",
+            ylabel="greedy return",
+        )
+        ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -438,9 +603,7 @@ def plan_methods(
         if run.spec.adapts:
             add(label, True, run.spec.privileged, family.evaluation_method(pol, label, eps))
             continue
-        add(
-            label, False, run.spec.privileged, family.evaluation_method(pol, label, eps, lrs={})
-        )
+        add(label, False, run.spec.privileged, family.evaluation_method(pol, label, eps, lrs={}))
         if tunes(run):
             lr, grid = tune_fine_tune_lr(
                 pol,
@@ -482,6 +645,56 @@ def evaluate_methods(
     return results
 
 
+def evaluate_methods_supports(
+    methods: dict[str, MethodRuns],
+    sets: list[TaskSet],
+    steps: Sequence[int],
+    episodes: int,
+    dynamics: dict | None,
+    supports: Sequence[int],
+    show_progress: bool,
+) -> dict[int, dict[str, list[dict[str, list[list[float]]]]]]:
+    """:func:`evaluate_methods` at every support size of ``supports`` (one collection of the
+    largest per run and task, :func:`evaluate_method_supports`): ``{size: {name: [...]}}``."""
+    total = sum(len(m.methods) for m in methods.values()) * sum(len(s.tasks) for s in sets)
+    bar = _progress_bar(show_progress, total, "eval")
+    tick = bar.update if bar is not None else None
+    results: dict[int, dict[str, list[dict[str, list[list[float]]]]]] = {k: {} for k in supports}
+    for name, entry in methods.items():
+        k_list = list(steps) if entry.adapts else [0]
+        for m in entry.methods:
+            sized = {k: with_support(m, k) for k in supports}
+            for k, res in evaluate_method_supports(
+                sized, sets, k_list, episodes, dynamics, tick
+            ).items():
+                results[k].setdefault(name, []).append(res)
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def check_supports(runs: Sequence[Run], supports: Sequence[int]) -> list[int]:
+    """The support sizes of ``robometa eval --support``, sorted, each checked to be an integer
+    in ``[1, adaptation.support_size's maximum]`` and one every run's evaluation object can
+    take (:func:`with_support`)."""
+    from robometa.config import AdaptationConfig
+
+    hi = {f.name: f for f in dataclasses.fields(AdaptationConfig)}["support_size"].metadata["hi"]
+    sizes = sorted(set(supports))
+    bad = [k for k in sizes if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= hi]
+    if not sizes or bad:
+        raise ValueError(
+            f"support sizes must be integers in [1, {int(hi)}] (adaptation.support_size's "
+            f"range), got {list(supports)}"
+        )
+    for run in runs:
+        family = run.spec.load()
+        m = family.evaluation_method(run.policy, run.label, run.support_epsilon)
+        for k in sizes:
+            with_support(m, k)
+    return sizes
+
+
 def oracle_returns(
     methods: dict[str, MethodRuns],
     results: dict[str, list[dict[str, list[list[float]]]]],
@@ -501,17 +714,28 @@ def oracle_returns(
 
 
 def write_reports(out: Path, report: dict[str, Any], table: str) -> None:
-    """``results.json``, ``results.md`` and ``adaptation.png`` in ``out``."""
+    """``results.json``, ``results.md`` and ``adaptation.png`` in ``out`` (and ``support.png``
+    when the report holds several support sizes: ``robometa eval --support``)."""
     env_id = report["env_id"]
+    sized = "support" in report
+    note = (
+        " Support column: transitions collected on each robot before adapting (--support; "
+        "the largest collected once, a smaller size k adapts on the first k steps' "
+        "transitions)."
+        if sized
+        else ""
+    )
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "results.md").write_text(
         f"# Adaptation results on {env_id}\n\n{table}\n\n"
         f"Normalized score: (R - R_random) / (R_oracle - R_random), returns pooled over "
         f"(task, training seed) pairs; 95% bootstrap CI over those pairs (no score column "
         f"without an oracle run). Support: transitions collected with each method's initial policy; "
-        f"steps: gradient steps on them.\n"
+        f"steps: gradient steps on them.{note}\n"
     )
     plot_adaptation(report["summary"], out / "adaptation.png")
+    if sized:
+        plot_support(report["summary"], out / "support.png")
 
 
 def run_evaluation(
@@ -523,8 +747,14 @@ def run_evaluation(
     out: str | Path = "eval",
     fine_tune: bool = True,
     show_progress: bool = True,
+    supports: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate trained runs (grouped by method over training seeds); write the reports.
+
+    ``supports``: evaluate every method at each of these support sizes instead of each run's
+    ``adaptation.support_size`` (the summary rows and the returns gain a ``support`` field,
+    the table a column, and ``support.png`` is written); the fine-tuning rate is still tuned
+    once, at the run's configured size.
 
     Every input (the runs, the task file, the curve) is checked before ``out`` is created, so
     a mistake leaves no empty report directory behind. ``show_progress``: a header line at
@@ -539,21 +769,45 @@ def run_evaluation(
     env_id, dynamics = runs[0].policy.env_id, runs[0].policy.dynamics
     max_k = max(r.policy.adapt_steps for r in runs)
     steps = adaptation_curve(steps, max_k)
+    sizes = check_supports(runs, supports) if supports is not None else None
     sets = task_sets(tasks, env_id, n_tasks, dynamics)
     out.mkdir(parents=True, exist_ok=True)
     if show_progress:
         groups = ", ".join(f"{s.name} ({len(s.tasks)} tasks)" for s in sets)
+        sized = f", support sizes {','.join(map(str, sizes))}" if sizes else ""
         print(
             f"evaluating {len(runs)} run(s) on {env_id}: {groups}, {episodes} episode(s) "
-            f"per task, adaptation steps {','.join(map(str, steps))}",
+            f"per task, adaptation steps {','.join(map(str, steps))}{sized}",
             flush=True,
         )
 
     methods, tuned = plan_methods(runs, max_k, fine_tune, show_progress)
-    results = evaluate_methods(methods, sets, steps, episodes, dynamics, show_progress)
-    rand = random_returns(env_id, sets, episodes, dynamics)
-    oracle = oracle_returns(methods, results, list(rand))
-    rows = summarize(results, steps, rand, oracle)
+    results: dict[str, Any]
+    if sizes is None:
+        results = evaluate_methods(methods, sets, steps, episodes, dynamics, show_progress)
+        rand = random_returns(env_id, sets, episodes, dynamics)
+        oracle = oracle_returns(methods, results, list(rand))
+        rows = summarize(results, steps, rand, oracle)
+    else:
+        by_size = evaluate_methods_supports(
+            methods, sets, steps, episodes, dynamics, sizes, show_progress
+        )
+        rand = random_returns(env_id, sets, episodes, dynamics)
+        # the oracle is unadapted (k = 0): the same at every size; taken at the largest
+        oracle = oracle_returns(methods, by_size[sizes[-1]], list(rand))
+        per_size = [summarize(by_size[k], steps, rand, oracle, support=k) for k in sizes]
+        order = {name: i for i, name in enumerate(methods)}
+        group_order = {g: i for i, g in enumerate(rand)}
+        rows = sorted(  # method, group, support, steps
+            (r for rs in per_size for r in rs),
+            key=lambda r: (order[r["method"]], group_order[r["group"]], r["support"], r["steps"]),
+        )
+        results = {
+            name: [
+                {"support": k, "returns": res} for k in sizes for res in by_size[k].get(name, [])
+            ]
+            for name in methods
+        }
     table = markdown_table(rows)
     report = {
         "env_id": env_id,
@@ -561,6 +815,7 @@ def run_evaluation(
         "n_tasks": {s.name: len(s.tasks) for s in sets},
         "episodes": episodes,
         "steps": steps,
+        **({"support": sizes} if sizes is not None else {}),
         "runs": [str(r.run_dir) for r in runs],
         "task_values": {s.name: [dict(t) for t in s.tasks] for s in sets},
         "random_returns": rand,
