@@ -370,6 +370,17 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
             "transitions gives the context the Q-network is conditioned on",
         },
     ),
+    "hyper": (
+        "robometa.methods.hyper:HyperLearner",
+        {
+            "family": "context",
+            "adapts": True,
+            "bundle_kind": "context",
+            "check": context_check,
+            "summary": "hypernetwork head (Ha et al. 2016): the inferred context generates the "
+            "weights and bias of the Q-network's output layer",
+        },
+    ),
 }
 
 for _name, (_entry_point, _kwargs) in BUILTIN.items():

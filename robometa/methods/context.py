@@ -473,21 +473,26 @@ def untrained_policy(
     context_dim: int = 3,
     support_size: int = 64,
     seed: int = 0,
+    network_class: type[ContextQNetwork] | None = None,
+    algorithm: str = "context",
 ) -> Policy:
     """A randomly initialized ``context`` policy (for export and runtime tests without
-    training), its normalization that of :func:`robometa.testing.random_policy`."""
+    training), its normalization that of :func:`robometa.testing.random_policy`;
+    ``network_class`` and ``algorithm``: another method of the family (e.g. ``hyper``)."""
     from robometa.adaptation import InnerLoss
     from robometa.testing import random_policy
 
     shaped = random_policy("dqn", env_id=env_id, hidden=hidden, seed=seed)
     spec = shaped.net.spec
     torch.manual_seed(seed)
-    net = ContextQNetwork(NetworkSpec(spec.obs_dim, spec.n_actions, hidden, context_dim))
+    net = (network_class or ContextQNetwork)(
+        NetworkSpec(spec.obs_dim, spec.n_actions, hidden, context_dim)
+    )
     with torch.no_grad():
         net.set_normalization(shaped.net.obs_mean, shaped.net.obs_std, shaped.net.delta_std)
         net.q_head.weight.normal_(0.0, 1.0)
     return Policy(
-        algorithm="context",
+        algorithm=algorithm,
         env_id=env_id,
         net=net,
         params=net.params(),
