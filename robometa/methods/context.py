@@ -47,7 +47,6 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,12 +56,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from robometa.adaptation import Batch, double_dqn_target
-from robometa.deploy import collection
 from robometa.deploy.collection import ActFn
 from robometa.methods.gradient import MetaLearner, Variant, _TaskSlot
 from robometa.networks import ACTIVATIONS, NUMPY_ACTIVATIONS, NetworkSpec, Params, QNetwork
 from robometa.policy import Policy
-from robometa.rollout import store_into
 
 #: share of the tasks of an outer step whose support is empty (``z = 0``)
 EMPTY_SUPPORT_FRACTION = 0.125
@@ -328,24 +325,6 @@ class ContextLearner(MetaLearner):
             z = encode(self.net, meta, slot.support.all())
         act = context_actor(self.net, meta, z)
         return returns + self._collect_acting(slot, act, n, epsilon, False)
-
-    def _collect_acting(
-        self, slot: _TaskSlot, act: ActFn, n: int, epsilon: float, into_support: bool
-    ) -> list[float]:
-        buffers = (slot.replay, slot.support) if into_support else (slot.replay,)
-        returns = collection.collect(
-            slot.env,
-            slot.episode,
-            act,
-            n,
-            epsilon,
-            self.rng,
-            self.n_actions,
-            store_into(*buffers),
-            partial(slot.reset_env, self.rng),
-        )
-        self.env_steps += n
-        return returns
 
     # -------------------------------------------------------------- one outer step
 

@@ -50,7 +50,7 @@ from robometa.adaptation import (
 )
 from robometa.config import Config
 from robometa.deploy import collection
-from robometa.deploy.collection import Episode
+from robometa.deploy.collection import ActFn, Episode
 from robometa.envs import Task
 from robometa.methods.base import Method
 from robometa.methods.dqn import linear_epsilon
@@ -373,8 +373,14 @@ class MetaLearner(Method):
     ) -> list[float]:
         """``n`` epsilon-greedy steps on the slot's task (:mod:`robometa.deploy.collection`) into its
         replay buffer (and support ring); the returns of the episodes that ended."""
+        return self._collect_acting(slot, greedy_act_fn(self.net, params), n, epsilon, into_support)
+
+    def _collect_acting(
+        self, slot: _TaskSlot, act: ActFn, n: int, epsilon: float, into_support: bool
+    ) -> list[float]:
+        """``n`` epsilon-greedy steps of ``act`` on the slot's task (what :meth:`_collect`
+        does for the greedy actor of a parameter dict; a family acting otherwise calls this)."""
         buffers = (slot.replay, slot.support) if into_support else (slot.replay,)
-        act = greedy_act_fn(self.net, params)
         with torch.no_grad():
             returns = collection.collect(
                 slot.env,
