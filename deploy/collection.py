@@ -37,6 +37,17 @@ class Episode:
     length: int = 0
 
 
+def observer(act: ActFn) -> Callable[[np.ndarray, int, float, np.ndarray, bool], Any] | None:
+    """The ``observe(obs, action, reward, next_obs, terminated)`` method of a stateful actor
+    (one that adapts online, the ``rma`` and ``recurrent`` families': each step's transition
+    updates what it acts on), or ``None`` for a plain function of the observation.
+
+    :func:`collect` and :func:`robometa.rollout.episode_return` call it after every step
+    the physics did not reject, the explored ones too; the actor's state carries across the
+    episodes of one robot (its ``terminated`` flag marks where one ended)."""
+    return getattr(act, "observe", None)
+
+
 def epsilon_greedy(
     rng: np.random.Generator, epsilon: float, n_actions: int, greedy: Callable[[], int]
 ) -> int:
@@ -88,6 +99,17 @@ def collect(
     """``n`` epsilon-greedy steps from ``episode`` (see :func:`step`); the returns of the
     episodes that ended, in order."""
     finished = []
+    observe = observer(act)
+    if observe is not None:
+        inner = store
+
+        def store(
+            obs: np.ndarray, action: int, reward: float, nxt: np.ndarray, term: bool, info: dict
+        ) -> Any:
+            if not info.get("physics_error", False):
+                observe(obs, action, reward, nxt, term)
+            return inner(obs, action, reward, nxt, term, info)
+
     for _ in range(n):
         action = epsilon_greedy(rng, epsilon, n_actions, lambda: act(episode.obs))
         ret = step(env, episode, action, store, restart, max_episode_steps, obs_fn)

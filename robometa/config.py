@@ -217,6 +217,37 @@ class MetaConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """History and recurrent state of the families that adapt online (``rma``, ``recurrent``)."""
+
+    history: int = _f(
+        16,
+        "steps of (s, a, s' - s) history the rma adaptation module reads to estimate the "
+        "extrinsics",
+        lo=1,
+        hi=1000,
+    )
+    hidden_size: int = _f(64, "size of the recurrent family's GRU state", lo=1, hi=4096)
+    sequence_length: int = _f(
+        32, "steps of each stored sequence the recurrent family trains on", lo=1, hi=10_000
+    )
+    burn_in: int = _f(
+        8,
+        "steps at the start of each training sequence that only warm the recurrent state up "
+        "(no loss on them; R2D2)",
+        lo=0,
+        hi=10_000,
+    )
+    teacher_fraction: float = _f(
+        0.6,
+        "share of dqn.total_steps rma trains its privileged teacher before it trains the "
+        "adaptation module (the rest)",
+        lo=0.0,
+        hi=1.0,
+    )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Progress, metrics and checkpoints."""
 
@@ -268,6 +299,9 @@ class Config:
         default_factory=AdaptationConfig, metadata={"doc": "inner loop"}
     )
     meta: MetaConfig = field(default_factory=MetaConfig, metadata={"doc": "outer loop"})
+    memory: MemoryConfig = field(
+        default_factory=MemoryConfig, metadata={"doc": "online memory (rma, recurrent)"}
+    )
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "logging"})
 
     def to_dict(self) -> dict[str, Any]:

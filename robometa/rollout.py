@@ -87,8 +87,13 @@ def episode_return(env: gym.Env, act: ActFn, task: Task, seed: int) -> float:
     env.unwrapped.set_task(task)
     obs, _ = env.reset(seed=seed)
     total, done = 0.0, False
+    observe = collection.observer(act)
     while not done:
-        obs, r, term, trunc, _ = env.step(act(obs))
+        action = act(obs)
+        nxt, r, term, trunc, info = env.step(action)
+        if observe is not None and not info.get("physics_error", False):
+            observe(obs, action, r, nxt, bool(term))
+        obs = nxt
         total += r
         done = term or trunc
     return total

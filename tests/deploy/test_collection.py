@@ -171,3 +171,49 @@ def test_obs_fn_maps_what_is_stored_and_acted_on() -> None:
     )
     assert [r[3] for r in store.rows] == [10.0, 20.0, 30.0]
     assert seen == [0.0, 10.0, 20.0]
+
+
+def test_a_stateful_actor_observes_every_stored_step_in_order() -> None:
+    """An actor with ``observe`` (the online-adapting families') sees each transition the
+    physics did not reject, in order, with its terminal flag; a plain function is unchanged."""
+    from robometa.deploy.collection import Episode, collect
+
+    class Env:
+        t = 0
+
+        def step(self, action: int):
+            self.t += 1
+            info = {"physics_error": self.t == 3}
+            return np.array([float(self.t)]), 1.0, self.t % 5 == 0, False, info
+
+    class Actor:
+        def __init__(self) -> None:
+            self.seen: list[tuple] = []
+
+        def __call__(self, obs: np.ndarray) -> int:
+            return 1
+
+        def observe(self, obs, action, reward, next_obs, terminated) -> None:
+            self.seen.append((float(obs[0]), action, float(next_obs[0]), terminated))
+
+    act, stored = Actor(), []
+    collect(
+        Env(),
+        Episode(np.zeros(1)),
+        act,
+        7,
+        0.0,
+        np.random.default_rng(0),
+        2,
+        lambda *t: stored.append(t),
+        lambda: np.zeros(1),
+    )
+    assert len(stored) == 7
+    assert act.seen == [
+        (0.0, 1, 1.0, False),
+        (1.0, 1, 2.0, False),
+        (3.0, 1, 4.0, False),
+        (4.0, 1, 5.0, True),
+        (0.0, 1, 6.0, False),
+        (6.0, 1, 7.0, False),
+    ]
