@@ -199,7 +199,12 @@ def train_runs(todo: list[tuple], jobs: int) -> None:
 
 
 def evaluate_families(
-    runs: dict[str, list[Path]], runs_dir: Path, n_tasks: int, episodes: int, jobs: int
+    runs: dict[str, list[Path]],
+    runs_dir: Path,
+    n_tasks: int,
+    episodes: int,
+    jobs: int,
+    supports: list[int] | None = None,
 ) -> dict[str, dict]:
     """``robometa eval`` of each family's runs on its held-out tasks, families side by side
     (output in ``<runs_dir>/<family>/eval.log``)."""
@@ -212,7 +217,7 @@ def evaluate_families(
     with _pool(jobs) as pool:
         futures = {}
         for family, family_runs, out_dir, log, kwargs in _eval_jobs(
-            runs, runs_dir, n_tasks, episodes
+            runs, runs_dir, n_tasks, episodes, supports
         ):
             future = pool.submit(run_logged, log, run_evaluation, family_runs, **kwargs)
             futures[future] = (family, out_dir, log)
@@ -226,9 +231,16 @@ def evaluate_families(
     return {f: results[f] for f in runs if f in results}
 
 
-def _eval_jobs(runs: dict[str, list[Path]], runs_dir: Path, n_tasks: int, episodes: int):
+def _eval_jobs(
+    runs: dict[str, list[Path]],
+    runs_dir: Path,
+    n_tasks: int,
+    episodes: int,
+    supports: list[int] | None = None,
+):
     """Each family's evaluation, announced: (family, its runs, report dir, log, the keyword
-    arguments of :func:`robometa.evaluate.run_evaluation`)."""
+    arguments of :func:`robometa.evaluate.run_evaluation`; ``supports``: its support
+    sizes, ``robometa eval --support``)."""
     for family, family_runs in runs.items():
         if not family_runs:
             continue
@@ -236,6 +248,8 @@ def _eval_jobs(runs: dict[str, list[Path]], runs_dir: Path, n_tasks: int, episod
         log = runs_dir / family / "eval.log"
         print(f"[eval] {family}: {len(family_runs)} runs (progress in {log})", flush=True)
         kwargs = {"tasks": "test", "n_tasks": n_tasks, "episodes": episodes, "out": out_dir}
+        if supports:
+            kwargs["supports"] = list(supports)
         yield family, family_runs, out_dir, log, kwargs
 
 
@@ -383,14 +397,21 @@ def train_runs_ray(todo: list[tuple], ray) -> None:
 
 
 def evaluate_families_ray(
-    runs: dict[str, list[Path]], runs_dir: Path, n_tasks: int, episodes: int, ray
+    runs: dict[str, list[Path]],
+    runs_dir: Path,
+    n_tasks: int,
+    episodes: int,
+    ray,
+    supports: list[int] | None = None,
 ) -> dict[str, dict]:
     """:func:`evaluate_families` as Ray tasks (one CPU each), families side by side."""
     _, evaluate_job = _ray_tasks()
     job = ray.remote(evaluate_job).options(num_cpus=1, max_retries=RAY_MAX_RETRIES)
     cwd = os.getcwd()
     refs, families = {}, {}
-    for family, family_runs, out_dir, log, kwargs in _eval_jobs(runs, runs_dir, n_tasks, episodes):
+    for family, family_runs, out_dir, log, kwargs in _eval_jobs(
+        runs, runs_dir, n_tasks, episodes, supports
+    ):
         ref = job.remote(cwd, log, family_runs, kwargs)
         refs[ref], families[ref] = (f"evaluating {family}", log), (family, out_dir)
     results = {}
@@ -404,21 +425,91 @@ def evaluate_families_ray(
     return {f: results[f] for f in runs if f in results}
 
 
-def check_claim(summary: list[dict], max_steps: int) -> dict:
-    """Compare the final-step scores on held-out tasks with the targets."""
+def at_support(summary: list[dict], largest: int) -> list[dict]:
+    """The rows of the largest support size <= ``largest`` when the evaluation ran at several
+    (``--support``; rows without a ``support`` field pass as they are)."""
+    sizes = {r["support"] for r in summary if "support" in r}
+    if not sizes:
+        return summary
+    picked = max((k for k in sizes if k <= largest), default=min(sizes))
+    return [r for r in summary if r.get("support", picked) == picked]
+
+
+def final_scores(summary: list[dict], group: str, max_steps: int) -> dict[str, tuple]:
+    """Each method's (steps, score, score_lo, score_hi, return) at its last adaptation step
+    <= ``max_steps`` in ``group``."""
+    final: dict[str, tuple] = {}
+    for r in summary:
+        if r["group"] == group and r["steps"] <= max_steps:
+            if r["method"] not in final or r["steps"] >= final[r["method"]][0]:
+                final[r["method"]] = (
+                    r["steps"],
+                    r["score"],
+                    r["score_lo"],
+                    r["score_hi"],
+                    r.get("return", math.nan),
+                )
+    return final
+
+
+def is_inference_method(method: str) -> bool:
+    """A meta-learner that adapts without the gradient family's inner loop (context, hyper,
+    rma, recurrent: a forward pass or a state updated online)."""
+    spec = method_spec(method)
+    return spec is not None and spec.adapts and spec.family not in ("gradient", "dqn")
+
+
+def check_inference(summary: list[dict], max_steps: int) -> dict:
+    """The inference methods' targets, from an evaluation at support sizes that include 50
+    and 200 (``--support``): one of them >= 0.9 normalized with 200 transitions, and above
+    every gradient meta-learner with 50. ``{}`` when those sizes were not evaluated."""
+    sizes = {r.get("support") for r in summary}
+    if not {50, 200} <= sizes:
+        return {}
     out = {}
     for group in sorted({r["group"] for r in summary}):
-        final: dict[str, float] = {}
-        for r in summary:
-            if r["group"] == group and r["steps"] <= max_steps:
-                if r["method"] not in final or r["steps"] >= final[r["method"]][0]:
-                    final[r["method"]] = (
-                        r["steps"],
-                        r["score"],
-                        r["score_lo"],
-                        r["score_hi"],
-                        r.get("return", math.nan),
-                    )
+        at = {
+            k: final_scores([r for r in summary if r.get("support") == k], group, max_steps)
+            for k in (50, 200)
+        }
+        inference = {k: {m: v[1] for m, v in at[k].items() if is_inference_method(m)} for k in at}
+        gradient = {
+            m: v[1] for m, v in at[50].items() if is_meta_learner(m) and not is_inference_method(m)
+        }
+        best200 = max(inference[200], key=inference[200].get, default=None)
+        best50 = max(inference[50], key=inference[50].get, default=None)
+        best_gradient = max(gradient, key=gradient.get, default=None)
+        out[group] = {
+            "best_inference_200": best200,
+            "best_inference_200_score": inference[200].get(best200, math.nan),
+            "best_inference_50": best50,
+            "best_inference_50_score": inference[50].get(best50, math.nan),
+            "best_gradient_50": best_gradient,
+            "best_gradient_50_score": gradient.get(best_gradient, math.nan),
+            "targets": {
+                "best_inference_200_score": f">= {TARGET_META}",
+                "best_inference_50_score": "> best_gradient_50_score",
+            },
+            "pass": {
+                "best_inference_200_score": bool(
+                    inference[200].get(best200, math.nan) >= TARGET_META
+                ),
+                "best_inference_50_above_gradient": bool(
+                    best50 is not None
+                    and inference[50][best50] > gradient.get(best_gradient, -math.inf)
+                ),
+            },
+        }
+    return out
+
+
+def check_claim(summary: list[dict], max_steps: int) -> dict:
+    """Compare the final-step scores on held-out tasks with the targets (at the largest
+    support size <= 200 when several were evaluated)."""
+    summary = at_support(summary, 200)
+    out = {}
+    for group in sorted({r["group"] for r in summary}):
+        final = final_scores(summary, group, max_steps)
         metas = {m: v for m, v in final.items() if is_meta_learner(m) and not math.isnan(v[1])}
         best = max(metas, key=lambda m: metas[m][1]) if metas else None
         dr = final.get(DR, (0, math.nan))[1]
@@ -449,7 +540,19 @@ def check_claim(summary: list[dict], max_steps: int) -> dict:
     return out
 
 
+def _max_support() -> int:
+    """The largest support size a config allows (``adaptation.support_size``'s range)."""
+    import dataclasses
+
+    from robometa.config import AdaptationConfig
+
+    fields = {f.name: f for f in dataclasses.fields(AdaptationConfig)}
+    return int(fields["support_size"].metadata["hi"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    from robometa.cli import _support_sizes
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument(
@@ -464,6 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--oracle-steps", type=int, help="override the oracle's env-step budget")
     p.add_argument("--n-tasks", type=int, default=10, help="held-out tasks per group")
+    p.add_argument(
+        "--support",
+        type=_support_sizes(_max_support()),
+        help="evaluate every method at each of these support sizes (comma list, e.g. "
+        "10,50,200; robometa eval --support): the table gains a support column, the claim "
+        "check uses the largest size <= 200, and with 50 and 200 the inference methods' "
+        "targets are checked too. Default: each run's configured support size",
+    )
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--runs-dir", default="bench-results/runs")
     p.add_argument(
@@ -499,12 +610,14 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
+    supports = args.support
     methods = args.methods.split(",")
     families = args.families.split(",")
     runs_dir = Path(args.runs_dir)
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "jobs": args.jobs,
+        "supports": supports,
         "families": {},
     }
     ray, disconnect = None, False
@@ -518,9 +631,13 @@ def main(argv: list[str] | None = None) -> int:
             train_runs_ray(todo, ray)
         report["train_wall_s"] = time.perf_counter() - t0
         if ray is None:
-            evaluated = evaluate_families(runs, runs_dir, args.n_tasks, args.episodes, args.jobs)
+            evaluated = evaluate_families(
+                runs, runs_dir, args.n_tasks, args.episodes, args.jobs, supports
+            )
         else:
-            evaluated = evaluate_families_ray(runs, runs_dir, args.n_tasks, args.episodes, ray)
+            evaluated = evaluate_families_ray(
+                runs, runs_dir, args.n_tasks, args.episodes, ray, supports
+            )
     finally:
         if disconnect:
             ray.shutdown()
@@ -533,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": res["summary"],
             "fine_tune": res["fine_tune"],
             "claim": check_claim(res["summary"], max_steps=5),
+            "inference_claim": check_inference(res["summary"], max_steps=5),
             "report_dir": res["report_dir"],
         }
     report["wall_s"] = time.perf_counter() - t0
@@ -555,6 +673,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{', '.join(c['methods_above_oracle'])} return more, so scores above 1 "
                     "and this group's claim check are not reliable"
                 )
+        for group, c in r["inference_claim"].items():
+            print(
+                f"  {group}: best inference method with 200 transitions "
+                f"{c['best_inference_200']} {c['best_inference_200_score']:.2f} (>= "
+                f"{TARGET_META}: {c['pass']['best_inference_200_score']}); with 50 "
+                f"{c['best_inference_50']} {c['best_inference_50_score']:.2f} vs the best "
+                f"gradient learner {c['best_gradient_50']} {c['best_gradient_50_score']:.2f} "
+                f"(above: {c['pass']['best_inference_50_above_gradient']})"
+            )
     print(f"\nwrote {out} in {report['wall_s']:.0f} s")
     return 0
 

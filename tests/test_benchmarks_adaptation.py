@@ -59,6 +59,43 @@ def test_claim_check_uses_the_best_meta_learner_at_the_step_limit() -> None:
     assert claim["pass"]["dr_finetune_below_meta"] is False
 
 
+def _sized(support: int, *rows: dict) -> list[dict]:
+    return [r | {"support": support} for r in rows]
+
+
+def test_with_several_support_sizes_the_claim_uses_the_largest_up_to_200() -> None:
+    bench = _bench()
+    rows = [
+        *_sized(50, _row("cavia", "id", 5, 0.5), _row("dr", "id", 0, 0.5)),
+        *_sized(200, _row("cavia", "id", 5, 0.95), _row("dr", "id", 0, 0.5)),
+        *_sized(500, _row("cavia", "id", 5, 0.2), _row("dr", "id", 0, 0.5)),
+    ]
+    (claim,) = bench.check_claim(rows, max_steps=5).values()
+    assert claim["best_meta_score"] == pytest.approx(0.95)
+
+
+def test_the_inference_claim_compares_with_every_gradient_learner_at_50() -> None:
+    bench = _bench()
+    rows = [
+        *_sized(50, _row("context", "id", 1, 0.8), _row("cavia", "id", 5, 0.7)),
+        *_sized(50, _row("maml", "id", 5, 0.75), _row("dr", "id", 0, 0.9)),
+        *_sized(200, _row("context", "id", 1, 0.92), _row("cavia", "id", 5, 0.99)),
+    ]
+    (claim,) = bench.check_inference(rows, max_steps=5).values()
+    assert claim["best_inference_200"] == "context"
+    assert claim["best_inference_200_score"] == pytest.approx(0.92)
+    assert claim["best_gradient_50"] == "maml"  # dr does not adapt: not a gradient learner
+    assert claim["pass"] == {
+        "best_inference_200_score": True,
+        "best_inference_50_above_gradient": True,
+    }
+    rows[2] = _row("maml", "id", 5, 0.85) | {"support": 50}
+    (claim,) = bench.check_inference(rows, max_steps=5).values()
+    assert claim["pass"]["best_inference_50_above_gradient"] is False
+    # without sizes 50 and 200 there is nothing to check
+    assert bench.check_inference([_row("context", "id", 1, 0.9)], max_steps=5) == {}
+
+
 @pytest.mark.slow
 def test_tiny_sweep_trains_in_parallel_evaluates_and_reuses(
     tmp_path: Path, capsys: pytest.CaptureFixture
@@ -105,3 +142,20 @@ def test_tiny_sweep_trains_in_parallel_evaluates_and_reuses(
     assert captured.out.count("[trained]") + captured.err.count("[trained]") == 1
     run = runs / "cartpole" / "cavia-seed0"
     assert "total_steps: 600" in (run / "config.yaml").read_text()
+
+
+def test_support_sizes_reach_each_familys_evaluation(tmp_path: Path, capsys) -> None:
+    bench = _bench()
+    runs = {"cartpole": [tmp_path / "cavia-seed0"], "diffdrive": []}
+    jobs = list(bench._eval_jobs(runs, tmp_path, 3, 1, [10, 50]))
+    assert [family for family, *_ in jobs] == ["cartpole"]  # a family without runs: no job
+    kwargs = jobs[0][-1]
+    assert kwargs["supports"] == [10, 50] and kwargs["n_tasks"] == 3
+    (default,) = bench._eval_jobs(runs, tmp_path, 3, 1)
+    assert "supports" not in default[-1]
+
+
+def test_a_bad_support_list_is_refused_with_the_range(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _bench().main(["--out", "x.json", "--support", "10,0"])
+    assert "'10,0': expected support sizes >= 1" in capsys.readouterr().err
