@@ -1004,7 +1004,11 @@ def run_status(run_dir: str | Path, cfg: Config) -> str:
     except (FileNotFoundError, ValueError):  # unreadable, foreign or of another format
         return "stale"
     env_steps = int(state["algorithm"]["env_steps"])
-    if saved != parse_yaml(cfg.to_yaml(), "config"):
+    try:  # a key added since, at its default, is the same experiment
+        same = config_from_dict(saved, f"checkpoint {ckpt}").to_dict() == cfg.to_dict()
+    except ValueError:  # a key since removed or renamed, or a value no longer allowed
+        return "stale"
+    if not same:
         return "stale"
     # Older checkpoints lack the flag: their only one at the budget was the final one.
     finished = state.get("finished", env_steps >= cfg.dqn.total_steps)

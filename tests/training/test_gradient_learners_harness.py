@@ -260,6 +260,31 @@ def test_run_status_tells_finished_resumable_stale_and_absent(tmp_path: Path) ->
     assert run_status(tmp_path / "part", cfg) == "stale"
 
 
+def test_a_run_saved_before_a_config_key_existed_is_still_finished(tmp_path: Path) -> None:
+    """A section added to the config since (at its defaults) is the same experiment: the run
+    is reused; a key the config no longer has makes it another one."""
+    import torch
+
+    from robometa.envs.safe_load import dump_yaml, parse_yaml
+    from robometa.train import run_status
+
+    cfg = tiny_config("cavia")
+    train(cfg, tmp_path / "done")
+    ckpt = tmp_path / "done" / "checkpoint.pt"
+
+    def rewrite(edit) -> None:
+        state = torch.load(ckpt, weights_only=True)
+        saved = parse_yaml(state["config"], "config")
+        edit(saved)
+        state["config"] = dump_yaml(saved)
+        torch.save(state, ckpt)
+
+    rewrite(lambda saved: saved.pop("memory"))  # written before the memory section existed
+    assert run_status(tmp_path / "done", cfg) == "finished"
+    rewrite(lambda saved: saved["meta"].update(retired_key=1))
+    assert run_status(tmp_path / "done", cfg) == "stale"
+
+
 def test_steps_that_end_mid_round_run_the_whole_round_and_say_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
