@@ -426,9 +426,11 @@ class GradientAdapter(Adapter):
         return split(data, self.holdout_fraction)
 
     def step(
-        self, params: dict[str, np.ndarray], batch: Transitions
+        self, params: dict[str, np.ndarray], batch: Transitions, index: int = 0
     ) -> tuple[dict[str, np.ndarray], float]:
-        """One raw ``adapt.onnx`` step: the adapted parameters' new values and the loss before."""
+        """One raw ``adapt.onnx`` step: the adapted parameters' new values and the loss before.
+        ``index``: the step's place in an ``adapt`` call (unused here: every step of this kind
+        is the same; a kind whose steps differ, :mod:`robometa.deploy.taskrate`, reads it)."""
         feeds: dict[str, Any] = {PARAM_PREFIX + k: params[k] for k in self._adapt_params}
         for k, lr in self._lrs.items():
             feeds[LR_PREFIX + k] = lr
@@ -491,12 +493,12 @@ class GradientAdapter(Adapter):
             held = train
         before = self._params
         held_before = self.loss(before, held)
-        current = dict(self._meta if from_meta else before)
+        current = self._start(from_meta, before, train)
         train_before = nan
         clipped = 0
         failure = ""
         for s in range(steps):
-            new, train_loss = self.step(current, train)
+            new, train_loss = self.step(current, train, index=s)
             if s == 0:
                 train_before = train_loss
             new, was_clipped, failure = bounded(current, new, s + 1, self.max_update_norm)
@@ -528,6 +530,13 @@ class GradientAdapter(Adapter):
             seconds=time.perf_counter() - start,
             **common,
         )
+
+    def _start(
+        self, from_meta: bool, before: dict[str, np.ndarray], train: Transitions
+    ) -> dict[str, np.ndarray]:
+        """Where ``adapt``'s steps start: the meta-parameters or the current ones (a kind
+        that starts elsewhere, :mod:`robometa.deploy.cavia_encoder`, overrides this)."""
+        return dict(self._meta if from_meta else before)
 
     def reset(self) -> None:
         """Back to the meta-parameters, with an empty buffer and no rejection counts."""

@@ -157,13 +157,20 @@ def greedy_return(
     check_count("episodes", episodes, 0, MAX_EVAL_EPISODES, "MAX_EVAL_EPISODES")
     _check_episode_args(seed, max_episode_steps)
     see = obs_fn or _identity
+    # A runtime whose state follows the robot (recurrent, history) keeps following it in these
+    # episodes, as in training and robometa eval; nothing is buffered.
+    follow = getattr(adapter, "follow", None)
     totals = []
     for i in range(episodes):
         obs, _ = robot.reset(seed=seed + i)
         total = 0.0
         for t in range(max_episode_steps):
-            obs, reward, terminated, truncated, _ = robot.step(adapter.act(see(obs)))
+            seen = see(obs)
+            action = adapter.act(seen)
+            obs, reward, terminated, truncated, _ = robot.step(action)
             total += _finite_reward(reward, i, t)
+            if follow is not None:
+                follow(seen, action, reward, see(obs), terminated)
             if terminated or truncated:
                 break
         totals.append(total)
