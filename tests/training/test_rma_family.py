@@ -1,0 +1,287 @@
+"""The ``rma`` family (robometa.methods.rma): the teacher's privileged input and the deployed
+policy's unprivileged one, the history window (padding, mask, online updates, reset), the
+config rules, a short run that trains, resumes exactly, saves, loads and evaluates; the slow
+tests train the shipped CartPole config and check that the adaptation module tracks the
+teacher and that adapting beats not adapting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import robometa.algorithms as algorithms
+from robometa.adaptation import Batch
+from robometa.config import load_config
+from robometa.evaluate import TaskSet, evaluate_method, with_support
+from robometa.methods.rma import (
+    HistoryActor,
+    RMALearner,
+    RMAMethod,
+    RMAQNetwork,
+    history_context,
+    ordered_window,
+    rma_q,
+    teacher_context,
+    untrained_policy,
+    window_row,
+    window_width,
+)
+from robometa.policy import Policy
+from robometa.rollout import collect, make_env
+from robometa.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "cartpole_rma.yaml"
+
+
+def transitions(n: int, seed: int = 0) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(0.0, 0.05, (n, 4)).astype(np.float32)
+    nxt = (obs + rng.normal(0.0, 0.02, (n, 4))).astype(np.float32)
+    return [(obs[i], int(rng.integers(3)), nxt[i]) for i in range(n)]
+
+
+def rows_of(steps: list) -> list[np.ndarray]:
+    return [window_row(o, a, o2, 3) for o, a, o2 in steps]
+
+
+# ---------------------------------------------------------------------------- the network
+
+
+def test_the_teacher_reads_the_dynamics_part_and_the_deployed_policy_only_the_observation() -> None:
+    policy = untrained_policy(seed=1)
+    net = policy.net
+    assert isinstance(net, RMAQNetwork) and net.spec.extrinsics_dim == 10
+    obs = torch.zeros(5, 4)
+    e = torch.linspace(-1, 1, 10).expand(5, 10)
+    with torch.no_grad():
+        q_teacher = net.teacher_q(torch.cat([obs, e], -1))
+        q_other = net.teacher_q(torch.cat([obs, -e], -1))
+        expected = rma_q(net, policy.params, obs, net.teacher_z(e))
+    assert torch.allclose(q_teacher, expected, atol=1e-6)
+    assert (q_teacher - q_other).abs().max() > 1e-3  # the teacher reads e
+    with pytest.raises(RuntimeError):  # the deployed policy has no input for e
+        net(torch.cat([obs, e], -1), False)
+    method = RMALearner.evaluation_method(policy, "rma", 0.3)
+    assert not method.privileged and not policy.privileged
+    env = make_env(policy.env_id)  # the unprivileged env the evaluation builds
+    assert env.observation_space.shape == (4,)
+    assert method.initial_actor()(env.reset(seed=0)[0]) in (0, 1, 2)
+    env.close()
+
+
+def test_padding_and_masked_rows_do_not_change_the_extrinsics() -> None:
+    policy = untrained_policy(seed=2, history=8)
+    net, params = policy.net, policy.params
+    rows = rows_of(transitions(3, seed=1))
+    window, mask = ordered_window(rows, 8, window_width(net.spec))
+    assert mask.tolist() == [0.0] * 5 + [1.0] * 3
+    assert torch.equal(window[5:], torch.from_numpy(np.stack(rows)))
+    garbage = window.clone()
+    garbage[:5] = 100.0 * torch.randn(5, window.shape[1])
+    exact = torch.from_numpy(np.stack(rows))
+    with torch.no_grad():
+        z = history_context(net, params, window, mask)
+        assert torch.allclose(z, history_context(net, params, garbage, mask), atol=1e-6)
+        assert torch.allclose(z, history_context(net, params, exact, torch.ones(3)), atol=1e-6)
+        empty = history_context(net, params, *ordered_window([], 8, window.shape[1]))
+    assert torch.equal(empty, params["history_out.bias"])
+    assert (z - empty).abs().max() > 1e-3
+
+
+def test_the_history_actor_updates_every_step_and_reset_clears_it() -> None:
+    policy = untrained_policy(seed=3, history=4)
+    net, params = policy.net, policy.params
+    actor = HistoryActor(net, params)
+    steps = transitions(7, seed=2)
+    probe = torch.from_numpy(np.stack([o for o, _, _ in steps]))
+    seen, last = [], actor.z.copy()
+    for o, a, o2 in steps:
+        actor.observe(o, a, 1.0, o2, False)
+        seen.append(window_row(o, a, o2, 3))
+        window, mask = ordered_window(seen, 4, window_width(net.spec))
+        with torch.no_grad():
+            z = history_context(net, params, window, mask)
+            greedy = rma_q(net, params, probe, z).argmax(1).tolist()
+        assert np.abs(actor.z - z.numpy()).max() <= 1e-5
+        assert np.abs(actor.z - last).max() > 1e-4  # a new estimate every step
+        assert [actor(o) for o in probe.numpy()] == greedy
+        last = actor.z.copy()
+    assert torch.equal(actor.window[0][0], torch.from_numpy(seen[-4]))  # oldest of the last 4
+    actor.reset()
+    assert np.array_equal(actor.z, params["history_out.bias"].numpy())
+    fixed = HistoryActor(net, params, online=False)
+    fixed.observe(*steps[0][:2], 1.0, steps[0][2], False)
+    assert np.array_equal(fixed.z, params["history_out.bias"].numpy())
+
+
+def test_adapted_actors_start_from_the_last_support_window_and_are_independent() -> None:
+    policy = untrained_policy(seed=4, history=4)
+    method = RMAMethod("rma", policy)
+    steps = transitions(10, seed=3)
+    support = Batch(
+        torch.from_numpy(np.stack([o for o, _, _ in steps])),
+        torch.tensor([a for _, a, _ in steps]),
+        torch.ones(10),
+        torch.from_numpy(np.stack([o2 for _, _, o2 in steps])),
+        torch.zeros(10),
+    )
+    none, first, second = method.adapted_actors(support, [0, 1, 1])
+    bias = policy.params["history_out.bias"].numpy()
+    assert np.array_equal(none.z, bias)
+    window, mask = ordered_window(rows_of(steps), 4, window_width(policy.net.spec))
+    with torch.no_grad():
+        z = history_context(policy.net, policy.params, window, mask).numpy()
+    assert np.abs(first.z - z).max() <= 1e-5 and first is not second
+    first.observe(*steps[0][:2], 1.0, steps[0][2], False)
+    assert np.abs(second.z - z).max() <= 1e-5 and np.abs(first.z - z).max() > 1e-4
+    none.observe(*steps[0][:2], 1.0, steps[0][2], False)
+    assert np.array_equal(none.z, bias)  # 0 steps: no adaptation, ever
+    assert with_support(method, 10).support_size == 10
+
+
+# ---------------------------------------------------------------------------- registry, config
+
+
+def test_the_registry_names_the_family_and_its_kind() -> None:
+    spec = algorithms.get("rma")
+    assert (spec.family, spec.adapts, spec.bundle_kind, spec.privileged) == (
+        "rma",
+        True,
+        "history",
+        False,
+    )
+    assert spec.load() is RMALearner and RMALearner.network_class is RMAQNetwork
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("network.context_dim=0", r"'network.context_dim': rma compresses .* got 0"),
+        ("memory.teacher_fraction=0.0", r"'memory.teacher_fraction': .* got 0.0"),
+        ("memory.teacher_fraction=1.0", r"'memory.teacher_fraction': .* got 1.0"),
+        ("dqn.learning_starts=40000", r"'dqn.learning_starts': .* first 35000 env steps"),
+    ],
+)
+def test_config_rules_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(CONFIG, [override])
+
+
+@pytest.mark.parametrize("name", ["cartpole_rma", "diffdrive_rma"])
+def test_the_shipped_configs_load(name: str) -> None:
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.algorithm == "rma" and cfg.network.context_dim == 8 and cfg.memory.history == 16
+
+
+# ---------------------------------------------------------------------------- a short run
+
+SHORT = [
+    "logging.progress=false",
+    "logging.eval_every=0",
+    "logging.tensorboard=false",
+    "logging.checkpoint_every=400",
+    "dqn.learning_starts=100",
+    "dqn.buffer_size=2000",
+    "memory.teacher_fraction=0.5",
+]
+
+
+def _tensors(policy: Policy) -> dict[str, torch.Tensor]:
+    return dict(policy.params)
+
+
+def test_a_short_run_trains_resumes_exactly_saves_loads_and_evaluates(tmp_path: Path) -> None:
+    cfg = load_config(CONFIG, SHORT, steps=1200)
+    policy = train(cfg, tmp_path / "run")
+    assert policy.adapt_steps == 1 and policy.lrs == {} and not policy.privileged
+    # the teacher phase moved the Q-network, the student phase the adaptation module only
+    start = RMALearner(cfg)
+    assert (start.net.body[0].weight - policy.params["body.0.weight"]).abs().max() > 1e-4
+    assert (start.net.history_out.weight - policy.params["history_out.weight"]).abs().max() > 1e-4
+    start.close()
+    # killed in the student phase (stop_after, past the checkpoint at 800), then resumed
+    train(cfg, tmp_path / "resumed", stop_after=1000)
+    resumed = train(None, tmp_path / "resumed", resume=True)  # type: ignore[arg-type]
+    assert all(torch.equal(resumed.params[k], v) for k, v in policy.params.items())
+    loaded = Policy.load(tmp_path / "run")
+    assert type(loaded.net) is RMAQNetwork and loaded.net.spec == policy.net.spec
+    assert all(torch.equal(loaded.params[k], v) for k, v in policy.params.items())
+    method = RMALearner.evaluation_method(loaded, "rma", 0.3)
+    env = make_env(loaded.env_id)
+    tasks = env.unwrapped.sample_tasks(2, seed=0, split="test")
+    support = collect(env, method.initial_actor(), tasks[0], 20, 0.3, np.random.default_rng(0))
+    env.close()
+    assert len(support) == 20
+    res = evaluate_method(method, [TaskSet("t", tasks)], [0, 1], episodes=1)
+    assert np.array(res["t"]).shape == (2, 2) and np.all(np.array(res["t"]) > 0)
+    with pytest.raises(ValueError, match="no gradient fine-tuning"):
+        RMALearner.evaluation_method(loaded, "x", 0.3, lrs={"body.0.weight": torch.tensor(1.0)})
+
+
+# ---------------------------------------------------------------------------- slow: learning
+
+#: pinned settings of the slow tests: the shipped CartPole config at its full budget (about
+#: 20 s of training on an idle core here)
+PINNED = ["logging.progress=false", "logging.eval_every=0", "logging.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    cfg = load_config(CONFIG, PINNED, seed=0)
+    return train(cfg, tmp_path_factory.mktemp("rma") / "run")
+
+
+def _windows(policy: Policy, tasks: list, seed: int) -> tuple[torch.Tensor, ...]:
+    """Windows the online policy sees after 50 steps on each task, and each task's e."""
+    env = make_env(policy.env_id, privileged=True)
+    base = policy.net.spec.obs_dim
+    out_w, out_m, out_e = [], [], []
+    for i, task in enumerate(tasks):
+        actor = HistoryActor(policy.net, policy.params)
+        env.unwrapped.set_task(task)
+        obs, _ = env.reset(seed=seed + i)
+        for _ in range(50):
+            action = actor(obs[:base])
+            nxt, _, term, trunc, _ = env.step(action)
+            actor.observe(obs[:base], action, 0.0, nxt[:base], term)
+            obs = env.reset(seed=seed + 100 + i)[0] if term or trunc else nxt
+        window, mask = actor.window
+        out_w.append(window)
+        out_m.append(mask)
+        out_e.append(torch.from_numpy(obs[base:]))
+    env.close()
+    return torch.stack(out_w), torch.stack(out_m), torch.stack(out_e)
+
+
+@pytest.mark.slow
+def test_the_adaptation_module_tracks_the_teachers_extrinsics_on_held_out_robots(
+    trained: Policy,
+) -> None:
+    env = make_env(trained.env_id)
+    tasks = env.unwrapped.dynamics_space.sample(30, seed=202, split="train")
+    env.close()
+    windows, masks, e = _windows(trained, tasks, seed=7)
+    with torch.no_grad():
+        target = teacher_context(trained.net, trained.params, e)
+        z = history_context(trained.net, trained.params, windows, masks)
+    error = float(((z - target) ** 2).mean())
+    prior = float(((trained.params["history_out.bias"] - target) ** 2).mean())
+    shuffled = float(((z - target[torch.randperm(30)]) ** 2).mean())
+    assert error < 0.6 * prior and error < 0.6 * shuffled, (error, prior, shuffled)
+
+
+@pytest.mark.slow
+def test_the_online_history_adapts_better_than_the_empty_window_on_training_robots(
+    trained: Policy,
+) -> None:
+    env = make_env(trained.env_id)
+    tasks = env.unwrapped.sample_tasks(8, seed=5_000, split="train")
+    env.close()
+    method = RMALearner.evaluation_method(trained, "rma", 0.3)
+    res = evaluate_method(method, [TaskSet("train", tasks)], [0, 1], episodes=2)
+    before, after = np.mean(res["train"], axis=0)
+    assert after > before + 30, (before, after)
