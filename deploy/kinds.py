@@ -9,6 +9,10 @@ kind holds. The module is imported on first use, so listing the kinds imports no
 |---|---|---|
 | ``gradient`` | :class:`robometa.deploy.gradient.GradientAdapter` | guarded gradient steps of ``adapt.onnx`` (every gradient and DQN method) |
 | ``context`` | :class:`robometa.deploy.context.ContextAdapter` | one forward pass of ``encoder.onnx`` over the buffer infers the context (the ``context`` family) |
+| ``history`` | :class:`robometa.deploy.history.HistoryAdapter` | ``history.onnx`` re-estimates the extrinsics from the last transitions after every observed step; ``adapt`` rebuilds the window from the buffer (the ``rma`` family) |
+| ``taskrate`` | :class:`robometa.deploy.taskrate.TaskRateAdapter` | guarded gradient steps of ``adapt.onnx``, whose rate network generates the learning rates from the buffer (``taskrate``) |
+| ``cavia-encoder`` | :class:`robometa.deploy.cavia_encoder.CaviaEncoderAdapter` | ``encoder.onnx`` infers CAVIA's initial context from the buffer, guarded steps of ``adapt.onnx`` refine it (``cavia-encoder``) |
+| ``recurrent`` | :class:`robometa.deploy.recurrent.RecurrentAdapter` | every observed transition advances a GRU state with ``memory.onnx``; ``adapt`` re-derives it from the buffer, ``reset`` zeros it (the ``recurrent`` family) |
 
 A new kind is its runtime module alone: an ``Adapter`` subclass whose ``layout`` declares the
 kind's graphs (:class:`~robometa.deploy.bundle.GraphSpec`), array files
@@ -55,6 +59,10 @@ DEFAULT_KIND = "gradient"
 KINDS: dict[str, str] = {
     "gradient": "robometa.deploy.gradient:GradientAdapter",
     "context": "robometa.deploy.context:ContextAdapter",
+    "history": "robometa.deploy.history:HistoryAdapter",
+    "taskrate": "robometa.deploy.taskrate:TaskRateAdapter",
+    "cavia-encoder": "robometa.deploy.cavia_encoder:CaviaEncoderAdapter",
+    "recurrent": "robometa.deploy.recurrent:RecurrentAdapter",
 }
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
 _ENTRY_POINT = re.compile(

@@ -283,6 +283,79 @@ def context_check(cfg: Config, where: str) -> None:
         )
 
 
+def taskrate_check(cfg: Config, where: str) -> None:
+    """The config rules of ``taskrate`` (:mod:`robometa.methods.taskrate`) besides the
+    gradient family's: a task summary (``network.context_dim`` >= 1, the encoder's output),
+    at least one inner step to generate rates for, and no learned constant rates."""
+    if cfg.network.context_dim < 1:
+        raise ValueError(
+            f"config key 'network.context_dim': {cfg.algorithm} encodes the support into a "
+            f"task summary of this size, so it needs >= 1, got {cfg.network.context_dim}{where}"
+        )
+    if cfg.adaptation.steps < 1:
+        raise ValueError(
+            f"config key 'adaptation.steps': {cfg.algorithm} generates a learning rate per "
+            f"layer and step, so it needs >= 1 step, got {cfg.adaptation.steps}{where}"
+        )
+    if cfg.meta.learn_lrs:
+        raise ValueError(
+            f"config key 'meta.learn_lrs': {cfg.algorithm} generates its inner learning rates "
+            f"from the support (adaptation.lr is their base), so it must be false{where}"
+        )
+
+
+def rma_check(cfg: Config, where: str) -> None:
+    """The config rules of the ``rma`` family (:mod:`robometa.methods.rma`): an extrinsics
+    vector (``network.context_dim`` >= 1), both phases in the budget (``memory.teacher_fraction``
+    strictly between 0 and 1) and a teacher that starts learning within its phase."""
+    if cfg.network.context_dim < 1:
+        raise ValueError(
+            f"config key 'network.context_dim': {cfg.algorithm} compresses the dynamics "
+            f"parameters into an extrinsics vector of this size, so it needs >= 1, got "
+            f"{cfg.network.context_dim}{where}"
+        )
+    fraction = cfg.memory.teacher_fraction
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"config key 'memory.teacher_fraction': {cfg.algorithm} trains its teacher on this "
+            f"share of dqn.total_steps and its adaptation module on the rest, so it must be "
+            f"strictly between 0 and 1, got {fraction}{where}"
+        )
+    teacher_steps = int(fraction * cfg.dqn.total_steps)
+    if cfg.dqn.learning_starts >= teacher_steps:
+        raise ValueError(
+            f"config key 'dqn.learning_starts': {cfg.algorithm}'s teacher trains during the "
+            f"first {teacher_steps} env steps (memory.teacher_fraction x dqn.total_steps), so "
+            f"learning must start before them, got {cfg.dqn.learning_starts}{where}"
+        )
+
+
+def recurrent_check(cfg: Config, where: str) -> None:
+    """The config rules of the ``recurrent`` family (:mod:`robometa.methods.recurrent`): a loss
+    on every stored sequence after its burn-in (``memory.burn_in`` < ``memory.sequence_length``),
+    a TD term in the loss, and no context vector (Q is conditioned on the GRU state of
+    ``memory.hidden_size`` instead)."""
+    m = cfg.memory
+    if m.burn_in >= m.sequence_length:
+        raise ValueError(
+            f"config key 'memory.burn_in': {cfg.algorithm} puts the loss on the steps of each "
+            f"stored sequence after its burn-in, so it needs memory.burn_in < "
+            f"memory.sequence_length ({m.sequence_length}), got {m.burn_in}{where}"
+        )
+    if cfg.adaptation.loss == "model":
+        raise ValueError(
+            f"config key 'adaptation.loss': {cfg.algorithm} trains its Q-network and GRU with "
+            f"the TD loss, so it needs 'td' or 'td+model' (TD plus the dynamics-prediction "
+            f"auxiliary loss), got 'model'{where}"
+        )
+    if cfg.network.context_dim != 0:
+        raise ValueError(
+            f"config key 'network.context_dim': {cfg.algorithm} conditions Q on its GRU state "
+            f"(memory.hidden_size sets its size), not on a context vector, so it must be 0, "
+            f"got {cfg.network.context_dim}{where}"
+        )
+
+
 _DQN = "robometa.methods.dqn:DQN"
 _GRADIENT = "robometa.methods.gradient:MetaLearner"
 
@@ -379,6 +452,51 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
             "check": context_check,
             "summary": "hypernetwork head (Ha et al. 2016): the inferred context generates the "
             "weights and bias of the Q-network's output layer",
+        },
+    ),
+    "taskrate": (
+        "robometa.methods.taskrate:TaskRateLearner",
+        {
+            "family": "gradient",
+            "adapts": True,
+            "bundle_kind": "taskrate",
+            "check": _all_of(gradient_check(), taskrate_check),
+            "summary": "task-conditioned Meta-SGD: a network maps the encoded support set to "
+            "the inner learning rates (per layer, per step) of MAML's inner loop",
+        },
+    ),
+    "cavia-encoder": (
+        "robometa.methods.cavia_encoder:CaviaEncoderLearner",
+        {
+            "family": "gradient",
+            "adapts": True,
+            "bundle_kind": "cavia-encoder",
+            "check": gradient_check("context"),
+            "summary": "CAVIA whose context starts at a context encoder's guess from the "
+            "support, refined by the inner-loss gradient steps",
+        },
+    ),
+    "rma": (
+        "robometa.methods.rma:RMALearner",
+        {
+            "family": "rma",
+            "adapts": True,
+            "bundle_kind": "history",
+            "check": rma_check,
+            "summary": "RMA (Kumar et al. 2021): a privileged teacher compresses the dynamics "
+            "parameters into extrinsics; an adaptation module estimates them online from the "
+            "last memory.history transitions",
+        },
+    ),
+    "recurrent": (
+        "robometa.methods.recurrent:RecurrentLearner",
+        {
+            "family": "recurrent",
+            "adapts": True,
+            "bundle_kind": "recurrent",
+            "check": recurrent_check,
+            "summary": "RL^2 / R2D2-style: a GRU over the robot's transitions so far conditions "
+            "Q online; trained on stored sequences with burn-in",
         },
     ),
 }

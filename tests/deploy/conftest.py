@@ -47,9 +47,51 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 @pytest.fixture(scope="session")
+def taskrate(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """A ``taskrate`` bundle of a random-weight policy whose generated rates vary."""
+    from robometa.bundle import export_bundle
+    from robometa.methods.taskrate import untrained_policy
+
+    policy = untrained_policy(seed=3, support_size=40)
+    return Built(policy, export_bundle(policy, tmp_path_factory.mktemp("bundles") / "taskrate"))
+
+
+@pytest.fixture(scope="session")
+def cavia_encoder(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """A ``cavia-encoder`` bundle of a random-weight policy (model inner loss)."""
+    from robometa.bundle import export_bundle
+    from robometa.methods.cavia_encoder import untrained_policy
+
+    policy = untrained_policy(seed=3, support_size=40)
+    path = export_bundle(policy, tmp_path_factory.mktemp("bundles") / "cavia-encoder")
+    return Built(policy, path)
+
+
+@pytest.fixture(scope="session")
+def recurrent(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """A ``recurrent`` bundle (policy.onnx + memory.onnx) of a random-weight recurrent policy."""
+    from robometa.bundle import export_bundle
+    from robometa.methods.recurrent import untrained_policy
+
+    policy = untrained_policy(seed=3, support_size=40)
+    path = export_bundle(policy, tmp_path_factory.mktemp("bundles") / "recurrent")
+    return Built(policy, path)
+
+
+@pytest.fixture(scope="session")
 def finetune(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """A DQN-shaped policy without learning rates: the bundle fine-tunes every parameter."""
     return _build(tmp_path_factory, "dqn", "td")
+
+
+@pytest.fixture(scope="session")
+def rma(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """A ``history`` bundle (policy.onnx + history.onnx) of a random-weight rma policy."""
+    from robometa.bundle import export_bundle
+    from robometa.methods.rma import untrained_policy
+
+    policy = untrained_policy(seed=3, support_size=40)
+    return Built(policy, export_bundle(policy, tmp_path_factory.mktemp("bundles") / "rma"))
 
 
 def rehash(bundle: Path) -> None:

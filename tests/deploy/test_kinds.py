@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 import textwrap
@@ -22,6 +23,8 @@ from robometa.deploy.kinds import DEFAULT_KIND, known_kinds, register_kind, runt
 from robometa.deploy.loop import collect
 
 OBS = np.array([0.01, 0.0, 0.02, 0.0], np.float32)
+#: robometa's own bundle kinds, in registration order
+BUILTIN_KINDS = ("gradient", "context", "history", "taskrate", "cavia-encoder", "recurrent")
 
 TOY_KIND = '''
 """A plug-in bundle kind: the gradient runtime that also counts its actions."""
@@ -96,7 +99,7 @@ class TestManifestKind:
             Bundle.load(path)
         message = str(refused.value)
         assert message.startswith(f"{path / MANIFEST_FILE}: kind is {kind!r}, expected ")
-        assert "a known bundle kind (gradient, context)" in message
+        assert f"a known bundle kind ({', '.join(BUILTIN_KINDS)})" in message
         with pytest.raises(BundleError, match=r"kind is .*, expected a known bundle kind"):
             Adapter.load(path)
 
@@ -122,7 +125,7 @@ class TestRegisterKind:
         self, cavia, tmp_path: Path, registry: None
     ) -> None:
         register_kind("toy", "toy_kind:ToyAdapter")
-        assert known_kinds() == ("gradient", "context", "toy")
+        assert known_kinds() == (*BUILTIN_KINDS, "toy")
         path = with_manifest(cavia.path, tmp_path / "toy", kind="toy")
         bundle = Bundle.load(path)
         assert bundle.kind == "toy"
@@ -152,7 +155,8 @@ class TestRegisterKind:
             Bundle.load(path)
         register_kind("toy", "toy_kind:ToyAdapter")
         assert Bundle.load(path).kind == "toy"
-        with pytest.raises(BundleError, match=r"known bundle kind \(gradient, context, toy\)"):
+        known = re.escape(f"known bundle kind ({', '.join(BUILTIN_KINDS)}, toy)")
+        with pytest.raises(BundleError, match=known):
             Bundle.load(with_manifest(cavia.path, tmp_path / "other", kind="other"))
 
     def test_a_duplicate_or_malformed_registration_is_refused(self, registry: None) -> None:
@@ -164,7 +168,7 @@ class TestRegisterKind:
         for entry in ("toy_kind", "toy_kind:", ":ToyAdapter", "toy kind:X", "a:b:c"):
             with pytest.raises(ValueError, match=r"entry point .* must be 'module:Class'"):
                 register_kind("toy", entry)
-        assert known_kinds() == ("gradient", "context")
+        assert known_kinds() == BUILTIN_KINDS
 
     def test_lookups_name_the_kind_and_entry_point(self, registry: None) -> None:
         with pytest.raises(ValueError, match=r"unknown bundle kind 'nosuch' \(known kinds: gr"):
@@ -294,7 +298,7 @@ class TestInstalledKind:
         )
         assert done.returncode == 0, done.stderr
         first, second = done.stdout.splitlines()
-        assert first == "('gradient', 'context', 'toy') toy_kind ToyAdapter"
+        assert first == f"{(*BUILTIN_KINDS, 'toy')} toy_kind ToyAdapter"
         assert "'Bad Name'" in second and "lowercase" in second  # reported, not swallowed
 
 

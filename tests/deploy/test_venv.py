@@ -14,6 +14,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: every built-in bundle kind -> the fixture (tests/deploy/conftest.py) that exports one
+KIND_FIXTURES = {
+    "gradient": "cavia",
+    "context": "context",
+    "history": "rma",
+    "taskrate": "taskrate",
+    "cavia-encoder": "cavia_encoder",
+    "recurrent": "recurrent",
+}
 
 SCRIPT = textwrap.dedent(
     """
@@ -70,10 +79,10 @@ def declared_minimums() -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("versions", ["newest", "declared minimums"])
 def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
-    cavia, context, tmp_path: Path, versions: str
+    request: pytest.FixtureRequest, tmp_path: Path, versions: str
 ) -> None:
     """The runtime works at both ends of the declared ranges (pyproject's ``deploy`` extra),
-    with a bundle of every built-in kind (``gradient``: CAVIA's shape; ``context``)."""
+    with a bundle of every built-in kind (:data:`KIND_FIXTURES`)."""
     venv = tmp_path / "venv"
     made = run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
@@ -96,7 +105,8 @@ def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
     env |= {"PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
 
     kinds = {}
-    for built in (cavia, context):
+    for fixture in KIND_FIXTURES.values():
+        built = request.getfixturevalue(fixture)
         bundle = shutil.copytree(built.path, tmp_path / built.path.name)
         kind = json.loads((bundle / "manifest.json").read_text())["kind"]
         result = run(
@@ -111,7 +121,7 @@ def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
         assert doc["restored_buffer"] == 40 and doc["same_action"], kind
         assert doc["modules"] == [], kind
         kinds[kind] = bundle
-    assert sorted(kinds) == ["context", "gradient"]
+    assert sorted(kinds) == sorted(KIND_FIXTURES)
     if versions != "newest":
         got = {"numpy": doc["numpy"], "onnxruntime": doc["onnxruntime"]}
         for pin in wanted:
@@ -127,3 +137,9 @@ def test_adaptation_loop_runs_with_numpy_and_onnxruntime_only(
         [*cli, "adapt", "--bundle", str(bundle), "--sample-test-task", "1"], env=env, cwd=tmp_path
     )
     assert sim.returncode == 2 and "need gymnasium and PyBullet" in sim.stderr
+
+
+def test_the_venv_test_covers_every_builtin_kind() -> None:
+    from robometa.deploy.kinds import known_kinds
+
+    assert sorted(KIND_FIXTURES) == sorted(known_kinds())

@@ -101,23 +101,25 @@ def test_run_completes_and_writes_a_policy(reference: tuple[str, Path]) -> None:
     assert all(torch.isfinite(v).all() for v in policy.params.values())
 
     names = list(policy.params)
-    if algorithm == "cavia":
+    if algorithm in ("cavia", "cavia-encoder"):
         assert list(policy.lrs) == ["context"]
         assert "context" in names and policy.net.spec.context_dim == 4
     elif algorithm == "anil":
         assert sorted(policy.lrs) == sorted(HEADS)
-    else:
-        assert sorted(policy.lrs) == sorted(n for n in names if n != "context")
+    else:  # taskrate's encoder and rate network generate its rates: they never adapt
+        meta_policy = ("encoder.", "rate.") if algorithm == "taskrate" else ()
+        adapted = [n for n in names if n != "context" and not n.startswith(meta_policy)]
+        assert sorted(policy.lrs) == sorted(adapted)
     for k, lr in policy.lrs.items():
         if algorithm == "metasgd":
             assert lr.shape == policy.params[k].shape, k  # one learning rate per entry
             assert bool((lr > 0).all())
         else:
             assert lr.shape == (), k
-            assert float(lr) == 1.0  # the config's adaptation.lr, not learned
+            assert float(lr) == 1.0  # the config's adaptation.lr (taskrate's base), not learned
     if algorithm == "metasgd":  # learned: they moved away from their initial value 1.0
         assert any(not torch.equal(lr, torch.ones_like(lr)) for lr in policy.lrs.values())
-    if algorithm != "cavia":
+    if algorithm not in ("cavia", "cavia-encoder"):
         assert "context" not in policy.lrs
 
 
