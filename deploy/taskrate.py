@@ -174,7 +174,11 @@ class TaskRateAdapter(GradientAdapter):
     """The gradient kind's runtime (same arguments, guard and state files) with the
     learning rates that ``adapt.onnx`` generates from the batch it steps on.
 
-    ``rates``: the rates ``(steps, layers)`` of the last step taken (None before any).
+    ``rates``: the rates ``(steps, layers)`` of the last step taken (None before any). The
+    rate network reads the batch the steps are taken on: the guard's training share of the
+    buffer (every transition but the held-out ones, ``holdout_fraction``), as the steps
+    themselves; torch's evaluation, which holds nothing out, generates them from the whole
+    support.
     """
 
     layout = TASKRATE_LAYOUT
@@ -233,6 +237,15 @@ class TaskRateAdapter(GradientAdapter):
             self._rate_failure = f"{problem} at step {index + 1}"
             new = [np.full_like(v, np.nan) for v in new]
         return dict(zip(self.adapted, new, strict=True)), float(loss)
+
+    def loss(self, params: dict[str, np.ndarray], batch: Transitions) -> float:
+        """The inner loss of ``params`` on ``batch``; the rates the graph generates for it on
+        the way are not a step's, so ``rates`` and a rate failure are left as they were."""
+        rates, failure = self.rates, self._rate_failure
+        try:
+            return super().loss(params, batch)
+        finally:
+            self.rates, self._rate_failure = rates, failure
 
     def adapt(self, steps: int | None = None, from_meta: bool | None = None) -> AdaptReport:
         """:meth:`GradientAdapter.adapt`; a step refused for its rates is named in the

@@ -62,6 +62,23 @@ def test_a_taskrate_bundle_holds_its_kinds_files(taskrate) -> None:
     assert type(adapter) is TaskRateAdapter and adapter.from_meta
 
 
+def test_after_adapt_the_rates_are_those_of_the_last_step_on_the_training_share(
+    taskrate,
+) -> None:
+    """The guard's loss evaluations (held-out share) run the same graph: they must not
+    overwrite the rates the steps used."""
+    adapter = Adapter.load(taskrate.path, capacity=40)
+    fill(adapter, transitions(40, seed=4))
+    report = adapter.adapt(steps=2)
+    assert report.steps == 2 and report.n_holdout > 0
+    train, held = adapter.split(adapter.buffer.ordered())
+    probe = Adapter.load(taskrate.path)
+    probe.step(dict(probe.meta_params), train, index=1)
+    assert np.abs(adapter.rates - probe.rates).max() <= RATE_TOLERANCE
+    probe.step(dict(probe.meta_params), held, index=1)
+    assert np.abs(adapter.rates - probe.rates).max() > 1e-6  # the held-out share's differ
+
+
 def test_a_cavia_encoder_bundle_holds_its_kinds_files(cavia_encoder) -> None:
     manifest = json.loads((cavia_encoder.path / MANIFEST_FILE).read_text())
     assert manifest["kind"] == "cavia-encoder" and manifest["inner"]["adapted"] == ["context"]
