@@ -57,7 +57,6 @@ def test_each_method_gets_its_unadapted_and_adapted_returns_per_size(tmp_path: P
     assert lines[5] == (
         "| context | 30.0 | **120.0** [115.0, 125.0] | 140.0 [135.0, 145.0] | 1.40 [1.30, 1.50] |"
     )
-    )
 
 
 def test_a_file_without_support_sizes_or_family_is_named(tmp_path: Path) -> None:
