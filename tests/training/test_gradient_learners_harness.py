@@ -266,8 +266,8 @@ def test_a_run_saved_before_a_config_key_existed_is_still_finished(tmp_path: Pat
     """A section added to the config since (at its defaults) is the same experiment: the run
     is reused; a key the config no longer has makes it another one."""
     import torch
-
     from robometa.envs.safe_load import dump_yaml, parse_yaml
+
     from robometa.train import run_status
 
     cfg = tiny_config("cavia")
