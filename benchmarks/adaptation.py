@@ -205,6 +205,8 @@ def evaluate_families(
     episodes: int,
     jobs: int,
     supports: list[int] | None = None,
+    tasks: str = "test",
+    by_motor_sign: bool = False,
 ) -> dict[str, dict]:
     """``robometa eval`` of each family's runs on its held-out tasks, families side by side
     (output in ``<runs_dir>/<family>/eval.log``)."""
@@ -217,7 +219,7 @@ def evaluate_families(
     with _pool(jobs) as pool:
         futures = {}
         for family, family_runs, out_dir, log, kwargs in _eval_jobs(
-            runs, runs_dir, n_tasks, episodes, supports
+            runs, runs_dir, n_tasks, episodes, supports, tasks, by_motor_sign
         ):
             future = pool.submit(run_logged, log, run_evaluation, family_runs, **kwargs)
             futures[future] = (family, out_dir, log)
@@ -237,19 +239,24 @@ def _eval_jobs(
     n_tasks: int,
     episodes: int,
     supports: list[int] | None = None,
+    tasks: str = "test",
+    by_motor_sign: bool = False,
 ):
     """Each family's evaluation, announced: (family, its runs, report dir, log, the keyword
     arguments of :func:`robometa.evaluate.run_evaluation`; ``supports``: its support
-    sizes, ``robometa eval --support``)."""
+    sizes, ``robometa eval --support``; ``tasks``: ``robometa eval --tasks``, a task file or
+    directory named for every family; ``by_motor_sign``: ``robometa eval --by-motor-sign``)."""
     for family, family_runs in runs.items():
         if not family_runs:
             continue
         out_dir = runs_dir / family / "eval"
         log = runs_dir / family / "eval.log"
         print(f"[eval] {family}: {len(family_runs)} runs (progress in {log})", flush=True)
-        kwargs = {"tasks": "test", "n_tasks": n_tasks, "episodes": episodes, "out": out_dir}
+        kwargs = {"tasks": tasks, "n_tasks": n_tasks, "episodes": episodes, "out": out_dir}
         if supports:
             kwargs["supports"] = list(supports)
+        if by_motor_sign:
+            kwargs["by_motor_sign"] = True
         yield family, family_runs, out_dir, log, kwargs
 
 
@@ -403,6 +410,8 @@ def evaluate_families_ray(
     episodes: int,
     ray,
     supports: list[int] | None = None,
+    tasks: str = "test",
+    by_motor_sign: bool = False,
 ) -> dict[str, dict]:
     """:func:`evaluate_families` as Ray tasks (one CPU each), families side by side."""
     _, evaluate_job = _ray_tasks()
@@ -410,7 +419,7 @@ def evaluate_families_ray(
     cwd = os.getcwd()
     refs, families = {}, {}
     for family, family_runs, out_dir, log, kwargs in _eval_jobs(
-        runs, runs_dir, n_tasks, episodes, supports
+        runs, runs_dir, n_tasks, episodes, supports, tasks, by_motor_sign
     ):
         ref = job.remote(cwd, log, family_runs, kwargs)
         refs[ref], families[ref] = (f"evaluating {family}", log), (family, out_dir)
@@ -575,6 +584,19 @@ def main(argv: list[str] | None = None) -> int:
         "check uses the largest size <= 200, and with 50 and 200 the inference methods' "
         "targets are checked too. Default: each run's configured support size",
     )
+    p.add_argument(
+        "--tasks",
+        default="test",
+        help="held-out robots of every family's evaluation (robometa eval --tasks): test "
+        "(default), heldout (the versioned suites in configs/tasks/<family>/heldout/), fresh "
+        "(the never-tuned-on second set), or a task file or directory (then one family)",
+    )
+    p.add_argument(
+        "--by-motor-sign",
+        action="store_true",
+        help="also split each group by motor sign (robometa eval --by-motor-sign): groups "
+        "<group>/motor+ and <group>/motor- in the table, the JSON and the claim check",
+    )
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--runs-dir", default="bench-results/runs")
     p.add_argument(
@@ -632,11 +654,25 @@ def main(argv: list[str] | None = None) -> int:
         report["train_wall_s"] = time.perf_counter() - t0
         if ray is None:
             evaluated = evaluate_families(
-                runs, runs_dir, args.n_tasks, args.episodes, args.jobs, supports
+                runs,
+                runs_dir,
+                args.n_tasks,
+                args.episodes,
+                args.jobs,
+                supports,
+                args.tasks,
+                args.by_motor_sign,
             )
         else:
             evaluated = evaluate_families_ray(
-                runs, runs_dir, args.n_tasks, args.episodes, ray, supports
+                runs,
+                runs_dir,
+                args.n_tasks,
+                args.episodes,
+                ray,
+                supports,
+                args.tasks,
+                args.by_motor_sign,
             )
     finally:
         if disconnect:

@@ -191,6 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out=out,
         fine_tune=not args.no_fine_tune,
         supports=args.support,
+        by_motor_sign=args.by_motor_sign,
     )
     support = f", {out / 'support.png'}" if args.support else ""
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'adaptation.png'}{support}")
@@ -395,11 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks",
         default="test",
-        help="'test' (held-out in-distribution + out-of-distribution tasks) or a "
-        "task file (YAML/JSON with a 'tasks' list)",
+        metavar="test|heldout|fresh|DIR|FILE",
+        help="test: held-out in-distribution (id) and out-of-distribution (ood) robots drawn "
+        "with a fixed seed (default); heldout: the family's versioned held-out robots shipped "
+        "in configs/tasks/<family>/heldout/ (groups id, id-fixed-sign, ood); fresh: the "
+        "family's second set, never used for any choice of settings (report it separately); "
+        "DIR: one group per task file in it, named by the file stem; FILE: a task file "
+        "(YAML/JSON with a 'tasks' list)",
     )
     p.add_argument(
         "--n-tasks", type=_int_in(1, 1000), default=10, help="tasks per group with --tasks test"
+    )
+    p.add_argument(
+        "--by-motor-sign",
+        action="store_true",
+        help="also report each group whose robots have both motor signs split by it: rows "
+        "<group>/motor+ and <group>/motor- (motor mounted normally, reversed) in the table "
+        "and the JSON; the group's own rows are unchanged",
     )
     p.add_argument(
         "--episodes", type=_int_in(1, 1000), default=2, help="greedy episodes per task and step"

@@ -6,7 +6,9 @@ method's initial policy (epsilon-greedy at ``support_epsilon``), adapt for ``k``
 same way with ``k = 0``. Scores are normalized,
 ``(R - R_random) / (R_oracle - R_random)`` with the returns pooled over (task, training seed)
 pairs before dividing, with 95% bootstrap confidence intervals over those pairs, separately for in-distribution held-out tasks (``id``: train
-ranges, unseen seeds) and out-of-distribution ones (``ood``: the wider test ranges).
+ranges, unseen seeds) and out-of-distribution ones (``ood``: the wider test ranges), or for
+each file of a versioned task suite (:mod:`robometa.task_suites`: ``--tasks heldout``,
+``--tasks fresh``, a directory of task files), and optionally split by motor sign.
 
 Any method that maps support transitions to a policy plugs in through :class:`Method`:
 gradient steps (:class:`PolicyMethod`) or inference. For trained runs the algorithm registry
@@ -29,11 +31,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from robometa import algorithms
+from robometa import algorithms, task_suites
 from robometa.adaptation import Batch
 from robometa.deploy import collection
 from robometa.deploy.collection import Episode
-from robometa.envs import Task, load_tasks
+from robometa.envs import Task
 from robometa.policy import Policy
 from robometa.replay import ReplayBuffer
 from robometa.rollout import (
@@ -127,6 +129,7 @@ class PolicyMethod:
 class TaskSet:
     name: str
     tasks: list[Task]
+    source: Path | None = None  # the task file the tasks were read from, if any
 
 
 @dataclass
@@ -137,8 +140,25 @@ class MethodResult:
     returns: dict[str, list[list[list[float]]]] = field(default_factory=dict)
 
 
+#: what ``--tasks`` takes besides a path: ``test`` and the named suites
+TASK_SPECS = ("test", *task_suites.SUITES)
+
+
 def task_sets(spec: str, env_id: str, n: int, dynamics: dict | None = None) -> list[TaskSet]:
-    """``test`` -> held-out in-distribution and out-of-distribution sets; else a task file."""
+    """The groups of held-out tasks ``spec`` names (``robometa eval --tasks``):
+
+    * ``test``: ``n`` in-distribution (``id``: train ranges) and ``n`` out-of-distribution
+      (``ood``: test ranges) tasks drawn with :data:`EVAL_SEED`;
+    * ``heldout`` or ``fresh``: the family's versioned suite shipped under
+      ``configs/tasks/<family>/`` (:mod:`robometa.task_suites`), one group per file;
+    * a directory: one group per task file directly in it (``.yaml``, ``.yml``, ``.json``),
+      named by the file stem, in the order of the stems;
+    * a task file: one group named by its stem.
+
+    ``n`` applies to ``test`` only. A task file written for another family (its ``env``) is
+    an error naming the file. The names win over a file or directory of the same name
+    (``./heldout`` is the directory).
+    """
     env = make_env(env_id, dynamics)
     space = env.unwrapped.dynamics_space
     env.close()
@@ -147,8 +167,34 @@ def task_sets(spec: str, env_id: str, n: int, dynamics: dict | None = None) -> l
             TaskSet("id", space.sample(n, seed=EVAL_SEED, split="train")),
             TaskSet("ood", space.sample(n, seed=EVAL_SEED, split="test")),
         ]
-    path = Path(spec)
-    return [TaskSet(path.stem, load_tasks(path, space))]
+    if spec in task_suites.SUITES:
+        files = task_suites.task_files(task_suites.suite_dir(spec, env_id))
+    elif Path(spec).is_dir():
+        files = task_suites.task_files(spec)
+    elif not Path(spec).exists():
+        path = Path(spec)
+        looks_like_a_name = not path.suffix and len(path.parts) == 1
+        hint = task_suites.close_name(spec, TASK_SPECS) if looks_like_a_name else ""
+        raise ValueError(
+            f"cannot read task file {spec}: no such file or directory{hint}; --tasks takes "
+            f"{', '.join(TASK_SPECS)}, a task file ({', '.join(task_suites.TASK_FILE_SUFFIXES)}) "
+            "or a directory of task files"
+        )
+    else:
+        files = [Path(spec)]
+    return [TaskSet(f.stem, task_suites.load_task_file(f, space, env_id), source=f) for f in files]
+
+
+def motor_signs(sets: list[TaskSet], env_id: str) -> dict[str, list[int]]:
+    """Each group's motor sign per task (``robometa eval --by-motor-sign``); a family without
+    a ``motor_sign`` parameter is an error naming it."""
+    missing = [s.name for s in sets if any("motor_sign" not in t for t in s.tasks)]
+    if missing:
+        raise ValueError(
+            f"--by-motor-sign: the tasks of {env_id} have no 'motor_sign' parameter "
+            f"(group {missing[0]!r}); split by motor sign only a family that has one"
+        )
+    return {s.name: [int(t["motor_sign"]) for t in s.tasks] for s in sets}
 
 
 def _returns(env: Any, act: ActFn, task: Task, episodes: int, seed: int) -> float:
@@ -311,48 +357,96 @@ def summarize(
     rand: dict[str, list[float]],
     oracle: dict[str, list[float]] | None,
     support: int | None = None,
+    signs: dict[str, list[int]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (method, group, k): mean return and normalized score with 95% CI.
 
     ``methods[name]`` holds one result per training seed; the pairs (task, seed) are pooled.
     ``support``: the support size the results were adapted on, recorded in every row
     (``robometa eval --support``; absent otherwise).
+
+    ``signs``: each group's motor sign per task (``robometa eval --by-motor-sign``). A group
+    whose tasks have both signs gains, after its own rows, the rows of groups
+    ``<group>/motor+`` and ``<group>/motor-`` (with a ``motor_sign`` field): the same pooled
+    statistics over its tasks of that sign only; the group's own rows stay as they are.
     """
     rows = []
     for name, per_seed in methods.items():
         for group in rand:
-            for ki, k in enumerate(steps):
-                raw, r_rand, r_oracle = [], [], []
-                for res in per_seed:
-                    for ti, task_returns in enumerate(res[group]):
-                        if ki >= len(task_returns):
-                            continue
-                        raw.append(task_returns[ki])
-                        r_rand.append(rand[group][ti])
-                        if oracle is not None:
-                            r_oracle.append(oracle[group][ti])
-                if not raw:
-                    continue
-                if oracle is not None:
-                    mean, lo, hi = normalized_ci(raw, r_rand, r_oracle)
-                else:
-                    mean = lo = hi = math.nan
-                rmean, rlo, rhi = bootstrap_ci(raw)
-                row: dict[str, Any] = {"method": name, "group": group, "steps": k}
-                if support is not None:
-                    row["support"] = support
-                rows.append(
-                    row
-                    | {
-                        "n": len(raw),
-                        "score": mean,
-                        "score_lo": lo,
-                        "score_hi": hi,
-                        "return": rmean,
-                        "return_lo": rlo,
-                        "return_hi": rhi,
-                    }
+            for label, sign, index in _motor_sign_groups(group, len(rand[group]), signs):
+                rows.extend(
+                    _summary_rows(
+                        name, per_seed, steps, rand, oracle, support, group, index, label, sign
+                    )
                 )
+    return rows
+
+
+def _motor_sign_groups(
+    group: str, n_tasks: int, signs: dict[str, list[int]] | None
+) -> list[tuple[str, int | None, list[int]]]:
+    """(label, motor sign or None, task indices) of a group's rows: the group itself, then
+    one per motor sign when ``signs`` gives the group tasks of both."""
+    out: list[tuple[str, int | None, list[int]]] = [(group, None, list(range(n_tasks)))]
+    mine = (signs or {}).get(group)
+    if mine is not None and {1, -1} <= set(mine):
+        for sign, suffix in ((1, "+"), (-1, "-")):
+            index = [ti for ti, s in enumerate(mine) if s == sign]
+            out.append((f"{group}/motor{suffix}", sign, index))
+    return out
+
+
+def _summary_rows(
+    name: str,
+    per_seed: list[dict[str, list[list[float]]]],
+    steps: Sequence[int],
+    rand: dict[str, list[float]],
+    oracle: dict[str, list[float]] | None,
+    support: int | None,
+    group: str,
+    index: list[int],
+    label: str,
+    sign: int | None,
+) -> list[dict[str, Any]]:
+    """:func:`summarize`'s rows of one method in ``group`` over its tasks ``index``,
+    reported as group ``label`` (with a ``motor_sign`` field when ``sign`` is given)."""
+    rows = []
+    for ki, k in enumerate(steps):
+        raw, r_rand, r_oracle = [], [], []
+        for res in per_seed:
+            for ti in index:
+                task_returns = res[group][ti]
+                if ki >= len(task_returns):
+                    continue
+                raw.append(task_returns[ki])
+                r_rand.append(rand[group][ti])
+                if oracle is not None:
+                    r_oracle.append(oracle[group][ti])
+        if not raw:
+            continue
+        if oracle is not None:
+            mean, lo, hi = normalized_ci(raw, r_rand, r_oracle)
+        else:
+            mean = lo = hi = math.nan
+        rmean, rlo, rhi = bootstrap_ci(raw)
+        row: dict[str, Any] = {"method": name, "group": label}
+        if sign is not None:
+            row["motor_sign"] = sign
+        row["steps"] = k
+        if support is not None:
+            row["support"] = support
+        rows.append(
+            row
+            | {
+                "n": len(raw),
+                "score": mean,
+                "score_lo": lo,
+                "score_hi": hi,
+                "return": rmean,
+                "return_lo": rlo,
+                "return_hi": rhi,
+            }
+        )
     return rows
 
 
@@ -725,6 +819,12 @@ def write_reports(out: Path, report: dict[str, Any], table: str) -> None:
         if sized
         else ""
     )
+    if report.get("by_motor_sign"):
+        note += (
+            " Tasks `<group>/motor+` and `<group>/motor-` (--by-motor-sign): the same group's "
+            "robots with the motor mounted normally (motor_sign +1) and reversed (-1), "
+            "pooled and normalized the same way."
+        )
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "results.md").write_text(
         f"# Adaptation results on {env_id}\n\n{table}\n\n"
@@ -733,9 +833,10 @@ def write_reports(out: Path, report: dict[str, Any], table: str) -> None:
         f"without an oracle run). Support: transitions collected with each method's initial policy; "
         f"steps: gradient steps on them.{note}\n"
     )
-    plot_adaptation(report["summary"], out / "adaptation.png")
+    plotted = [r for r in report["summary"] if "motor_sign" not in r]  # one panel a group
+    plot_adaptation(plotted, out / "adaptation.png")
     if sized:
-        plot_support(report["summary"], out / "support.png")
+        plot_support(plotted, out / "support.png")
 
 
 def run_evaluation(
@@ -748,8 +849,17 @@ def run_evaluation(
     fine_tune: bool = True,
     show_progress: bool = True,
     supports: Sequence[int] | None = None,
+    by_motor_sign: bool = False,
 ) -> dict[str, Any]:
     """Evaluate trained runs (grouped by method over training seeds); write the reports.
+
+    ``tasks``: ``test``, a named suite (``heldout``, ``fresh``), a directory of task files or
+    one task file (:func:`task_sets`); the report then records each file and its sha256
+    (``task_files``).
+
+    ``by_motor_sign``: the summary (JSON and table) also gives, for every group whose robots
+    have both motor signs, the rows of ``<group>/motor+`` and ``<group>/motor-``
+    (:func:`summarize`); the group's own rows are unchanged, the plots show the groups only.
 
     ``supports``: evaluate every method at each of these support sizes instead of each run's
     ``adaptation.support_size`` (the summary rows and the returns gain a ``support`` field,
@@ -771,13 +881,15 @@ def run_evaluation(
     steps = adaptation_curve(steps, max_k)
     sizes = check_supports(runs, supports) if supports is not None else None
     sets = task_sets(tasks, env_id, n_tasks, dynamics)
+    signs = motor_signs(sets, env_id) if by_motor_sign else None
     out.mkdir(parents=True, exist_ok=True)
     if show_progress:
         groups = ", ".join(f"{s.name} ({len(s.tasks)} tasks)" for s in sets)
         sized = f", support sizes {','.join(map(str, sizes))}" if sizes else ""
+        split = ", split by motor sign" if by_motor_sign else ""
         print(
             f"evaluating {len(runs)} run(s) on {env_id}: {groups}, {episodes} episode(s) "
-            f"per task, adaptation steps {','.join(map(str, steps))}{sized}",
+            f"per task, adaptation steps {','.join(map(str, steps))}{sized}{split}",
             flush=True,
         )
 
@@ -787,7 +899,7 @@ def run_evaluation(
         results = evaluate_methods(methods, sets, steps, episodes, dynamics, show_progress)
         rand = random_returns(env_id, sets, episodes, dynamics)
         oracle = oracle_returns(methods, results, list(rand))
-        rows = summarize(results, steps, rand, oracle)
+        rows = summarize(results, steps, rand, oracle, signs=signs)
     else:
         by_size = evaluate_methods_supports(
             methods, sets, steps, episodes, dynamics, sizes, show_progress
@@ -795,9 +907,14 @@ def run_evaluation(
         rand = random_returns(env_id, sets, episodes, dynamics)
         # the oracle is unadapted (k = 0): the same at every size; taken at the largest
         oracle = oracle_returns(methods, by_size[sizes[-1]], list(rand))
-        per_size = [summarize(by_size[k], steps, rand, oracle, support=k) for k in sizes]
+        per_size = [
+            summarize(by_size[k], steps, rand, oracle, support=k, signs=signs) for k in sizes
+        ]
         order = {name: i for i, name in enumerate(methods)}
-        group_order = {g: i for i, g in enumerate(rand)}
+        # the groups in summarize's order (a group's motor-sign rows right after its own)
+        group_order = {
+            g: i for i, g in enumerate(dict.fromkeys(r["group"] for rs in per_size for r in rs))
+        }
         rows = sorted(  # method, group, support, steps
             (r for rs in per_size for r in rs),
             key=lambda r: (order[r["method"]], group_order[r["group"]], r["support"], r["steps"]),
@@ -809,6 +926,11 @@ def run_evaluation(
             for name in methods
         }
     table = markdown_table(rows)
+    files = {  # what the groups were read from (none with --tasks test)
+        s.name: {"path": str(s.source), "sha256": task_suites.sha256(s.source)}
+        for s in sets
+        if s.source is not None
+    }
     report = {
         "env_id": env_id,
         "tasks": tasks,
@@ -817,6 +939,8 @@ def run_evaluation(
         "steps": steps,
         **({"support": sizes} if sizes is not None else {}),
         "runs": [str(r.run_dir) for r in runs],
+        **({"task_files": files} if files else {}),
+        **({"by_motor_sign": True} if by_motor_sign else {}),
         "task_values": {s.name: [dict(t) for t in s.tasks] for s in sets},
         "random_returns": rand,
         "oracle_returns": oracle,
