@@ -297,6 +297,12 @@ def run_rounds(
     parameters (``rolled_back_to``) before the next round collects; ``"best"`` needs
     ``eval_episodes >= 1``. On a real robot the return is noisy: use enough episodes.
 
+    For a runtime whose state follows the robot (one with ``follow``: ``recurrent``,
+    ``history``) the greedy episodes advance that state as they run (the policy acts online,
+    as it was trained to), and the state is put back afterwards: measuring has no side
+    effect, so each round's return is that of the state its adaptation left, which is the
+    state kept, rolled back to and acting in the next round's collection.
+
     Counts: ``rounds`` in ``[0, MAX_ROUNDS]``, ``support`` in ``[0, MAX_SUPPORT]``,
     ``eval_episodes`` in ``[0, MAX_EVAL_EPISODES]``, ``seed`` in ``[0, MAX_SEED]``,
     ``max_episode_steps`` in ``[1, MAX_EPISODE_STEPS]``, ``steps`` as ``Adapter.adapt``.
@@ -322,10 +328,25 @@ def run_rounds(
     eval_seed = seed + 1_000_000  # same evaluation episodes in every round
     kwargs = {"obs_fn": obs_fn, "max_episode_steps": max_episode_steps}
 
-    def measure() -> float:
-        return greedy_return(adapter, robot, eval_episodes, eval_seed, **kwargs)
+    # A runtime whose state follows the robot (``follow``: recurrent, history) changes its
+    # state during the greedy episodes; the measurement must not, so that the state measured
+    # is the state kept (and restored by keep="best"), and every round is measured from the
+    # state its adaptation left.
+    follows = getattr(adapter, "follow", None) is not None
 
-    best = _Best(0, measure(), adapter.params)
+    def measure() -> tuple[float, dict[str, np.ndarray]]:
+        """The greedy return of the current state, and that state (unchanged after)."""
+        measured = adapter.params
+        if follows:  # copies: the state may change in place while it follows the robot
+            measured = {k: np.array(v, copy=True) for k, v in measured.items()}
+        try:
+            ret = greedy_return(adapter, robot, eval_episodes, eval_seed, **kwargs)
+        finally:
+            if follows:
+                adapter.restore_params(measured)
+        return ret, measured
+
+    best = _Best(0, *measure())
     results = [RoundResult(0, 0, 0, None, best.greedy_return, acting_round=0)]
     if on_round:
         on_round(results[-1])
@@ -336,12 +357,12 @@ def run_rounds(
         report = adapter.adapt(steps)
         if report.accepted:
             acting = r
-        ret = measure()
+        ret, measured = measure()
         rolled_back_to = None
         if keep == "best":
             if ret >= best.greedy_return:
-                best = _Best(acting, ret, adapter.params)
-            elif acting != best.round:
+                best = _Best(acting, ret, measured)
+            elif acting != best.round or follows:  # a followed state moved in collection
                 adapter.restore_params(best.params)
                 acting = rolled_back_to = best.round
         results.append(

@@ -15,13 +15,20 @@ default capacity; ``initial``: ``"zeros"``).
 :class:`RecurrentAdapter` keeps the state between calls: ``act`` and ``q_values`` read it
 (they never change it), every transition ``observe`` accepts is buffered *and* advances it
 (one run of ``memory.onnx``), ``follow`` advances it without buffering (the greedy episodes of
-:func:`robometa.deploy.loop.greedy_return`, so the policy acts online as it was trained to),
-and ``reset`` zeros it. ``adapt`` re-derives the state from the buffered transitions, oldest
+:func:`robometa.deploy.loop.greedy_return`, so the policy acts online as it was trained to;
+``run_rounds`` puts the measured state back afterwards), and ``reset`` zeros it. ``adapt`` re-derives the state from the buffered transitions, oldest
 first from zeros: what training and ``robometa eval`` do with a support set, and it bounds the
 history the state summarizes to the buffer's (training lives are a support of at most
 ``support_size`` steps and two episodes; a state that followed a robot for hours would be far
 outside them). Its ``params`` are ``{"hidden": h}`` (what ``save_state``, ``load_state`` and
 ``restore_params`` carry); the network's parameters never change.
+
+A GRU state started at zero stays within ``[-1, 1]`` (each step mixes the previous state with
+a ``tanh``), so ``load_state`` and ``restore_params`` refuse a state with an entry outside
+``[-HIDDEN_BOUND, HIDDEN_BOUND]`` (:data:`HIDDEN_SLACK` of float rounding allowed). A
+transition whose step gives a non-finite state leaves the state as it was; such steps are
+counted (:attr:`RecurrentAdapter.non_finite_states`, since the last ``reset``), warned about
+(``RuntimeWarning``) and named in the ``reason`` of every ``adapt`` report after them.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -72,7 +80,7 @@ from robometa.deploy.sessions import (
     param_inputs,
     session_options,
 )
-from robometa.deploy.state import parse_state, read_state, state_arrays
+from robometa.deploy.state import StateError, parse_state, read_state, state_arrays
 from robometa.deploy.transitions import MAX_CAPACITY, TransitionBuffer, Transitions, rejection
 
 #: the kind's name (the manifest's ``kind``) and its manifest section
@@ -85,6 +93,24 @@ NEW_HIDDEN = NEW_PREFIX + HIDDEN
 #: the memory graph's transition inputs
 MEMORY_INPUTS: tuple[str, ...] = BATCH_INPUTS
 MAX_HIDDEN_SIZE = 4096  # the config's memory.hidden_size range
+#: a GRU state from zero stays in [-1, 1]: the largest |entry| a loaded or restored state may
+#: have, plus float rounding
+HIDDEN_BOUND = 1.0
+HIDDEN_SLACK = 1e-6
+
+
+def hidden_problem(value: np.ndarray) -> str:
+    """What is wrong with ``value`` (already a finite float32 array of the state's shape) as
+    a GRU state ('' if nothing): an entry outside ``[-HIDDEN_BOUND, HIDDEN_BOUND]``."""
+    worst = float(np.abs(value).max()) if value.size else 0.0
+    if worst > HIDDEN_BOUND + HIDDEN_SLACK:
+        i = int(np.argmax(np.abs(value)))
+        return (
+            f"entry [{i}] is {float(value.flat[i])!r}, outside [-{HIDDEN_BOUND:g}, "
+            f"{HIDDEN_BOUND:g}] (a GRU state started at zero stays within it)"
+        )
+    return ""
+
 
 # ---------------------------------------------------------------------- the bundle layout
 
@@ -223,6 +249,7 @@ class RecurrentAdapter(Adapter):
         self._bound.bind_params(self._policy_params, self._weights)
         self._hidden = self._zero
         self._acting_meta = False
+        self._non_finite = 0
         self._bind_hidden()
         self.buffer = TransitionBuffer(capacity or support, self.obs_dim)
 
@@ -291,6 +318,12 @@ class RecurrentAdapter(Adapter):
         return self._hidden
 
     @property
+    def non_finite_states(self) -> int:
+        """Transitions (observed or followed) since the last ``reset`` whose GRU step gave a
+        non-finite state, so the state was left as it was."""
+        return self._non_finite
+
+    @property
     def params(self) -> dict[str, np.ndarray]:
         """``{"hidden": h}``: what following the robot and adapting change."""
         return {HIDDEN: self._hidden}
@@ -310,9 +343,10 @@ class RecurrentAdapter(Adapter):
 
     def _advance(
         self, obs: np.ndarray, action: int, reward: float, nxt: np.ndarray, term: float
-    ) -> None:
-        """The state after one (accepted, float32) transition; a non-finite result is
-        discarded (the state stays what it was)."""
+    ) -> bool:
+        """The state after one (accepted, float32) transition; whether it was taken. A
+        non-finite result is discarded (the state stays what it was), counted in
+        :attr:`non_finite_states` and warned about."""
         data = Transitions(
             obs[None],
             np.array([action], np.int64),
@@ -321,13 +355,24 @@ class RecurrentAdapter(Adapter):
             np.array([term], np.float32),
         )
         new = self.memory_step(self._hidden[None], data)[0]
-        if np.isfinite(new).all():
-            self._hidden = frozen(new)
-            self._bind_hidden()
+        if not np.isfinite(new).all():
+            self._non_finite += 1
+            warnings.warn(
+                f"{self.bundle.file(MEMORY_GRAPH)}: a transition gave a non-finite GRU state; "
+                "the previous state is kept (counted in non_finite_states and reported by adapt)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
+        self._hidden = frozen(new)
+        self._bind_hidden()
+        return True
 
     def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
         """Store one transition (:meth:`Adapter.observe`'s rules) and, when it is accepted,
-        advance the state by it; return whether it was accepted."""
+        advance the state by it; return whether it was accepted (stored). A stored transition
+        whose step gives a non-finite state leaves the state as it was and is counted in
+        :attr:`non_finite_states`."""
         if not super().observe(obs, action, reward, next_obs, terminated):
             return False
         o = self._checked_obs(obs, self._obs_shape, "obs")
@@ -337,15 +382,16 @@ class RecurrentAdapter(Adapter):
 
     def follow(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
         """Advance the state by one transition without storing it (greedy evaluation
-        episodes); a transition ``observe`` would reject is skipped (False), not counted."""
+        episodes); whether the state advanced. A transition ``observe`` would reject is
+        skipped (False), not counted; one whose step gives a non-finite state is skipped
+        (False) and counted in :attr:`non_finite_states`."""
         o = self._checked_obs(obs, self._obs_shape, "obs")
         o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
         if rejection(
             o, action, reward, o2, terminated, self.obs_low, self.obs_high, self.n_actions
         ):
             return False
-        self._advance(o, int(action), float(reward), o2, float(terminated))
-        return True
+        return self._advance(o, int(action), float(reward), o2, float(terminated))
 
     @contextlib.contextmanager
     def acting_with_meta(self) -> Iterator[RecurrentAdapter]:
@@ -400,6 +446,11 @@ class RecurrentAdapter(Adapter):
             else:
                 rolled_back = True
                 reason = "the re-derived state is not finite; the previous one is kept"
+        if self._non_finite:
+            reason += (
+                f"; {self._non_finite} transition(s) since the last reset gave a non-finite "
+                "state and were not followed (non_finite_states)"
+            )
         nan = math.nan
         return AdaptReport(
             steps=min(steps, 1),
@@ -419,22 +470,24 @@ class RecurrentAdapter(Adapter):
         )
 
     def reset(self) -> None:
-        """Back to the zero state, with an empty buffer and no rejection counts."""
+        """Back to the zero state, with an empty buffer, no rejection counts and no
+        non-finite state count."""
         self._hidden = self._zero
         self._bind_hidden()
         self.buffer.clear()
         self._rejected.clear()
+        self._non_finite = 0
 
     def restore_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Make an earlier snapshot of :attr:`params` the current state (``ValueError`` naming
         the key for an unknown key, a missing state, or one that is not a finite float32
-        array of its shape)."""
+        array of its shape within ``[-HIDDEN_BOUND, HIDDEN_BOUND]``)."""
         unknown = sorted(set(params) - {HIDDEN})
         if unknown:
             raise ValueError(f"restore_params: unknown parameters {unknown} (only {HIDDEN!r})")
         if HIDDEN not in params:
             raise ValueError(f"restore_params: {HIDDEN!r} is missing")
-        problem = param_problem(params[HIDDEN], self._zero)
+        problem = param_problem(params[HIDDEN], self._zero) or hidden_problem(params[HIDDEN])
         if problem:
             raise ValueError(f"restore_params: {HIDDEN} {problem}")
         self._hidden = frozen(params[HIDDEN])
@@ -454,7 +507,8 @@ class RecurrentAdapter(Adapter):
 
     def load_state(self, path: str | Path) -> None:
         """Restore a state written by ``save_state`` for this same bundle; everything is
-        checked before anything changes (``StateError`` naming the file and key)."""
+        checked before anything changes (``StateError`` naming the file and key; the state
+        must be within ``[-HIDDEN_BOUND, HIDDEN_BOUND]``)."""
         path = Path(path)
         remove_stale_temp_files(path)
         params, data, rejected = parse_state(
@@ -468,6 +522,9 @@ class RecurrentAdapter(Adapter):
             obs_high=self.obs_high,
             n_actions=self.n_actions,
         )
+        problem = hidden_problem(np.asarray(params[HIDDEN]))
+        if problem:
+            raise StateError(f"{path}: {PARAM_PREFIX + HIDDEN} {problem}")
         self._hidden = frozen(params[HIDDEN])
         self._bind_hidden()
         self.buffer.clear()

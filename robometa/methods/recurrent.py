@@ -44,6 +44,22 @@ Adam, gradient clipping, the learning-rate decay and target-network updates are 
 (``dqn.*``). Checkpoints are taken at :meth:`RecurrentLearner.boundary`, where every env starts
 a new life (the sequences not yet stored are dropped in the run and in its resume alike, so a
 resumed run continues exactly).
+
+Evaluation (:class:`RecurrentMethod`, ``robometa eval``): this family adapts *online*, so its
+``k`` means something other than other families' gradient or inference steps, and every actor,
+``k = 0`` included, keeps advancing its own state with every step of the evaluation episodes
+(the state carries across a task's evaluation episodes, as across a life's acting episodes):
+
+- ``k = 0``: *cold start, online memory*. The evaluation episodes start from the zero state,
+  ignoring the support, and the memory follows the robot from there (a life with an empty
+  support, as :data:`EMPTY_SUPPORT_FRACTION` of training lives are). It is not the
+  unadapted policy of other families' ``k = 0`` (which never changes while it acts): the
+  within-episode adaptation is counted in it. The memoryless baseline (the zero state held
+  fixed) is not one of ``robometa eval``'s rows.
+- ``k >= 1`` (all the same, warming is one pass): *warm start, online memory*. The state after
+  the support transitions in their order, then following the robot as ``k = 0`` does.
+
+So ``k >= 1`` minus ``k = 0`` is what the support adds, not what adapting adds overall.
 """
 
 from __future__ import annotations
@@ -406,22 +422,32 @@ class SequenceReplay:
     _FIELDS = ("obs", "next_obs", "action", "reward", "terminated", "mask", "h0", "loss_from")
 
     def state_dict(self) -> dict[str, Any]:
+        """The stored sequences oldest first, with ``pos`` (the next slot written): enough to
+        rebuild the exact ring layout, so a resumed run samples and overwrites the same
+        slots as the uninterrupted one."""
         order = (self.pos - self.size + np.arange(self.size)) % self.capacity
-        state: dict[str, Any] = {"capacity": self.capacity, "size": self.size}
+        state: dict[str, Any] = {"capacity": self.capacity, "size": self.size, "pos": self.pos}
         for name in self._FIELDS:
             state[name] = torch.from_numpy(getattr(self, name)[order].copy())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s sequences to the slots they were saved from."""
         if int(state["capacity"]) != self.capacity:
             raise ValueError(
                 f"sequence replay of capacity {state['capacity']} does not fit this run's "
                 f"{self.capacity}"
             )
-        n = int(state["size"])
+        n, pos = int(state["size"]), int(state["pos"])
+        if not (0 <= n <= self.capacity and 0 <= pos < self.capacity):
+            raise ValueError(
+                f"sequence replay state of size {n} at pos {pos} does not fit capacity "
+                f"{self.capacity}"
+            )
+        idx = (pos - n + np.arange(n)) % self.capacity
         for name in self._FIELDS:
-            getattr(self, name)[:n] = state[name].numpy()
-        self.size, self.pos = n, n % self.capacity
+            getattr(self, name)[idx] = state[name].numpy()
+        self.size, self.pos = n, pos
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -726,8 +752,11 @@ class RecurrentLearner(Method):
         support_epsilon: float,
         lrs: Mapping[str, Tensor] | None = None,
     ) -> RecurrentMethod:
-        """Adapting is warming the state on the support (:class:`RecurrentMethod`); ``lrs``
-        ``{}`` evaluates the policy from the zero state only. Gradient fine-tuning rates are
+        """Adapting is warming the state on the support (:class:`RecurrentMethod`): ``k = 0``
+        is a cold start (the zero state) and ``k >= 1`` a warm start (the state after the
+        support), and both keep following the robot online during the evaluation episodes,
+        so ``k = 0`` is not a frozen, unadapted policy (module docstring, *Evaluation*).
+        ``lrs`` ``{}`` evaluates every ``k`` as the cold start. Gradient fine-tuning rates are
         refused: the family adapts by memory."""
         if lrs:
             raise ValueError(
@@ -768,10 +797,13 @@ class RecurrentMethod:
     """A trained recurrent policy in the evaluation harness (:mod:`robometa.evaluate`).
 
     Every actor is a fresh, independent :class:`RecurrentActor` that keeps following the
-    robot online through ``observe``: the initial actor (which collects the support) and the
-    ``k = 0`` one start from the zero state; adapting (any ``k >= 1``: warming is one pass)
-    starts from the state after the support transitions in their order (none: zero).
-    ``support_transitions`` overrides the policy's support size; ``warms=False`` never warms.
+    robot online through ``observe`` (module docstring, *Evaluation*): the initial actor
+    (which collects the support, as a training life's support phase) and the ``k = 0`` one
+    start from the zero state (``k = 0`` is a *cold start with online memory*, not a frozen,
+    unadapted policy); adapting (any ``k >= 1``: warming is one pass) starts from the state
+    after the support transitions in their order (none: zero). ``support_transitions``
+    overrides the policy's support size; ``warms=False`` never warms (every ``k`` a cold
+    start).
     """
 
     name: str

@@ -267,6 +267,38 @@ class TestKeepBest:
         assert [r.rolled_back_to for r in results] == [None, None, None]
         assert not np.array_equal(adapter.params["context"], adapter.meta_params["context"])
 
+    def test_best_keeps_a_followed_state_as_measured(self, rma) -> None:
+        # A history runtime's window follows the greedy episodes; each round must keep (and
+        # act on) the window its adaptation built, round 0 the empty one, not the window the
+        # evaluation episodes slid on.
+        adapter = Adapter.load(rma.path, capacity=40)
+        adapted = [adapter.params]
+        adapt = adapter.adapt
+
+        def recording(*args, **kwargs):
+            report = adapt(*args, **kwargs)
+            adapted.append(adapter.params)
+            return report
+
+        adapter.adapt = recording  # type: ignore[method-assign]
+        kept = []
+        results = run_rounds(
+            adapter,
+            FakeCartPole(),
+            rounds=2,
+            support=40,
+            steps=1,
+            eval_episodes=2,
+            keep="best",
+            on_round=lambda r: kept.append(adapter.params),
+        )
+        for key, value in adapter.meta_params.items():
+            np.testing.assert_array_equal(kept[0][key], value, err_msg=key)
+        assert all(r.report.accepted for r in results[1:])
+        for r, state in zip(results, kept, strict=True):
+            for key, value in adapted[r.acting_round].items():
+                np.testing.assert_array_equal(state[key], value, err_msg=f"{r}: {key}")
+
 
 class TestCommandLine:
     def test_info(self, cavia, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ from robometa.deploy.bundle import MANIFEST_FILE, Bundle
 from robometa.deploy.cli import main as deploy_main
 from robometa.deploy.loop import greedy_return, run_rounds
 from robometa.deploy.recurrent import HIDDEN, MEMORY_GRAPH, NEW_HIDDEN, RecurrentAdapter
+from robometa.deploy.state import StateError
 
 from robometa.adaptation import Batch
 from robometa.methods.recurrent import advance, recurrent_q, warm_state
@@ -136,6 +137,57 @@ def test_saved_state_restores_the_hidden_state_and_buffer(recurrent, tmp_path: P
         restored.restore_params({"context": np.zeros(8, np.float32)})
 
 
+def test_a_state_outside_the_grus_range_is_refused(recurrent, tmp_path: Path) -> None:
+    # a GRU state started at zero stays in [-1, 1]: a finite 1e6 is no state it can reach
+    adapter = Adapter.load(recurrent.path)
+    for row in robot_transitions(15, seed=4):
+        adapter.observe(*row)
+    h = adapter.hidden.copy()
+    far = np.zeros(8, np.float32)
+    far[3] = 1e6
+    with pytest.raises(
+        ValueError, match=r"restore_params: hidden entry \[3\] is 1000000.0, outside \[-1, 1\]"
+    ):
+        adapter.restore_params({HIDDEN: far})
+    assert np.array_equal(adapter.hidden, h)
+    saturated = np.array([1.0, -1.0, 1.0 + 5e-7, 0, 0, 0, 0, 0], np.float32)
+    adapter.restore_params({HIDDEN: saturated})  # reachable (float32 tanh saturates)
+    assert np.array_equal(adapter.hidden, saturated)
+    adapter.restore_params({HIDDEN: h})
+    path = adapter.save_state(tmp_path / "state.npz")
+    arrays = dict(np.load(path))
+    arrays["param:hidden"] = -far
+    np.savez(tmp_path / "far.npz", **arrays)
+    fresh = Adapter.load(recurrent.path)
+    message = r"far.npz: param:hidden entry \[3\] is -1000000.0, outside \[-1, 1\]"
+    with pytest.raises(StateError, match=message):
+        fresh.load_state(tmp_path / "far.npz")
+    assert np.array_equal(fresh.hidden, np.zeros(8, np.float32)) and len(fresh.buffer) == 0
+    fresh.load_state(path)
+    assert np.array_equal(fresh.hidden, h)
+
+
+def test_a_non_finite_state_step_is_counted_warned_and_reported(recurrent, monkeypatch) -> None:
+    adapter = Adapter.load(recurrent.path)
+    rows = robot_transitions(4, seed=5)
+    assert adapter.observe(*rows[0]) and adapter.non_finite_states == 0
+    h = adapter.hidden.copy()
+    monkeypatch.setattr(adapter, "memory_step", lambda hidden, data: np.full_like(hidden, np.nan))
+    with pytest.warns(RuntimeWarning, match="non-finite GRU state; the previous state is kept"):
+        assert adapter.observe(*rows[1])  # stored: adapt re-derives from it
+    assert adapter.non_finite_states == 1 and len(adapter.buffer) == 2
+    with pytest.warns(RuntimeWarning, match="non-finite GRU state"):
+        assert not adapter.follow(*rows[2])  # not followed: says so
+    assert adapter.non_finite_states == 2 and np.array_equal(adapter.hidden, h)
+    monkeypatch.undo()
+    report = adapter.adapt()
+    assert report.accepted
+    assert "2 transition(s) since the last reset gave a non-finite state" in report.reason
+    adapter.reset()
+    assert adapter.non_finite_states == 0
+    assert "non-finite" not in adapter.adapt().reason
+
+
 def test_greedy_episodes_follow_the_robot_without_buffering(recurrent) -> None:
     adapter = Adapter.load(recurrent.path)
     greedy_return(adapter, FakeCartPole(), episodes=1, seed=0)
@@ -148,6 +200,59 @@ def test_run_rounds_adapts_a_recurrent_bundle_on_a_robot(recurrent) -> None:
     assert [r.round for r in results] == [0, 1, 2]
     assert all(r.report.accepted and r.report.n_transitions == 40 for r in results[1:])
     assert np.abs(adapter.hidden).max() > 0
+
+
+def adapted_states(adapter: Adapter) -> dict[int, dict[str, np.ndarray]]:
+    """Record the adapter's state before round 1 (key 0) and right after each ``adapt``
+    (keys 1, 2, ...): what each round's adaptation left, before anything measures it."""
+    states = {0: {k: v.copy() for k, v in adapter.params.items()}}
+    adapt = adapter.adapt
+
+    def recording(*args, **kwargs):
+        report = adapt(*args, **kwargs)
+        states[len(states)] = {k: v.copy() for k, v in adapter.params.items()}
+        return report
+
+    adapter.adapt = recording  # type: ignore[method-assign]
+    return states
+
+
+def test_keep_best_keeps_the_state_it_measured_not_the_one_after_measuring(recurrent) -> None:
+    # The greedy episodes move the state (follow); the measurement must not: every round's
+    # state is the one its adaptation left, and the kept state is the one that earned the best
+    # return (round 0: the zero state).
+    adapter, probe = Adapter.load(recurrent.path, capacity=40), Adapter.load(recurrent.path)
+    adapted = adapted_states(adapter)
+    kept, remeasured = [], []
+
+    def on_round(result) -> None:
+        kept.append(adapter.hidden.copy())
+        probe.restore_params(adapter.params)
+        remeasured.append(greedy_return(probe, FakeCartPole(), 2, seed=1_000_000))
+
+    results = run_rounds(
+        adapter,
+        FakeCartPole(),
+        rounds=4,
+        support=40,
+        steps=1,
+        eval_episodes=2,
+        keep="best",
+        on_round=on_round,
+    )
+    assert np.array_equal(kept[0], np.zeros(8, np.float32))
+    assert any(r.rolled_back_to is not None for r in results)  # the rollback is exercised
+    for r, state in zip(results, kept, strict=True):
+        assert r.report is None or r.report.accepted
+        assert np.array_equal(state, adapted[r.acting_round][HIDDEN]), r
+    returns = [r.greedy_return for r in results]
+    assert remeasured == [max(returns[: i + 1]) for i in range(len(returns))]
+    # measuring leaves the state as it was, and the kept state earns the best return again
+    before = adapter.hidden.copy()
+    assert run_rounds(adapter, FakeCartPole(), rounds=0, support=0, eval_episodes=2)[
+        0
+    ].greedy_return == max(returns)
+    assert np.array_equal(adapter.hidden, before)
 
 
 def test_robometa_deploy_adapt_runs_a_recurrent_bundle(recurrent, capsys) -> None:

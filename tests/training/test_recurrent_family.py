@@ -203,6 +203,11 @@ def test_a_life_is_a_support_phase_then_two_acting_episodes_on_one_robot(
         ),
         ("adaptation.loss=model", r"'adaptation.loss': recurrent trains .* got 'model'"),
         ("network.context_dim=4", r"'network.context_dim': recurrent .* must be 0, got 4"),
+        (
+            "dqn.n_step=3",
+            r"'dqn.n_step': recurrent .*\(one-step targets\), so it needs dqn.n_step 1, got 3 "
+            r"in .*cartpole_recurrent.yaml",
+        ),
     ],
 )
 def test_config_rules_name_the_key(override: str, message: str) -> None:
@@ -272,6 +277,8 @@ def test_a_short_run_trains_resumes_exactly_saves_loads_and_evaluates(tmp_path: 
     before = warm_too.hidden.copy()
     episode_return(env, warm, task, seed=3)  # follows the robot: its own state only
     assert np.abs(warm.hidden - before).max() > 0 and np.array_equal(warm_too.hidden, before)
+    episode_return(env, cold, task, seed=3)  # k = 0: a cold start, and its memory follows too
+    assert np.abs(cold.hidden).max() > 0
     env.close()
     sized = with_support(method, 7)
     assert isinstance(sized, RecurrentMethod) and sized.support_size == 7
@@ -280,6 +287,31 @@ def test_a_short_run_trains_resumes_exactly_saves_loads_and_evaluates(tmp_path: 
     frozen = RecurrentLearner.evaluation_method(loaded, "x", 0.3, lrs={})
     (never_warmed,) = frozen.adapted_actors(support, [1])
     assert np.array_equal(never_warmed.hidden, np.zeros(8, np.float32))
+
+
+def test_resume_is_exact_after_the_sequence_replay_wraps(tmp_path: Path) -> None:
+    # 20 sequences (100 transitions, a stride of 5): the ring is full and wrapped well before
+    # the checkpoint at step 600, so a resume must restore its slots and pos exactly
+    small = [*TINY, "dqn.buffer_size=100"]
+    cfg = load_config(CONFIG, small, steps=1200)
+    learner = RecurrentLearner(cfg)
+    capacity = learner.replay.capacity
+    while learner.env_steps < 600:
+        learner.iterate()
+    assert capacity == 20 and len(learner.replay) == capacity and learner.replay.pos != 0
+    state = learner.replay.state_dict()
+    copy = RecurrentLearner(cfg)
+    copy.replay.load_state_dict(state)
+    for name in ("obs", "action", "h0", "mask", "loss_from"):
+        assert np.array_equal(getattr(copy.replay, name), getattr(learner.replay, name)), name
+    assert copy.replay.pos == learner.replay.pos
+    learner.close()
+    copy.close()
+    policy = train(cfg, tmp_path / "run")
+    train(load_config(CONFIG, small, steps=1200), tmp_path / "resumed", stop_after=900)
+    resumed = train(None, tmp_path / "resumed", resume=True)  # type: ignore[arg-type]
+    assert _metrics(tmp_path / "resumed") == _metrics(tmp_path / "run")
+    assert all(torch.equal(resumed.params[k], v) for k, v in policy.params.items())
 
 
 # ---------------------------------------------------------------------------- slow: learning
