@@ -23,8 +23,12 @@ storing the transition (the greedy evaluation episodes of
 loading and ``reset`` the window is empty and the context is the empty window's (the
 learned prior). ``adapt`` rebuilds the window from the last ``length`` buffered transitions
 (one history update); there is no loss to guard, so a context is kept unless it is not
-finite. Its ``params`` are ``{"context", "window", "mask"}`` (what ``save_state``,
-``load_state`` and ``restore_params`` carry); the network's parameters never change.
+finite. A transition whose history update gives a non-finite estimate is refused whole by
+``observe`` (not buffered, the window and context unchanged) and counted as
+:data:`NON_FINITE_CONTEXT` in ``rejected`` and the adapt report; ``follow`` skips and counts
+it the same way. Its ``params`` are ``{"context", "window", "mask"}`` (what ``save_state``,
+``load_state`` and ``restore_params`` carry, each checked to be a state the runtime can
+reach: :meth:`HistoryAdapter.restore_params`); the network's parameters never change.
 """
 
 from __future__ import annotations
@@ -73,7 +77,13 @@ from robometa.deploy.sessions import (
     param_inputs,
     session_options,
 )
-from robometa.deploy.state import StateError, parse_state, read_state, state_arrays
+from robometa.deploy.state import (
+    REJECTED_PREFIX,
+    StateError,
+    parse_state,
+    read_state,
+    state_arrays,
+)
 from robometa.deploy.transitions import MAX_CAPACITY, TransitionBuffer, rejection
 
 #: the kind's name (the manifest's ``kind``) and its manifest section
@@ -87,6 +97,15 @@ WINDOW = "window"
 MASK = "mask"
 MAX_CONTEXT_DIM = 1024  # the config's network.context_dim range
 MAX_HISTORY = 1000  # the config's memory.history range
+#: the rejection reason of a transition whose history update estimated non-finite extrinsics
+#: (besides :data:`robometa.deploy.transitions.REJECTION_REASONS`, which ``observe`` applies)
+NON_FINITE_CONTEXT = "non_finite_context"
+#: a restored context must equal ``history.onnx``'s estimate of the restored window within
+#: this, relative to ``max(1, |estimate|)``
+STATE_CONTEXT_TOLERANCE = 1e-4
+#: slack on ``obs + (next_obs - obs)`` against the observation bounds (the stored change is
+#: rounded to float32), relative to ``max(1, |bound|)``
+_BOUND_SLACK = 1e-5
 
 # ---------------------------------------------------------------------- the bundle layout
 
@@ -239,6 +258,9 @@ class HistoryAdapter(Adapter):
         self._empty_mask = frozen(np.zeros(self.length, np.float32))
         self._window = np.zeros((self.length, self.width), np.float32)
         self._mask = np.zeros(self.length, np.float32)
+        # the next window is built here and swapped in once its estimate is finite
+        self._next_window = np.zeros((self.length, self.width), np.float32)
+        self._next_mask = np.zeros(self.length, np.float32)
         self._empty_context = frozen(self.estimate(self._empty_window, self._empty_mask))
         self._context = self._empty_context
         self._acting_meta = False
@@ -353,35 +375,51 @@ class HistoryAdapter(Adapter):
         return True
 
     def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
-        """Store one transition (as :meth:`Adapter.observe`: rejected ones are counted, not
-        stored) and, when accepted, push it into the window and recompute the extrinsics:
-        one history update. A non-finite estimate keeps the previous extrinsics."""
-        if not super().observe(obs, action, reward, next_obs, terminated):
+        """Store one transition, push it into the window and recompute the extrinsics (one
+        history update); return whether it was accepted. Refused and counted, not stored:
+        what :meth:`Adapter.observe` rejects, and a transition that makes ``history.onnx``
+        estimate non-finite extrinsics (:data:`NON_FINITE_CONTEXT`; the window and
+        extrinsics stay as they were)."""
+        o = self._checked_obs(obs, self._obs_shape, "obs")
+        o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
+        reason = rejection(
+            o, action, reward, o2, terminated, self.obs_low, self.obs_high, self.n_actions
+        ) or self._push(o, action, o2)
+        if reason:
+            self._rejected[reason] += 1
             return False
-        self._push(obs, action, next_obs)
+        self.buffer.add(o, int(action), float(reward), o2, float(terminated))
         return True
 
     def follow(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
         """One history update without storing the transition (greedy evaluation episodes);
-        a transition ``observe`` would reject is skipped (False), not counted."""
+        a transition ``observe`` would reject is skipped (False), not counted, and one whose
+        estimate is not finite is skipped and counted (:data:`NON_FINITE_CONTEXT`)."""
         o = self._checked_obs(obs, self._obs_shape, "obs")
         o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
         if rejection(
             o, action, reward, o2, terminated, self.obs_low, self.obs_high, self.n_actions
         ):
             return False
-        self._push(o, action, o2)
+        reason = self._push(o, action, o2)
+        if reason:
+            self._rejected[reason] += 1
+            return False
         return True
 
-    def _push(self, obs: Any, action: Any, next_obs: Any) -> None:
-        """Slide the window by one accepted transition and recompute the extrinsics."""
-        o = self._checked_obs(obs, self._obs_shape, "obs")
-        o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
-        self._window[:-1] = self._window[1:]
-        self._window[-1] = self._row(o, int(action), o2)
-        self._mask[:-1] = self._mask[1:]
-        self._mask[-1] = 1.0
-        self._set_context(self.estimate(self._window, self._mask))
+    def _push(self, o: np.ndarray, action: Any, o2: np.ndarray) -> str:
+        """Slide the window by one valid transition and recompute the extrinsics; a
+        non-finite estimate changes nothing and gives its reason ('' when it worked)."""
+        window, mask = self._next_window, self._next_mask
+        window[:-1] = self._window[1:]
+        window[-1] = self._row(o, int(action), o2)
+        mask[:-1] = self._mask[1:]
+        mask[-1] = 1.0
+        if not self._set_context(self.estimate(window, mask)):
+            return NON_FINITE_CONTEXT
+        self._next_window, self._next_mask = self._window, self._mask
+        self._window, self._mask = window, mask
+        return ""
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -463,9 +501,15 @@ class HistoryAdapter(Adapter):
         self.buffer.clear()
         self._rejected.clear()
 
-    def _checked_state(self, params: Mapping[str, np.ndarray], what: str) -> None:
-        """``params`` are a window, a mask of 0/1 entries and a context of the right shapes
-        (``ValueError`` naming ``what`` and the key)."""
+    def _checked_state(self, params: Mapping[str, np.ndarray], what: str, prefix: str = "") -> None:
+        """``params`` are a state the runtime can reach (``ValueError`` naming ``what``, the
+        key as ``prefix + key`` and what is allowed): a window, a mask and a context of the
+        right shapes, finite float32; a mask of 0/1 entries whose ones are one block at the
+        end (the window is front-padded, oldest row first); masked-out rows all 0; every
+        valid row ``[obs, one_hot(action), next_obs - obs]`` with exactly one action slot
+        set and ``obs`` and ``obs + (next_obs - obs)`` inside the observation bounds; and a
+        context equal to ``history.onnx``'s estimate of the window and mask (within
+        :data:`STATE_CONTEXT_TOLERANCE` relative to ``max(1, |estimate|)``)."""
         expected = self.meta_params
         unknown = sorted(set(params) - set(expected))
         if unknown:
@@ -475,18 +519,89 @@ class HistoryAdapter(Adapter):
                 raise ValueError(f"{what}: {key!r} is missing")
             problem = param_problem(params[key], meta)
             if problem:
-                raise ValueError(f"{what}: {key} {problem}")
-        if not np.isin(params[MASK], (0.0, 1.0)).all():
-            raise ValueError(f"{what}: mask entries must be 0 or 1, got {params[MASK].tolist()}")
+                raise ValueError(f"{what}: {prefix}{key} {problem}")
+        window, mask = np.asarray(params[WINDOW]), np.asarray(params[MASK])
+        context = np.asarray(params[CONTEXT])
+        if not np.isin(mask, (0.0, 1.0)).all():
+            raise ValueError(f"{what}: {prefix}{MASK} entries must be 0 or 1, got {mask.tolist()}")
+        length, k = self.length, int(mask.sum())
+        start = length - k
+        if not (mask[:start] == 0.0).all():
+            raise ValueError(
+                f"{what}: {prefix}{MASK} is {mask.tolist()}: the window is front-padded "
+                f"(oldest row first), so its {k} valid rows must be one block at the end, "
+                f"[0.0] * {start} + [1.0] * {k}"
+            )
+        padding = np.flatnonzero((window[:start] != 0.0).any(axis=1))
+        if padding.size:
+            i = int(padding[0])
+            raise ValueError(
+                f"{what}: {prefix}{WINDOW}[{i}] is masked out ({prefix}{MASK}[{i}] = 0) but "
+                f"holds {window[i].tolist()}: padding rows must be all 0"
+            )
+        d, n = self.obs_dim, self.n_actions
+        rows = window[start:].astype(np.float64)
+        slots = rows[:, d : d + n]
+        one_hot = np.isin(slots, (0.0, 1.0)).all(axis=1) & (slots.sum(axis=1) == 1.0)
+        checks = [(~one_hot, f"action slots (columns {d}..{d + n - 1})", slots, None)]
+        obs, change = rows[:, :d], rows[:, d + n :]
+        low = self.obs_low.astype(np.float64)
+        high = self.obs_high.astype(np.float64)
+        outside = ((obs < low) | (obs > high)).any(axis=1)
+        checks.append((outside, f"observation (columns 0..{d - 1})", obs, None))
+        with np.errstate(invalid="ignore", over="ignore"):
+            nxt = obs + change
+            slack_low = _BOUND_SLACK * np.maximum(1.0, np.abs(low))
+            slack_high = _BOUND_SLACK * np.maximum(1.0, np.abs(high))
+            beyond = ((nxt < low - slack_low) | (nxt > high + slack_high)).any(axis=1)
+        checks.append((beyond, f"next_obs - obs (columns {d + n}..{self.width - 1})", change, nxt))
+        bounds = (
+            f"the observation bounds low {self.obs_low.tolist()}, high {self.obs_high.tolist()}"
+        )
+        for bad, part, values, nxt_values in checks:
+            if not bad.any():
+                continue
+            j = int(np.argmax(bad))
+            where = f"{what}: {prefix}{WINDOW}[{start + j}] {part} is {values[j].tolist()}"
+            if part.startswith("action"):
+                raise ValueError(
+                    f"{where}: a valid row holds one_hot(action), exactly one 1 and "
+                    f"{n - 1} zeros ({int(bad.sum())} bad rows)"
+                )
+            if nxt_values is None:
+                raise ValueError(f"{where}: outside {bounds} ({int(bad.sum())} bad rows)")
+            raise ValueError(
+                f"{where}: obs + it is {nxt_values[j].tolist()}, outside {bounds} "
+                f"({int(bad.sum())} bad rows)"
+            )
+        estimate = self.estimate(window, mask)
+        if not np.isfinite(estimate).all():
+            raise ValueError(
+                f"{what}: {HISTORY_GRAPH} estimates non-finite extrinsics {estimate.tolist()} "
+                f"from {prefix}{WINDOW} and {prefix}{MASK}"
+            )
+        scale = np.maximum(1.0, np.abs(estimate.astype(np.float64)))
+        diff = np.abs(context.astype(np.float64) - estimate) / scale
+        if (diff > STATE_CONTEXT_TOLERANCE).any():
+            raise ValueError(
+                f"{what}: {prefix}{CONTEXT} is {context.tolist()}, but {HISTORY_GRAPH} "
+                f"estimates {estimate.tolist()} from {prefix}{WINDOW} and {prefix}{MASK}: "
+                f"the context must be that estimate (within {STATE_CONTEXT_TOLERANCE} relative "
+                f"to max(1, |estimate|); the largest difference is {float(diff.max()):.3g})"
+            )
 
     def restore_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Make an earlier snapshot of :attr:`params` the current window and extrinsics
-        (``ValueError`` naming the key for an unknown or missing key, or one that is not a
-        finite float32 array of its shape, or a mask entry other than 0/1)."""
+        (``ValueError`` naming the key and what is allowed for an unknown or missing key, one
+        that is not a finite float32 array of its shape, or a state the runtime cannot
+        reach: see :meth:`_checked_state`)."""
         self._checked_state(params, "restore_params")
+        self._restore(params)
+
+    def _restore(self, params: Mapping[str, np.ndarray]) -> None:
         self._window = np.array(params[WINDOW], np.float32)
         self._mask = np.array(params[MASK], np.float32)
-        self._context = frozen(params[CONTEXT])
+        self._context = frozen(np.array(params[CONTEXT], np.float32))
         self._bind_context()
 
     # ------------------------------------------------------------------ persistence
@@ -503,12 +618,21 @@ class HistoryAdapter(Adapter):
 
     def load_state(self, path: str | Path) -> None:
         """Restore a state written by ``save_state`` for this same bundle; everything is
-        checked before anything changes (``StateError`` naming the file and key)."""
+        checked before anything changes (``StateError`` naming the file, the key and what is
+        allowed; the adapted parameters as :meth:`restore_params` checks them)."""
         path = Path(path)
         remove_stale_temp_files(path)
+        arrays = read_state(path)
+        # this kind's own rejection reason, which the shared state reader does not know
+        extra = arrays.pop(REJECTED_PREFIX + NON_FINITE_CONTEXT, None)
+        if extra is not None and (extra.shape != () or extra.dtype.kind not in "iu" or extra < 0):
+            raise StateError(
+                f"{path}: {REJECTED_PREFIX}{NON_FINITE_CONTEXT} is {extra!r}, expected a "
+                "non-negative integer count"
+            )
         params, data, rejected = parse_state(
             path,
-            read_state(path),
+            arrays,
             identity=self.bundle.identity,
             meta=self.meta_params,
             adapted=(CONTEXT, WINDOW, MASK),
@@ -518,10 +642,12 @@ class HistoryAdapter(Adapter):
             n_actions=self.n_actions,
         )
         try:
-            self._checked_state(params, str(path))
+            self._checked_state(params, str(path), PARAM_PREFIX)
         except ValueError as err:
             raise StateError(str(err)) from None
-        self.restore_params(params)
+        if extra is not None:
+            rejected[NON_FINITE_CONTEXT] = int(extra)
+        self._restore(params)
         self.buffer.clear()
         keep = max(0, len(data.reward) - self.buffer.capacity)
         for row in zip(*(a[keep:] for a in data), strict=True):

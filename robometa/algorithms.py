@@ -307,7 +307,10 @@ def taskrate_check(cfg: Config, where: str) -> None:
 def rma_check(cfg: Config, where: str) -> None:
     """The config rules of the ``rma`` family (:mod:`robometa.methods.rma`): an extrinsics
     vector (``network.context_dim`` >= 1), both phases in the budget (``memory.teacher_fraction``
-    strictly between 0 and 1) and a teacher that starts learning within its phase."""
+    strictly between 0 and 1), a teacher that starts learning within its phase and whose
+    exploration schedule ends within it (``dqn.exploration_fraction`` <=
+    ``memory.teacher_fraction``: the teacher's Q is learned as DQN's, and the student's
+    epsilon is ``dqn.epsilon_end``, see :meth:`robometa.methods.rma.RMALearner.epsilon`)."""
     if cfg.network.context_dim < 1:
         raise ValueError(
             f"config key 'network.context_dim': {cfg.algorithm} compresses the dynamics "
@@ -328,14 +331,29 @@ def rma_check(cfg: Config, where: str) -> None:
             f"first {teacher_steps} env steps (memory.teacher_fraction x dqn.total_steps), so "
             f"learning must start before them, got {cfg.dqn.learning_starts}{where}"
         )
+    exploration = cfg.dqn.exploration_fraction
+    if exploration > fraction:
+        raise ValueError(
+            f"config key 'dqn.exploration_fraction' is {exploration}, more than config key "
+            f"'memory.teacher_fraction' ({fraction}): {cfg.algorithm}'s teacher acts and learns "
+            f"during that share of dqn.total_steps only, so its epsilon schedule must end "
+            f"within it; set dqn.exploration_fraction <= {fraction}{where}"
+        )
 
 
 def recurrent_check(cfg: Config, where: str) -> None:
     """The config rules of the ``recurrent`` family (:mod:`robometa.methods.recurrent`): a loss
     on every stored sequence after its burn-in (``memory.burn_in`` < ``memory.sequence_length``),
-    a TD term in the loss, and no context vector (Q is conditioned on the GRU state of
+    a TD term in the loss, one-step targets (``dqn.n_step`` 1: the sequence loss bootstraps
+    every step from the next), and no context vector (Q is conditioned on the GRU state of
     ``memory.hidden_size`` instead)."""
     m = cfg.memory
+    if cfg.dqn.n_step != 1:
+        raise ValueError(
+            f"config key 'dqn.n_step': {cfg.algorithm} bootstraps each step of a stored "
+            f"sequence from the next one (one-step targets), so it needs dqn.n_step 1, got "
+            f"{cfg.dqn.n_step}{where}"
+        )
     if m.burn_in >= m.sequence_length:
         raise ValueError(
             f"config key 'memory.burn_in': {cfg.algorithm} puts the loss on the steps of each "

@@ -8,7 +8,8 @@ files table, fsync and verification. A history bundle holds
 * ``policy.onnx``: ``obs`` + ``context`` + ``param:<name>`` (body and Q head) -> ``q_values``,
   ``action``;
 * ``history.onnx``: ``param:history_*`` + ``window`` (length, width) + ``mask`` (length,) ->
-  ``context``, traced from :func:`robometa.methods.rma.history_context`;
+  ``context``, traced from :func:`robometa.methods.rma.history_context` (an all-zero mask
+  gives ``param:history_prior``, the empty window's extrinsics);
 * ``params.npz``: every network parameter (the teacher's too: the graphs do not read it);
 
 and adds the manifest sections ``normalization``, ``network``, ``history`` and
@@ -162,7 +163,8 @@ def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
             "row": "obs, one_hot(action), next_obs - obs",
             "context_dim": spec.context_dim,
             "support_size": int(policy.support_size),
-            "empty": "the empty window's estimate (history_out.bias)",
+            "empty": "the empty window's estimate (history_prior: the mean extrinsics of the "
+            "training robots)",
         },
         "parameters": {k: {"shape": list(v.shape)} for k, v in params.items()},
     }

@@ -7,13 +7,16 @@ normalization buffers and heads; :class:`RMASpec` adds ``extrinsics_dim`` and ``
 * the *teacher encoder* ``mu`` (``teacher.*``): the dynamics parameters ``e`` the privileged
   observation carries (:class:`robometa.envs.wrappers.PrivilegedObservation`, normalized to
   about [-1, 1]) -> the extrinsics ``z`` (``network.context_dim``), one hidden layer;
-* the *adaptation module* ``phi`` (``history_embed.*``, ``history_out``): a window of the last
-  ``memory.history`` transitions, each stored raw as ``[s, one_hot(a), s' - s]``
-  (:func:`window_row`) and embedded as ``[(s - mean) / std, one_hot(a), (s' - s) / delta_std,
-  one_hot(a) x (s' - s) / delta_std]`` by an MLP of ``network.hidden`` layers; the masked mean
-  of the embeddings goes through a linear layer to ``z``. The window is zero-padded at the
-  front with a validity mask when shorter; an empty window gives ``history_out.bias``, the
-  learned prior (the MSE-best constant: the mean extrinsics of the training robots);
+* the *adaptation module* ``phi`` (``history_embed.*``, ``history_out``, ``history_prior``):
+  a window of the last ``memory.history`` transitions, each stored raw as ``[s, one_hot(a),
+  s' - s]`` (:func:`window_row`) and embedded as ``[(s - mean) / std, one_hot(a), (s' - s) /
+  delta_std, one_hot(a) x (s' - s) / delta_std]`` by an MLP of ``network.hidden`` layers; the
+  masked mean of the embeddings goes through a linear layer to ``z``. The window is
+  zero-padded at the front with a validity mask when shorter. An empty window gives its own
+  parameter ``history_prior`` (not ``history_out.bias``, the intercept every non-empty window
+  shares): the "no adaptation" extrinsics, set during training to the MSE-best constant of
+  the empty-window pairs, i.e. the mean ``mu(e)`` over the robots the student met (the
+  closed-form minimizer of the same ``|z - mu(e)|^2`` the module is trained on);
 * the base policy ``Q(s, z)``: the body reads ``[(s - mean) / std, z]``.
 
 The deployed policy reads only the unprivileged observation and its own history:
@@ -24,12 +27,19 @@ envs, a new train-split robot every episode):
 
 1. *teacher*, the first ``memory.teacher_fraction`` of ``dqn.total_steps``: Double DQN of
    ``Q(s, mu(e))`` end to end (``mu`` learns through the TD loss), acting with it;
-2. *adaptation module*, the rest: ``Q`` and ``mu`` frozen; acting (epsilon at the end of
-   the DQN schedule) with ``Q(s, phi(window))``, the window of each env updated every step
-   and cleared at every new robot (RMA's on-policy scheme: the data comes from the student's
-   own behaviour); each step's ``(window, e)`` goes into a ring of
-   :data:`REGRESSION_CAPACITY`, and ``gradient_steps`` Adam steps every ``train_freq`` steps
-   minimize ``|phi(window) - mu(e)|^2`` over ``dqn.batch_size`` of them.
+2. *adaptation module*, the rest: ``Q`` and ``mu`` frozen; acting with ``Q(s,
+   phi(window))``, the window of each env updated every step and cleared at every new robot
+   (RMA's on-policy scheme: the data comes from the student's own behaviour). The student
+   acts at ``dqn.epsilon_end`` (:meth:`RMALearner.epsilon`), the greedy online policy of
+   deployment; ``rma_check`` requires ``dqn.exploration_fraction <=
+   memory.teacher_fraction``, so the teacher's own schedule has ended with its phase. (The
+   support that fills the window at evaluation is collected at ``adaptation.support_epsilon``;
+   collecting half the student's windows at that epsilon was tried: on the shipped CartPole
+   config, one seed, the adapted returns were lower.) Each step's ``(window, e)`` goes into a
+   ring of :data:`REGRESSION_CAPACITY`, and ``gradient_steps`` Adam steps every
+   ``train_freq`` steps minimize ``|phi(window) - mu(e)|^2`` over ``dqn.batch_size`` of
+   them; before them ``history_prior`` is set to the mean ``mu(e)`` of the ring's
+   empty-window pairs (one per episode: each robot once; all pairs while there are none).
 
 Why a masked mean of per-step embeddings rather than RMA's 1-D convolution over time: each
 stored transition carries ``s' - s`` with its action, so the dynamics are visible in every
@@ -37,9 +47,9 @@ row alone; the mean takes any window length from 0 to ``memory.history`` with on
 weights and is exact under padding, and on the device a history update is one small graph
 over at most ``memory.history`` rows.
 
-Evaluation (:class:`RMAMethod`): ``0`` adaptation steps is the empty window's ``z`` held
-fixed (no adaptation); ``>= 1`` is the online policy, its window filled with the last
-``memory.history`` support transitions, then updated after every step
+Evaluation (:class:`RMAMethod`): ``0`` adaptation steps is the empty window's ``z``
+(``history_prior``) held fixed (no adaptation); ``>= 1`` is the online policy, its window
+filled with the last ``memory.history`` support transitions, then updated after every step
 (:class:`HistoryActor`, a stateful actor of :func:`robometa.deploy.collection.observer`).
 The bundle kind is ``history`` (:mod:`robometa.bundle_history`, :mod:`robometa.deploy.history`).
 """
@@ -70,7 +80,9 @@ from robometa.rollout import fit_normalization, make_env, train_tasks
 REGRESSION_CAPACITY = 20_000
 #: parameter-name prefixes of the teacher encoder and the adaptation module
 TEACHER_PREFIX = "teacher."
-HISTORY_PREFIXES = ("history_embed.", "history_out.")
+HISTORY_PREFIXES = ("history_embed.", "history_out.", "history_prior")
+#: the empty window's extrinsics (a parameter of the adaptation module, set in closed form)
+PRIOR = "history_prior"
 
 
 @dataclass(frozen=True)
@@ -131,12 +143,13 @@ class RMAQNetwork(QNetwork):
         sizes = [history_input_dim(spec), *spec.hidden]
         self.history_embed = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.history_out = nn.Linear(sizes[-1], spec.context_dim)
+        self.history_prior = nn.Parameter(torch.zeros(spec.context_dim))
 
     def features(self, obs: Tensor, z: Tensor | None = None) -> Tensor:
         x = (obs - self.obs_mean) / self.obs_std
         shape = (*x.shape[:-1], self.spec.context_dim)
         if z is None:
-            z = self.history_out.bias  # the empty window's extrinsics
+            z = self.history_prior  # the empty window's extrinsics
         x = torch.cat([x, z.expand(shape)], dim=-1)
         act = ACTIVATIONS[self.spec.activation]
         for layer in self.body:
@@ -174,14 +187,15 @@ class RMAQNetwork(QNetwork):
 
 
 def history_params(params: Params) -> Params:
-    """The adaptation module's parameters (``history_embed.*``, ``history_out.*``)."""
+    """The adaptation module's parameters (``history_embed.*``, ``history_out.*``,
+    ``history_prior``)."""
     return {k: v for k, v in params.items() if k.startswith(HISTORY_PREFIXES)}
 
 
 def history_context(net: RMAQNetwork, params: Params, window: Tensor, mask: Tensor) -> Tensor:
     """``phi``: extrinsics ``(..., C)`` of raw windows ``(..., K, W)`` (:func:`window_row`
     rows) with validity ``mask`` ``(..., K)``: the one function training, evaluation and
-    ``history.onnx`` run."""
+    ``history.onnx`` run. A window without valid rows gives ``history_prior``."""
     spec = net.spec
     d, n = spec.obs_dim, spec.n_actions
     s = (window[..., :d] - net.obs_mean) / net.obs_std
@@ -194,10 +208,10 @@ def history_context(net: RMAQNetwork, params: Params, window: Tensor, mask: Tens
         w, b = params[f"history_embed.{i}.weight"], params[f"history_embed.{i}.bias"]
         x = act(torch.nn.functional.linear(x, w, b))
     m = mask.to(x.dtype).unsqueeze(-1)
-    pooled = (x * m).sum(dim=-2) / m.sum(dim=-2).clamp_min(1.0)
-    return torch.nn.functional.linear(
-        pooled, params["history_out.weight"], params["history_out.bias"]
-    )
+    count = m.sum(dim=-2)
+    pooled = (x * m).sum(dim=-2) / count.clamp_min(1.0)
+    z = torch.nn.functional.linear(pooled, params["history_out.weight"], params["history_out.bias"])
+    return torch.where(count > 0, z, params[PRIOR])
 
 
 def rma_q(net: RMAQNetwork, params: Params, obs: Tensor, z: Tensor | None) -> Tensor:
@@ -256,6 +270,7 @@ class HistoryActor:
             for i in range(len(spec.hidden))
         ]
         self._out = (array("history_out.weight").T.copy(), array("history_out.bias"))
+        self._prior = array(PRIOR)
         self._body = [
             (array(f"body.{i}.weight").T.copy(), array(f"body.{i}.bias"))
             for i in range(len(spec.hidden))
@@ -264,7 +279,7 @@ class HistoryActor:
         self._activation = NUMPY_ACTIVATIONS[spec.activation]
         self._rows: list[np.ndarray] = []
         self._embeddings: list[np.ndarray] = []
-        self.z = self._out[1].copy()
+        self.z = self._prior.copy()
         for row in list(rows)[-spec.history :]:
             self._push(row)
         self._update()
@@ -290,8 +305,11 @@ class HistoryActor:
             del self._rows[0], self._embeddings[0]
 
     def _update(self) -> None:
+        if not self._embeddings:
+            self.z = self._prior.copy()
+            return
         w, b = self._out
-        pooled = np.mean(self._embeddings, axis=0) if self._embeddings else np.zeros(w.shape[0])
+        pooled = np.mean(self._embeddings, axis=0)
         self.z = (pooled.astype(np.float32) @ w + b).astype(np.float32)
 
     def observe(
@@ -322,12 +340,14 @@ class HistoryActor:
 
 class RegressionBuffer:
     """A ring of the adaptation module's training pairs: raw windows with their masks and
-    the dynamics parameters of the robot they came from."""
+    the dynamics parameters of the robot they came from (``empty``: the pairs whose window
+    holds no transition, the first step on each robot)."""
 
     def __init__(self, capacity: int, length: int, width: int, extrinsics_dim: int) -> None:
         self.windows = np.zeros((capacity, length, width), np.float32)
         self.masks = np.zeros((capacity, length), np.float32)
         self.extrinsics = np.zeros((capacity, extrinsics_dim), np.float32)
+        self.empty = np.zeros(capacity, bool)
         self.pos, self.full = 0, False
 
     def __len__(self) -> int:
@@ -336,6 +356,7 @@ class RegressionBuffer:
     def add(self, window: np.ndarray, mask: np.ndarray, extrinsics: np.ndarray) -> None:
         self.windows[self.pos], self.masks[self.pos] = window, mask
         self.extrinsics[self.pos] = extrinsics
+        self.empty[self.pos] = not np.any(mask)
         self.pos = (self.pos + 1) % len(self.windows)
         self.full = self.full or self.pos == 0
 
@@ -358,7 +379,15 @@ class RegressionBuffer:
         self.windows[:n] = state["windows"].numpy()
         self.masks[:n] = state["masks"].numpy()
         self.extrinsics[:n] = state["extrinsics"].numpy()
+        self.empty[:n] = ~self.masks[:n].any(axis=1)
         self.pos, self.full = int(state["pos"]), bool(state["full"])
+
+    def prior_extrinsics(self) -> np.ndarray:
+        """The dynamics parameters the empty window faces: those of the empty-window pairs
+        (each robot once), or every pair's while there are none."""
+        n = len(self)
+        empty = self.empty[:n]
+        return self.extrinsics[:n][empty] if empty.any() else self.extrinsics[:n]
 
 
 class RMALearner(DQN):
@@ -384,7 +413,7 @@ class RMALearner(DQN):
         self.obs = np.zeros((e.num_envs, full), np.float32)
         self.teacher_steps = int(cfg.memory.teacher_fraction * cfg.dqn.total_steps)
         self.student_optimizer = torch.optim.Adam(
-            history_params(dict(self.net.named_parameters())).values(), lr=cfg.dqn.learning_rate
+            self._student_params().values(), lr=cfg.dqn.learning_rate
         )
         student_steps = max(1, cfg.dqn.total_steps - self.teacher_steps)
         self.regression = RegressionBuffer(
@@ -452,6 +481,13 @@ class RMALearner(DQN):
             self.counts[i] = 0
         return super()._restart(i)
 
+    def epsilon(self) -> float:
+        """The teacher's: DQN's schedule; the student's: ``dqn.epsilon_end``, explicitly
+        (``rma_check`` makes the schedule end within the teacher's phase anyway)."""
+        if self.student_phase:
+            return self.cfg.dqn.epsilon_end
+        return super().epsilon()
+
     def masks(self) -> np.ndarray:
         positions = np.arange(self.length)
         return (positions[None] >= self.length - self.counts[:, None]).astype(np.float32)
@@ -513,11 +549,26 @@ class RMALearner(DQN):
         vector_steps = self.env_steps // len(self.envs)
         if len(self.regression) < d.batch_size or vector_steps % d.train_freq != 0:
             return []
+        self.fit_prior()
         return [self._student_step() for _ in range(d.gradient_steps)]
 
+    def _student_params(self) -> Params:
+        """What the student's Adam steps: the adaptation module but its prior."""
+        params = history_params(dict(self.net.named_parameters()))
+        return {k: v for k, v in params.items() if k != PRIOR}
+
+    def fit_prior(self) -> None:
+        """``history_prior`` := the mean ``mu(e)`` of the regression ring's empty-window
+        pairs, the constant that minimizes the student loss on them (``mu`` is frozen)."""
+        extrinsics = torch.from_numpy(self.regression.prior_extrinsics())
+        with torch.no_grad():
+            self.net.history_prior.copy_(self.net.teacher_z(extrinsics).mean(0))
+
     def student_loss(self, window: Tensor, mask: Tensor, extrinsics: Tensor) -> Tensor:
-        """``|phi(window) - mu(e)|^2`` (mean over the batch and the extrinsics)."""
+        """``|phi(window) - mu(e)|^2`` (mean over the batch and the extrinsics); the prior
+        of empty windows is a constant here (:meth:`fit_prior` sets it)."""
         params = dict(self.net.named_parameters())
+        params[PRIOR] = params[PRIOR].detach()
         with torch.no_grad():
             target = self.net.teacher_z(extrinsics)
         return ((history_context(self.net, params, window, mask) - target) ** 2).mean()
@@ -530,7 +581,7 @@ class RMALearner(DQN):
         loss = self.student_loss(*self.regression.sample(d.batch_size, self.rng))
         self.student_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        module = history_params(dict(self.net.named_parameters())).values()
+        module = self._student_params().values()
         if d.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(module, d.max_grad_norm)
         self.student_optimizer.step()
@@ -658,7 +709,8 @@ def untrained_policy(
 ) -> Policy:
     """A randomly initialized ``rma`` policy (for export and runtime tests without training),
     its normalization that of :func:`robometa.testing.random_policy`; the Q head and the
-    history output are scaled up so that actions and extrinsics visibly differ."""
+    history output are scaled up so that actions and extrinsics visibly differ, and the
+    empty window's prior is drawn apart from the history output's bias."""
     from robometa.testing import random_policy
 
     shaped = random_policy("dqn", env_id=env_id, hidden=hidden, seed=seed)
@@ -680,6 +732,7 @@ def untrained_policy(
         net.set_normalization(shaped.net.obs_mean, shaped.net.obs_std, shaped.net.delta_std)
         net.q_head.weight.normal_(0.0, 1.0)
         net.history_out.weight.mul_(5.0)
+        net.history_prior.normal_(0.0, 1.0)
     return Policy(
         algorithm="rma",
         env_id=env_id,
