@@ -59,6 +59,12 @@ COST = {  # seconds per run on CartPole at the shipped budgets (measured, one co
     "oracle": 72,
     "dr": 30,
     "context": 18,
+    # measured while other runs shared the cores (2026-12, the runs of the support table)
+    "recurrent": 115,
+    "taskrate": 55,
+    "cavia-encoder": 55,
+    "rma": 50,
+    "hyper": 15,
 }
 FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.5, "reacher": 1.5, "armreach": 3.0}
 #: --backend ray: how many times a job whose worker process died is run again
