@@ -3,8 +3,9 @@
 Reads the JSON ``benchmarks/adaptation.py --support 10,50,200`` wrote and prints, per robot
 family, one row per method: the return before adapting (0 steps, at the largest support
 size), then the return after adapting (the last step count <= ``--max-steps``) with its 95%
-interval at each support size, for the ``id`` and ``ood`` groups, and the normalized score at
-the largest size. Nothing is recomputed: every number is the JSON's.
+interval at each support size, for each task group (``id``, ``ood``, ...), and the normalized score at
+the largest size (``--groups`` picks the task groups; default: all of them). Nothing is
+recomputed: every number is the JSON's.
 
     python benchmarks/support_table.py bench-results/adaptation.json
 """
@@ -30,14 +31,23 @@ def _cell(row: dict | None, key: str = "return", bold: bool = False) -> str:
     )
 
 
-def family_table(summary: list[dict], max_steps: int = 5) -> str:
-    """The markdown table of one family's summary rows (see the module docstring)."""
+def family_table(summary: list[dict], max_steps: int = 5, groups: list[str] | None = None) -> str:
+    """The markdown table of one family's summary rows (see the module docstring) for
+    ``groups`` (default: every group, in the summary's order; the first gives the 0-step and
+    score columns)."""
     sizes = sorted({r["support"] for r in summary if "support" in r})
     if not sizes:
         raise ValueError(
             "the summary has no support sizes: run benchmarks/adaptation.py with --support"
         )
-    groups = [g for g in ("id", "ood") if any(r["group"] == g for r in summary)]
+    present = list(dict.fromkeys(r["group"] for r in summary))
+    groups = present if groups is None else groups
+    missing = [g for g in groups if g not in present]
+    if missing or not groups:
+        raise ValueError(
+            f"no group {', '.join(missing) or '(none given)'} in the summary (it has "
+            f"{', '.join(present)})"
+        )
     methods = list(dict.fromkeys(r["method"] for r in summary))
 
     def final(method: str, group: str, size: int) -> dict | None:
@@ -91,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("json", type=Path, help="what benchmarks/adaptation.py --support wrote")
     p.add_argument("--families", help="comma list (default: every family in the file)")
     p.add_argument("--max-steps", type=int, default=5, help="the adapted column's step limit")
+    p.add_argument("--groups", help="comma list of task groups (default: every group)")
     args = p.parse_args(argv)
     try:
         doc = json.loads(args.json.read_text(encoding="utf-8"))
@@ -105,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for family in wanted:
         try:
-            table = family_table(families[family]["summary"], args.max_steps)
+            groups = args.groups.split(",") if args.groups else None
+            table = family_table(families[family]["summary"], args.max_steps, groups)
         except ValueError as err:
             raise SystemExit(f"{args.json}: {family}: {err}") from None
         print(f"\n{family} ({families[family]['env_id']}):\n\n{table}")

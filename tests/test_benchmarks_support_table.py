@@ -67,5 +67,12 @@ def test_a_file_without_support_sizes_or_family_is_named(tmp_path: Path) -> None
     assert done.returncode != 0 and "cartpole: the summary has no support sizes" in done.stderr
     done = run(path, "--families", "reacher")
     assert "--families reacher: not in" in done.stderr and "it has cartpole" in done.stderr
+    path.write_text(
+        json.dumps(
+            {"families": {"cartpole": {"env_id": "x", "summary": [row("dr", "id", 10, 0, 1.0)]}}}
+        )
+    )
+    done = run(path, "--groups", "id,fresh-id")
+    assert "no group fresh-id in the summary (it has id)" in done.stderr
     (tmp_path / "b.json").write_text("[]")
     assert "not an adaptation benchmark JSON" in run(tmp_path / "b.json").stderr
