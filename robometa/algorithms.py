@@ -472,6 +472,17 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
             "weights and bias of the Q-network's output layer",
         },
     ),
+    "hyper-context": (
+        "robometa.methods.hyper_context:HyperContextLearner",
+        {
+            "family": "context",
+            "adapts": True,
+            "bundle_kind": "context",
+            "check": context_check,
+            "summary": "the hypernetwork head combined with the encoder's conditioning: the "
+            "inferred context is fed to the Q body and generates its output layer",
+        },
+    ),
     "taskrate": (
         "robometa.methods.taskrate:TaskRateLearner",
         {
