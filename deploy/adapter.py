@@ -12,13 +12,18 @@ meta-parameters: ``from_meta`` (False), ``support_epsilon`` (the manifest's
 
 A new kind's runtime subclasses :class:`Adapter`, sets ``layout`` (its
 :class:`~robometa.deploy.bundle.BundleLayout`), calls ``_set_bundle`` and sets ``buffer`` in
-its ``__init__``, and implements the abstract methods; ``register_kind`` names it.
+its ``__init__``, and implements the abstract methods; ``register_kind`` names it. A runtime
+whose ``policy.onnx`` acts bound to preallocated buffers subclasses
+:class:`BoundPolicyAdapter` for its ``act`` (the gradient kinds and, through
+:class:`robometa.deploy.conditioned.ConditionedAdapter`, the kinds whose policy is conditioned
+on one vector the adapter holds).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,10 +31,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 from robometa.deploy import kinds
-from robometa.deploy.bundle import MANIFEST_FILE, Bundle, BundleError, BundleLayout
-from robometa.deploy.checks import check_real, is_number
+from robometa.deploy.bundle import (
+    ACTION_OUTPUT,
+    MANIFEST_FILE,
+    POLICY_GRAPH,
+    Bundle,
+    BundleError,
+    BundleLayout,
+)
+from robometa.deploy.checks import FLOAT32, check_count, check_real, is_number
 from robometa.deploy.guard import AdaptReport
-from robometa.deploy.transitions import DEFAULT_CAPACITY, TransitionBuffer, rejection
+from robometa.deploy.sessions import MAX_THREADS
+from robometa.deploy.state import parse_state
+from robometa.deploy.transitions import (
+    DEFAULT_CAPACITY,
+    MAX_CAPACITY,
+    TransitionBuffer,
+    Transitions,
+    rejection,
+)
 
 # robometa's config default for adaptation.support_epsilon (the runtime cannot import it).
 DEFAULT_SUPPORT_EPSILON = 0.3
@@ -111,6 +131,20 @@ class Adapter(abc.ABC):
         self._obs_shape = (self.obs_dim,)
         self._rejected: Counter[str] = Counter()
 
+    def _checked_counts(
+        self, capacity: int | None, min_transitions: int, threads: int
+    ) -> tuple[int | None, int]:
+        """Check the constructor's shared counts (each in ``[1, MAX_CAPACITY]``, ``threads``
+        in ``[1, MAX_THREADS]``; ``TypeError``/``ValueError`` naming the argument), set
+        ``min_transitions``; return ``(capacity, threads)``."""
+        self.min_transitions = check_count(
+            "min_transitions", min_transitions, 1, MAX_CAPACITY, "MAX_CAPACITY"
+        )
+        threads = check_count("threads", threads, 1, MAX_THREADS, "MAX_THREADS")
+        if capacity is not None:
+            capacity = check_count("capacity", capacity, 1, MAX_CAPACITY, "MAX_CAPACITY")
+        return capacity, threads
+
     def _checked_obs(self, obs: Any, shape: tuple[int, ...] | None, what: str) -> np.ndarray:
         """``obs`` as float32 of ``shape`` (``None``: any ``(B, obs_dim)`` with ``B >= 1``)."""
         array = check_real(obs, what)
@@ -134,6 +168,19 @@ class Adapter(abc.ABC):
             "finite float32 values"
         )
 
+    def _checked_batch(self, obs: Any) -> tuple[np.ndarray, bool]:
+        """``q_values``' argument, one observation ``(obs_dim,)`` or a batch ``(B,
+        obs_dim)``, as a float32 batch, and whether it was one (``ValueError`` naming the
+        problem for a wrong shape or a non-finite entry)."""
+        array = check_real(obs, "obs")
+        single = array.ndim == 1
+        batch = self._checked_obs(array[None] if single else array, None, "obs")
+        bad = ~np.isfinite(batch).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(self._non_finite_message(batch[row], f"obs[{row}]"))
+        return batch, single
+
     # ------------------------------------------------------------------ collecting
 
     def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
@@ -156,6 +203,36 @@ class Adapter(abc.ABC):
             return False
         self.buffer.add(o, int(action), float(reward), o2, float(terminated))
         return True
+
+    def _parse_saved(
+        self,
+        path: Path,
+        arrays: dict[str, np.ndarray],
+        meta: Mapping[str, np.ndarray],
+        adapted: tuple[str, ...],
+    ) -> tuple[dict[str, np.ndarray], Transitions, dict[str, int]]:
+        """:func:`~robometa.deploy.state.parse_state` of a state file's ``arrays`` for this
+        bundle, its observation and action spaces (``StateError`` naming the file and key)."""
+        return parse_state(
+            path,
+            arrays,
+            identity=self.bundle.identity,
+            meta=meta,
+            adapted=adapted,
+            obs_dim=self.obs_dim,
+            obs_low=self.obs_low,
+            obs_high=self.obs_high,
+            n_actions=self.n_actions,
+        )
+
+    def _restore_buffer(self, data: Transitions, rejected: Mapping[str, int]) -> None:
+        """A loaded state's buffer (its newest ``capacity`` transitions, as ``observe`` would
+        keep them) and rejection counts replace the current ones."""
+        self.buffer.clear()
+        keep = max(0, len(data.reward) - self.buffer.capacity)
+        for row in zip(*(a[keep:] for a in data), strict=True):
+            self.buffer.add(*row)
+        self._rejected = Counter(rejected)
 
     @property
     def rejected(self) -> dict[str, int]:
@@ -205,6 +282,43 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def load_state(self, path: str | Path) -> None:
         """Restore a state written by ``save_state`` for this same bundle."""
+
+
+class BoundPolicyAdapter(Adapter):
+    """An :class:`Adapter` whose ``policy.onnx`` session (``_policy``) acts bound to
+    preallocated buffers (:class:`robometa.deploy.sessions.BoundPolicy`: the input row
+    ``_obs1``, the action ``_a1``, the binding ``_binding``), which its ``act`` runs: the
+    gradient kinds' and the conditioned kinds' runtimes."""
+
+    _policy: Any
+    _obs1: np.ndarray
+    _a1: np.ndarray
+    _binding: Any
+
+    def act(self, obs: Any) -> int:
+        """The greedy action for one observation of shape ``(obs_dim,)``.
+
+        Raises ``ValueError`` naming the problem for a wrong shape, a non-numeric dtype or a
+        NaN/inf entry, and ``BundleError`` if ``policy.onnx`` answers an action outside
+        ``[0, n_actions)`` (a broken graph must not drive the robot).
+        """
+        buf = self._obs1[0]
+        if type(obs) is np.ndarray and obs.dtype is FLOAT32 and obs.shape == self._obs_shape:
+            buf[...] = obs
+        else:
+            buf[...] = self._checked_obs(obs, self._obs_shape, "obs")
+        # A Python-level check: right after an ORT run a numpy ufunc costs ~5 us (cold caches),
+        # a few math.isfinite calls well under 1 us.
+        if not all(map(math.isfinite, buf.tolist())):
+            raise ValueError(self._non_finite_message(buf, "obs"))
+        self._policy.run_with_iobinding(self._binding)
+        action = self._a1.item()
+        if not 0 <= action < self.n_actions:
+            raise BundleError(
+                f"{self.bundle.file(POLICY_GRAPH)}: output {ACTION_OUTPUT!r} is {action}, "
+                f"outside [0, {self.n_actions}) (action.n of the manifest)"
+            )
+        return action
 
 
 def support_epsilon_of(bundle: Bundle) -> float:

@@ -161,6 +161,22 @@ def tensor_spec(dtype: str, shape: tuple[int, ...], batch: bool = False) -> Tens
     return f"tensor({dtype})", ((None,) if batch else ()) + tuple(shape)
 
 
+def transition_io(
+    obs_dim: int, names: tuple[str, ...] = BATCH_INPUTS
+) -> tuple[dict[str, TensorSpec], dict[str, np.ndarray]]:
+    """The transition-batch inputs ``names`` (of :data:`BATCH_INPUTS`: ``obs`` and
+    ``next_obs`` ``(B, obs_dim)`` float, ``action`` ``(B,)`` int64, ``reward`` and
+    ``terminated`` ``(B,)`` float) of a graph, and a probe batch of 2 zero rows for each."""
+    shapes = {"obs": (obs_dim,), "next_obs": (obs_dim,)}
+    inputs, feeds = {}, {}
+    for name in names:
+        shape = shapes.get(name, ())
+        dtype = "int64" if name == "action" else "float"
+        inputs[name] = tensor_spec(dtype, shape, batch=True)
+        feeds[name] = np.zeros((2, *shape), np.int64 if dtype == "int64" else np.float32)
+    return inputs, feeds
+
+
 class GraphContext(NamedTuple):
     """What the reader knows when it checks one graph: the manifest, the verified arrays (by
     file, then member) and the parameters (of ``params.npz``) the graph takes as
@@ -738,6 +754,18 @@ def check_parameters(manifest: Mapping[str, Any], where: Path, adapted: bool = F
             )
         if adapted:
             _check_bool(where, f"{key}.adapted", _get(entry, "adapted", where, f"{key}."))
+
+
+def check_support_size(where: Path, key: str, support: Any, obs_dim: int) -> None:
+    """A manifest's ``key`` (a support size) is an integer in ``[1, MAX_SUPPORT_SIZE]`` whose
+    transition buffer of ``obs_dim`` observations fits in ``MAX_BUFFER_BYTES``."""
+    _check_int(where, key, support, 1, MAX_SUPPORT_SIZE)
+    buffer = support * (2 * obs_dim + 3) * 4
+    if buffer > MAX_BUFFER_BYTES:
+        raise BundleError(
+            f"{where}: {key} {support} transitions of obs_dim {obs_dim} need a "
+            f"{buffer}-byte buffer, more than the {MAX_BUFFER_BYTES} allowed"
+        )
 
 
 def _check_graph_entries(

@@ -38,7 +38,13 @@ from robometa.deploy.bundle import (
     check_object,
     fail,
     manifest_key,
-    tensor_spec,
+)
+from robometa.deploy.context import (
+    CONTEXT,
+    ENCODER_GRAPH,
+    ENCODER_INPUTS,
+    MAX_CONTEXT_DIM,
+    encoder_io,
 )
 from robometa.deploy.gradient import GRADIENT_LAYOUT, GradientAdapter, check_gradient_manifest
 from robometa.deploy.sessions import PROVIDERS, open_session, param_inputs, session_options
@@ -46,23 +52,12 @@ from robometa.deploy.transitions import Transitions
 
 #: the kind's name (the manifest's ``kind``)
 KIND = "cavia-encoder"
-ENCODER_GRAPH = "encoder.onnx"
-#: the adapted parameter, the encoder graph's output
-CONTEXT = "context"
-#: the encoder graph's transition inputs (no ``terminated``: the encoder does not read it)
-ENCODER_INPUTS: tuple[str, ...] = ("obs", "action", "reward", "next_obs")
-MAX_CONTEXT_DIM = 1024  # the config's network.context_dim range
+# the encoder graph (``ENCODER_GRAPH``, its ``ENCODER_INPUTS``, its output ``CONTEXT``, also
+# the adapted parameter) is the context kind's
 
 
 def _encoder_io(graph: GraphContext) -> GraphIO:
-    obs_dim = graph.manifest["observation"]["shape"][0]
-    inputs, feeds = {}, {}
-    for name, shape in zip(ENCODER_INPUTS, [(obs_dim,), (), (), (obs_dim,)], strict=True):
-        dtype = "int64" if name == "action" else "float"
-        inputs[name] = tensor_spec(dtype, shape, batch=True)
-        feeds[name] = np.zeros((2, *shape), np.int64 if dtype == "int64" else np.float32)
-    outputs = {CONTEXT: tensor_spec("float", (int(graph.manifest["encoder"]["dim"]),))}
-    return GraphIO(inputs, feeds, outputs)
+    return encoder_io(graph, int(graph.manifest["encoder"]["dim"]))
 
 
 def check_cavia_encoder_manifest(manifest: Mapping[str, Any], where: Path, obs_dim: int) -> None:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from robometa.deploy.adapter import Adapter
+from robometa.deploy.adapter import BoundPolicyAdapter
 from robometa.deploy.bundle import (
     ACTION_OUTPUT,
     ADAPT_GRAPH,
@@ -39,9 +38,7 @@ from robometa.deploy.bundle import (
     LR_PREFIX,
     LRS_FILE,
     MANIFEST_FILE,
-    MAX_BUFFER_BYTES,
     MAX_INNER_STEPS,
-    MAX_SUPPORT_SIZE,
     NEW_PREFIX,
     OBS_INPUT,
     PARAM_PREFIX,
@@ -60,30 +57,29 @@ from robometa.deploy.bundle import (
     check_int,
     check_object,
     check_parameters,
+    check_support_size,
     fail,
     is_number,
     manifest_key,
     tensor_spec,
+    transition_io,
 )
 from robometa.deploy.checks import (
-    FLOAT32,
     check_count,
     check_number,
-    check_real,
     frozen,
     param_problem,
 )
 from robometa.deploy.files import atomic_write, remove_stale_temp_files
 from robometa.deploy.guard import MAX_ADAPT_STEPS, AdaptReport, bounded, split, worse
 from robometa.deploy.sessions import (
-    MAX_THREADS,
     PROVIDERS,
     BoundPolicy,
     open_session,
     param_inputs,
     session_options,
 )
-from robometa.deploy.state import parse_state, read_state, state_arrays
+from robometa.deploy.state import read_state, state_arrays
 from robometa.deploy.transitions import (
     DEFAULT_CAPACITY,
     MAX_CAPACITY,
@@ -133,10 +129,9 @@ def _adapt_io(graph: GraphContext) -> GraphIO:
     for k, lr in graph.lrs.items():
         inputs[LR_PREFIX + k] = tensor_spec("float", lr.shape)
         feeds[LR_PREFIX + k] = lr
-    for name, shape in zip(BATCH_INPUTS, [(obs_dim,), (), (), (obs_dim,), ()], strict=True):
-        dtype = "int64" if name == "action" else "float"
-        inputs[name] = tensor_spec(dtype, shape, batch=True)
-        feeds[name] = np.zeros((2, *shape), np.int64 if dtype == "int64" else np.float32)
+    batch_inputs, batch_feeds = transition_io(obs_dim)
+    inputs.update(batch_inputs)
+    feeds.update(batch_feeds)
     inputs[GAMMA_INPUT] = tensor_spec("float", ())
     feeds[GAMMA_INPUT] = np.asarray(graph.manifest["discount"], np.float32)
     outputs = {NEW_PREFIX + k: tensor_spec("float", graph.params[k].shape) for k in graph.lrs}
@@ -163,13 +158,7 @@ def _check_inner(manifest: Mapping[str, Any], obs_dim: int, where: Path) -> None
         where, "inner.steps", manifest_key(inner, "steps", where, "inner."), 0, MAX_INNER_STEPS
     )
     support = manifest_key(manifest, "inner.support_size", where)
-    check_int(where, "inner.support_size", support, 1, MAX_SUPPORT_SIZE)
-    buffer = support * (2 * obs_dim + 3) * 4
-    if buffer > MAX_BUFFER_BYTES:
-        raise BundleError(
-            f"{where}: inner.support_size {support} transitions of obs_dim {obs_dim} need a "
-            f"{buffer}-byte buffer, more than the {MAX_BUFFER_BYTES} allowed"
-        )
+    check_support_size(where, "inner.support_size", support, obs_dim)
     for key in ("from_meta", "fine_tune"):
         if key in inner:
             check_bool(where, f"inner.{key}", inner[key])
@@ -226,7 +215,7 @@ GRADIENT_LAYOUT = BundleLayout(
 # ---------------------------------------------------------------------- the runtime
 
 
-class GradientAdapter(Adapter):
+class GradientAdapter(BoundPolicyAdapter):
     """Acts with, and adapts by guarded gradient steps, the policy of one gradient bundle.
 
     Args:
@@ -273,12 +262,7 @@ class GradientAdapter(Adapter):
             if max_update_norm is None
             else check_number("max_update_norm", max_update_norm, 0.0, math.inf, low_open=True)
         )
-        self.min_transitions = check_count(
-            "min_transitions", min_transitions, 1, MAX_CAPACITY, "MAX_CAPACITY"
-        )
-        threads = check_count("threads", threads, 1, MAX_THREADS, "MAX_THREADS")
-        if capacity is not None:
-            capacity = check_count("capacity", capacity, 1, MAX_CAPACITY, "MAX_CAPACITY")
+        capacity, threads = self._checked_counts(capacity, min_transitions, threads)
         self._set_bundle(bundle)
         self.adapted = bundle.adapted
         self.default_steps = _manifest_count(bundle, "steps", MAX_ADAPT_STEPS, "MAX_ADAPT_STEPS")
@@ -349,41 +333,10 @@ class GradientAdapter(Adapter):
 
     # ------------------------------------------------------------------ acting
 
-    def act(self, obs: Any) -> int:
-        """The greedy action for one observation of shape ``(obs_dim,)``.
-
-        Raises ``ValueError`` naming the problem for a wrong shape, a non-numeric dtype or a
-        NaN/inf entry, and ``BundleError`` if ``policy.onnx`` answers an action outside
-        ``[0, n_actions)`` (a broken graph must not drive the robot).
-        """
-        buf = self._obs1[0]
-        if type(obs) is np.ndarray and obs.dtype is FLOAT32 and obs.shape == self._obs_shape:
-            buf[...] = obs
-        else:
-            buf[...] = self._checked_obs(obs, self._obs_shape, "obs")
-        # A Python-level check: right after an ORT run a numpy ufunc costs ~5 us (cold caches),
-        # a few math.isfinite calls well under 1 us.
-        if not all(map(math.isfinite, buf.tolist())):
-            raise ValueError(self._non_finite_message(buf, "obs"))
-        self._policy.run_with_iobinding(self._binding)
-        action = self._a1.item()
-        if not 0 <= action < self.n_actions:
-            raise BundleError(
-                f"{self.bundle.file(POLICY_GRAPH)}: output {ACTION_OUTPUT!r} is {action}, "
-                f"outside [0, {self.n_actions}) (action.n of the manifest)"
-            )
-        return action
-
     def q_values(self, obs: Any) -> np.ndarray:
         """Q-values for one observation ``(obs_dim,)`` -> ``(n_actions,)`` or a batch
         ``(B, obs_dim)`` -> ``(B, n_actions)``."""
-        array = check_real(obs, "obs")
-        single = array.ndim == 1
-        batch = self._checked_obs(array[None] if single else array, None, "obs")
-        bad = ~np.isfinite(batch).all(axis=1)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise ValueError(self._non_finite_message(batch[row], f"obs[{row}]"))
+        batch, single = self._checked_batch(obs)
         acting = self._acting_params()
         feeds = {PARAM_PREFIX + k: acting[k] for k in self._policy_params}
         feeds[OBS_INPUT] = batch
@@ -604,24 +557,10 @@ class GradientAdapter(Adapter):
         """
         path = Path(path)
         remove_stale_temp_files(path)
-        params, data, rejected = parse_state(
-            path,
-            read_state(path),
-            identity=self.bundle.identity,
-            meta=self._meta,
-            adapted=self.adapted,
-            obs_dim=self.obs_dim,
-            obs_low=self.obs_low,
-            obs_high=self.obs_high,
-            n_actions=self.n_actions,
-        )
+        params, data, rejected = self._parse_saved(path, read_state(path), self._meta, self.adapted)
         self._params = {**self._meta, **{k: frozen(v) for k, v in params.items()}}
         self._bind_params()
-        self.buffer.clear()
-        keep = max(0, len(data.reward) - self.buffer.capacity)
-        for row in zip(*(a[keep:] for a in data), strict=True):
-            self.buffer.add(*row)
-        self._rejected = Counter(rejected)
+        self._restore_buffer(data, rejected)
 
 
 def _manifest_count(bundle: Bundle, key: str, high: int, maximum: str) -> int:

@@ -53,6 +53,7 @@ from robometa.deploy.bundle import (
     is_number,
     manifest_key,
     tensor_spec,
+    transition_io,
 )
 from robometa.deploy.gradient import (
     POLICY_GRAPH_SPEC,
@@ -94,11 +95,7 @@ def _adapt_io(graph: GraphContext) -> GraphIO:
             f"{graph.where}: no {PARAM_PREFIX} input for adapted parameters {missing}"
         )
     obs_dim = graph.manifest["observation"]["shape"][0]
-    inputs, feeds = {}, {}
-    for name, shape in zip(BATCH_INPUTS, [(obs_dim,), (), (), (obs_dim,), ()], strict=True):
-        dtype = "int64" if name == "action" else "float"
-        inputs[name] = tensor_spec(dtype, shape, batch=True)
-        feeds[name] = np.zeros((2, *shape), np.int64 if dtype == "int64" else np.float32)
+    inputs, feeds = transition_io(obs_dim)
     inputs[GAMMA_INPUT] = tensor_spec("float", ())
     feeds[GAMMA_INPUT] = np.asarray(graph.manifest["discount"], np.float32)
     inputs[STEP_INPUT] = tensor_spec("int64", ())
