@@ -222,13 +222,15 @@ def algorithm_of(policy: Policy, source: str = "policy") -> AlgorithmSpec:
 
 def _parity_check(spec: AlgorithmSpec) -> Callable[[Policy, Path], Any]:
     """The family's parity check, ``check_bundle(policy, bundle_dir)``: its own, or the
-    default of :class:`~robometa.methods.base.Method` (which checks gradient bundles) where
-    the algorithm's ``bundle_kind`` is ``gradient``; else ``ValueError``."""
+    default of :class:`~robometa.methods.base.Method` (the ``check_parity`` of the family's
+    ``bundle_writer``, by default the gradient kind's) where the family names its own
+    ``bundle_writer`` or the algorithm's ``bundle_kind`` is ``gradient``; else ``ValueError``."""
     from robometa.methods.base import Method
 
     method = spec.load()
     check = getattr(method, "check_bundle", None)
     default = getattr(check, "__func__", None) is Method.check_bundle.__func__
+    default = default and getattr(method, "bundle_writer", None) == Method.bundle_writer
     if check is None or (default and spec.bundle_kind != GRADIENT_KIND):
         raise ValueError(
             f"algorithm {spec.name!r} exports bundle kind {spec.bundle_kind!r}, which has no "

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robometa.bundle import finish_bundle, graph_entry, stamp_graph
 from robometa.bundle_context import export_encoder_graph
 from robometa.bundle_gradient import build_manifest
+from robometa.bundle_parts import finish_graphs, save_params
 from robometa.bundle_taskrate import parity_batch
-from robometa.deploy.bundle import ADAPT_GRAPH, LRS_FILE, PARAMS_FILE, POLICY_GRAPH
+from robometa.deploy.bundle import ADAPT_GRAPH, LRS_FILE, POLICY_GRAPH
 from robometa.deploy.cavia_encoder import CONTEXT, ENCODER_GRAPH, KIND
 from robometa.export import export_adapt_graph, export_policy_graph
 from robometa.methods.cavia_encoder import CaviaEncoderNetwork, initial_context
@@ -64,17 +64,11 @@ def write_bundle(policy: Policy, root: Path, run_dir: Path | None) -> None:
     export_policy_graph(net, q, root / POLICY_GRAPH)
     export_adapt_graph(net, q, lrs, policy.inner, root / ADAPT_GRAPH)
     export_encoder_graph(net, params, root / ENCODER_GRAPH)  # type: ignore[arg-type]
-    np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
+    save_params(root, params)
     np.savez(root / LRS_FILE, **{k: v.numpy().astype(np.float32) for k, v in lrs.items()})
     extra = {"robometa.inner_kind": policy.inner.kind, "robometa.adapted": CONTEXT}
-    for name in (POLICY_GRAPH, ADAPT_GRAPH, ENCODER_GRAPH):
-        stamp_graph(root / name, manifest, _DOC_STRINGS[name], extra)
-    manifest["graphs"] = {
-        "policy": graph_entry(root / POLICY_GRAPH),
-        "adapt": graph_entry(root / ADAPT_GRAPH),
-        "encoder": graph_entry(root / ENCODER_GRAPH),
-    }
-    finish_bundle(root, manifest, run_dir)
+    graphs = {"policy": POLICY_GRAPH, "adapt": ADAPT_GRAPH, "encoder": ENCODER_GRAPH}
+    finish_graphs(root, manifest, graphs, _DOC_STRINGS, extra, run_dir)
 
 
 def check_parity(policy: Policy, bundle_dir: str | Path, seed: int = 0) -> dict[str, float]:

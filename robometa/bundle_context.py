@@ -25,17 +25,20 @@ import torch
 from torch import Tensor
 
 from robometa.adaptation import Batch
-from robometa.bundle import finish_bundle, graph_entry, shared_manifest, stamp_graph
-from robometa.deploy.bundle import (
-    ACTION_OUTPUT,
-    OBS_INPUT,
-    PARAM_PREFIX,
-    PARAMS_FILE,
-    POLICY_GRAPH,
-    Q_OUTPUT,
+from robometa.bundle import shared_manifest
+from robometa.bundle_parts import (
+    conditioned_param_names,
+    export_conditioned_policy_graph,
+    finish_graphs,
+    network_of,
+    network_section,
+    normalization_section,
+    save_params,
+    synthetic_transitions,
 )
+from robometa.deploy.bundle import PARAM_PREFIX, POLICY_GRAPH
 from robometa.deploy.context import CONTEXT, ENCODER_GRAPH, ENCODER_INPUTS, KIND
-from robometa.export import _EXAMPLE_BATCH, _example_batch, _example_obs, _export
+from robometa.export import _EXAMPLE_BATCH, _example_batch, _export
 from robometa.methods.context import ContextQNetwork, context_q, encode, encoder_params
 from robometa.networks import Params
 from robometa.policy import Policy
@@ -50,28 +53,9 @@ _DOC_STRINGS = {
 }
 
 
-def policy_param_names(params: Params) -> list[str]:
-    """What Q depends on: the body and the Q head (not the encoder, not the model head)."""
-    return [k for k in params if k.startswith(("body.", "q_head."))]
-
-
 def export_policy_graph(net: ContextQNetwork, params: Params, path: Path) -> Path:
-    names = policy_param_names(params)
-    fixed = {k: v.detach() for k, v in params.items()}
-
-    def policy(obs: Tensor, z: Tensor, *values: Tensor) -> tuple[Tensor, Tensor]:
-        q = context_q(net, {**fixed, **dict(zip(names, values, strict=True))}, obs, z)
-        return q, q.argmax(dim=1)
-
-    z = torch.zeros(net.spec.context_dim)
-    args = (_example_obs(net, _EXAMPLE_BATCH), z, *(fixed[k].float() for k in names))
-    return _export(
-        policy,
-        args,
-        [True, False] + [False] * len(names),
-        [OBS_INPUT, CONTEXT] + [PARAM_PREFIX + k for k in names],
-        [Q_OUTPUT, ACTION_OUTPUT],
-        path,
+    return export_conditioned_policy_graph(
+        context_q, net, params, CONTEXT, net.spec.context_dim, path
     )
 
 
@@ -98,25 +82,15 @@ def export_encoder_graph(net: ContextQNetwork, params: Params, path: Path) -> Pa
 
 def write_bundle(policy: Policy, root: Path, run_dir: Path | None) -> None:
     """Write a context bundle (graphs, arrays, ``manifest.json``) into the empty ``root``."""
-    net = policy.net
-    if not isinstance(net, ContextQNetwork):
-        raise ValueError(
-            f"a {KIND!r} bundle needs a context network, the policy of {policy.algorithm!r} has "
-            f"a {type(net).__name__}"
-        )
+    net = network_of(policy, ContextQNetwork, KIND, "a context network")
     params = {k: v.detach().float() for k, v in policy.params.items()}
     manifest = build_manifest(policy, params)
     export_policy_graph(net, params, root / POLICY_GRAPH)
     export_encoder_graph(net, params, root / ENCODER_GRAPH)
-    np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
+    save_params(root, params)
     extra = {"robometa.context_dim": str(net.spec.context_dim)}
-    for name in (POLICY_GRAPH, ENCODER_GRAPH):
-        stamp_graph(root / name, manifest, _DOC_STRINGS[name], extra)
-    manifest["graphs"] = {
-        "policy": graph_entry(root / POLICY_GRAPH),
-        "encoder": graph_entry(root / ENCODER_GRAPH),
-    }
-    finish_bundle(root, manifest, run_dir)
+    graphs = {"policy": POLICY_GRAPH, "encoder": ENCODER_GRAPH}
+    finish_graphs(root, manifest, graphs, _DOC_STRINGS, extra, run_dir)
 
 
 def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
@@ -124,18 +98,10 @@ def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
     manifest = shared_manifest(policy, KIND)
     spec, net = policy.net.spec, policy.net
     manifest |= {
-        "normalization": {
-            "obs_mean": net.obs_mean.tolist(),
-            "obs_std": net.obs_std.tolist(),
-            "delta_std": net.delta_std.tolist(),
-        },
-        "network": {
-            "obs_dim": spec.obs_dim,
-            "n_actions": spec.n_actions,
-            "hidden": list(spec.hidden),
-            "context_dim": spec.context_dim,
-            "activation": spec.activation,
-            "policy_inputs": policy_param_names(params),
+        "normalization": normalization_section(net),
+        "network": network_section(spec)
+        | {
+            "policy_inputs": conditioned_param_names(params),
             "encoder_inputs": list(encoder_params(params)),
         },
         CONTEXT: {
@@ -162,14 +128,8 @@ def check_parity(policy: Policy, bundle_dir: str | Path, seed: int = 0) -> dict[
     net, params = policy.net, policy.params
     gen = torch.Generator().manual_seed(seed)
     n = 13
-    obs = net.obs_mean + net.obs_std * torch.randn(n, net.spec.obs_dim, generator=gen)
-    batch = Batch(
-        obs,
-        torch.randint(0, net.spec.n_actions, (n,), generator=gen),
-        torch.randn(n, generator=gen),
-        obs + net.delta_std * torch.randn(n, net.spec.obs_dim, generator=gen),
-        torch.zeros(n),
-    )
+    batch = Batch(*synthetic_transitions(net, n, gen), torch.zeros(n))
+    obs = batch.obs
     with torch.no_grad():
         z_torch = encode(net, params, batch)
         q_zero = context_q(net, params, obs, None)

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from robometa.adaptation import Batch, InnerLoss, adapt_step
-from robometa.bundle import finish_bundle, graph_entry, shared_manifest, stamp_graph
+from robometa.bundle import shared_manifest
+from robometa.bundle_parts import finish_graphs, network_section, normalization_section, save_params
 from robometa.deploy.bundle import (
     ADAPT_GRAPH,
     LOSS_OUTPUT,
@@ -38,7 +39,6 @@ from robometa.deploy.bundle import (
     LRS_FILE,
     NEW_PREFIX,
     PARAM_PREFIX,
-    PARAMS_FILE,
     POLICY_GRAPH,
     Bundle,
 )
@@ -98,19 +98,14 @@ def write_bundle(policy: Policy, root: Path, run_dir: Path | None) -> None:
     manifest = build_manifest(policy, params, lrs, inner, fine_tune)  # first: it checks shapes
     export_policy_graph(policy.net, params, root / POLICY_GRAPH)
     export_adapt_graph(policy.net, params, lrs, inner, root / ADAPT_GRAPH)
-    np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
+    save_params(root, params)
     np.savez(root / LRS_FILE, **{k: v.numpy().astype(np.float32) for k, v in lrs.items()})
     extra = {
         "robometa.inner_kind": manifest["inner"]["kind"],
         "robometa.adapted": ",".join(manifest["inner"]["adapted"]),
     }
-    for name in (POLICY_GRAPH, ADAPT_GRAPH):
-        stamp_graph(root / name, manifest, _DOC_STRINGS[name], extra)
-    manifest["graphs"] = {
-        "policy": graph_entry(root / POLICY_GRAPH),
-        "adapt": graph_entry(root / ADAPT_GRAPH),
-    }
-    finish_bundle(root, manifest, run_dir)
+    graphs = {"policy": POLICY_GRAPH, "adapt": ADAPT_GRAPH}
+    finish_graphs(root, manifest, graphs, _DOC_STRINGS, extra, run_dir)
 
 
 def build_manifest(
@@ -122,17 +117,9 @@ def build_manifest(
     spec, net = policy.net.spec, policy.net
     manifest |= {
         "discount": float(inner.gamma),
-        "normalization": {
-            "obs_mean": net.obs_mean.tolist(),
-            "obs_std": net.obs_std.tolist(),
-            "delta_std": net.delta_std.tolist(),
-        },
-        "network": {
-            "obs_dim": spec.obs_dim,
-            "n_actions": spec.n_actions,
-            "hidden": list(spec.hidden),
-            "context_dim": spec.context_dim,
-            "activation": spec.activation,
+        "normalization": normalization_section(net),
+        "network": network_section(spec)
+        | {
             "policy_inputs": policy_param_names(params),
         },
         "inner": {
@@ -173,17 +160,13 @@ def check_parity(policy: Policy, bundle_dir: str | Path, seed: int = 0) -> dict[
 
     Returns the largest absolute differences (``q_values``, ``adapted_params``) for reporting.
     """
-    import onnxruntime as ort
-
     bundle = Bundle.load(bundle_dir)
     lrs, inner, _ = adaptation_of(policy)
     net = policy.net
     params = {k: v.detach().float() for k, v in policy.params.items()}
     gen = torch.Generator().manual_seed(seed)
     obs = net.obs_mean + net.obs_std * torch.randn(7, net.spec.obs_dim, generator=gen)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    pol = ort.InferenceSession(str(bundle.file(POLICY_GRAPH)), options, ["CPUExecutionProvider"])
+    pol = cpu_session(bundle.file(POLICY_GRAPH))
     feeds = _feeds(pol, bundle.params, obs=obs.numpy())
     q_ort, a_ort = pol.run(None, feeds)
     with torch.no_grad():
@@ -202,7 +185,7 @@ def check_parity(policy: Policy, bundle_dir: str | Path, seed: int = 0) -> dict[
     )
     with torch.no_grad():
         new_torch, loss_torch = adapt_step(net, params, lrs, batch, inner)
-    ad = ort.InferenceSession(str(bundle.file(ADAPT_GRAPH)), options, ["CPUExecutionProvider"])
+    ad = cpu_session(bundle.file(ADAPT_GRAPH))
     feeds = _feeds(
         ad,
         bundle.params,
@@ -225,6 +208,16 @@ def check_parity(policy: Policy, bundle_dir: str | Path, seed: int = 0) -> dict[
             f"loss by {loss_err}"
         )
     return {"q_values": q_err, "adapted_params": p_err, "loss": loss_err}
+
+
+def cpu_session(path: Path) -> Any:
+    """An onnxruntime session of the graph at ``path`` on one CPU thread (the parity
+    check's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
 
 
 def _feeds(

@@ -25,17 +25,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robometa.bundle import finish_bundle, graph_entry, shared_manifest, stamp_graph
-from robometa.deploy.bundle import (
-    ACTION_OUTPUT,
-    OBS_INPUT,
-    PARAM_PREFIX,
-    PARAMS_FILE,
-    POLICY_GRAPH,
-    Q_OUTPUT,
+from robometa.bundle import shared_manifest
+from robometa.bundle_parts import (
+    conditioned_param_names,
+    export_conditioned_policy_graph,
+    finish_graphs,
+    network_of,
+    network_section,
+    normalization_section,
+    save_params,
 )
+from robometa.deploy.bundle import PARAM_PREFIX, POLICY_GRAPH
 from robometa.deploy.history import CONTEXT, HISTORY_GRAPH, KIND, MASK, SECTION, WINDOW
-from robometa.export import _EXAMPLE_BATCH, _example_obs, _export
+from robometa.export import _export
 from robometa.methods.rma import (
     HistoryActor,
     RMAQNetwork,
@@ -61,29 +63,8 @@ _DOC_STRINGS = {
 }
 
 
-def policy_param_names(params: Params) -> list[str]:
-    """What Q depends on: the body and the Q head."""
-    return [k for k in params if k.startswith(("body.", "q_head."))]
-
-
 def export_policy_graph(net: RMAQNetwork, params: Params, path: Path) -> Path:
-    names = policy_param_names(params)
-    fixed = {k: v.detach() for k, v in params.items()}
-
-    def policy(obs: Tensor, z: Tensor, *values: Tensor) -> tuple[Tensor, Tensor]:
-        q = rma_q(net, {**fixed, **dict(zip(names, values, strict=True))}, obs, z)
-        return q, q.argmax(dim=1)
-
-    z = torch.zeros(net.spec.context_dim)
-    args = (_example_obs(net, _EXAMPLE_BATCH), z, *(fixed[k].float() for k in names))
-    return _export(
-        policy,
-        args,
-        [True, False] + [False] * len(names),
-        [OBS_INPUT, CONTEXT] + [PARAM_PREFIX + k for k in names],
-        [Q_OUTPUT, ACTION_OUTPUT],
-        path,
-    )
+    return export_conditioned_policy_graph(rma_q, net, params, CONTEXT, net.spec.context_dim, path)
 
 
 def export_history_graph(net: RMAQNetwork, params: Params, path: Path) -> Path:
@@ -111,28 +92,18 @@ def export_history_graph(net: RMAQNetwork, params: Params, path: Path) -> Path:
 
 def write_bundle(policy: Policy, root: Path, run_dir: Path | None) -> None:
     """Write a history bundle (graphs, arrays, ``manifest.json``) into the empty ``root``."""
-    net = policy.net
-    if not isinstance(net, RMAQNetwork):
-        raise ValueError(
-            f"a {KIND!r} bundle needs an rma network, the policy of {policy.algorithm!r} has "
-            f"a {type(net).__name__}"
-        )
+    net = network_of(policy, RMAQNetwork, KIND, "an rma network")
     params = {k: v.detach().float() for k, v in policy.params.items()}
     manifest = build_manifest(policy, params)
     export_policy_graph(net, params, root / POLICY_GRAPH)
     export_history_graph(net, params, root / HISTORY_GRAPH)
-    np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
+    save_params(root, params)
     extra = {
         "robometa.context_dim": str(net.spec.context_dim),
         "robometa.history": str(net.spec.history),
     }
-    for name in (POLICY_GRAPH, HISTORY_GRAPH):
-        stamp_graph(root / name, manifest, _DOC_STRINGS[name], extra)
-    manifest["graphs"] = {
-        "policy": graph_entry(root / POLICY_GRAPH),
-        "history": graph_entry(root / HISTORY_GRAPH),
-    }
-    finish_bundle(root, manifest, run_dir)
+    graphs = {"policy": POLICY_GRAPH, "history": HISTORY_GRAPH}
+    finish_graphs(root, manifest, graphs, _DOC_STRINGS, extra, run_dir)
 
 
 def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
@@ -142,19 +113,11 @@ def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
     assert isinstance(net, RMAQNetwork)
     spec = net.spec
     manifest |= {
-        "normalization": {
-            "obs_mean": net.obs_mean.tolist(),
-            "obs_std": net.obs_std.tolist(),
-            "delta_std": net.delta_std.tolist(),
-        },
-        "network": {
-            "obs_dim": spec.obs_dim,
-            "n_actions": spec.n_actions,
-            "hidden": list(spec.hidden),
-            "context_dim": spec.context_dim,
-            "activation": spec.activation,
+        "normalization": normalization_section(net),
+        "network": network_section(spec)
+        | {
             "extrinsics_dim": spec.extrinsics_dim,
-            "policy_inputs": policy_param_names(params),
+            "policy_inputs": conditioned_param_names(params),
             "history_inputs": list(history_params(params)),
         },
         SECTION: {

@@ -27,17 +27,19 @@ import torch
 from torch import Tensor
 
 from robometa.adaptation import Batch
-from robometa.bundle import finish_bundle, graph_entry, shared_manifest, stamp_graph
-from robometa.deploy.bundle import (
-    ACTION_OUTPUT,
-    OBS_INPUT,
-    PARAM_PREFIX,
-    PARAMS_FILE,
-    POLICY_GRAPH,
-    Q_OUTPUT,
+from robometa.bundle import shared_manifest
+from robometa.bundle_parts import (
+    conditioned_param_names,
+    export_conditioned_policy_graph,
+    finish_graphs,
+    network_of,
+    normalization_section,
+    save_params,
+    synthetic_transitions,
 )
+from robometa.deploy.bundle import PARAM_PREFIX, POLICY_GRAPH
 from robometa.deploy.recurrent import HIDDEN, KIND, MEMORY_GRAPH, MEMORY_INPUTS, NEW_HIDDEN
-from robometa.export import _EXAMPLE_BATCH, _example_batch, _example_obs, _export
+from robometa.export import _EXAMPLE_BATCH, _example_batch, _export
 from robometa.methods.recurrent import (
     RecurrentQNetwork,
     advance,
@@ -59,29 +61,8 @@ _DOC_STRINGS = {
 }
 
 
-def policy_param_names(params: Params) -> list[str]:
-    """What Q depends on: the body and the Q head (not the GRU, not the model head)."""
-    return [k for k in params if k.startswith(("body.", "q_head."))]
-
-
 def export_policy_graph(net: RecurrentQNetwork, params: Params, path: Path) -> Path:
-    names = policy_param_names(params)
-    fixed = {k: v.detach() for k, v in params.items()}
-
-    def policy(obs: Tensor, h: Tensor, *values: Tensor) -> tuple[Tensor, Tensor]:
-        q = recurrent_q(net, {**fixed, **dict(zip(names, values, strict=True))}, obs, h)
-        return q, q.argmax(dim=1)
-
-    h = torch.zeros(net.hidden_size)
-    args = (_example_obs(net, _EXAMPLE_BATCH), h, *(fixed[k].float() for k in names))
-    return _export(
-        policy,
-        args,
-        [True, False] + [False] * len(names),
-        [OBS_INPUT, HIDDEN] + [PARAM_PREFIX + k for k in names],
-        [Q_OUTPUT, ACTION_OUTPUT],
-        path,
-    )
+    return export_conditioned_policy_graph(recurrent_q, net, params, HIDDEN, net.hidden_size, path)
 
 
 def export_memory_graph(net: RecurrentQNetwork, params: Params, path: Path) -> Path:
@@ -107,25 +88,15 @@ def export_memory_graph(net: RecurrentQNetwork, params: Params, path: Path) -> P
 
 def write_bundle(policy: Policy, root: Path, run_dir: Path | None) -> None:
     """Write a recurrent bundle (graphs, arrays, ``manifest.json``) into the empty ``root``."""
-    net = policy.net
-    if not isinstance(net, RecurrentQNetwork):
-        raise ValueError(
-            f"a {KIND!r} bundle needs a recurrent network, the policy of {policy.algorithm!r} "
-            f"has a {type(net).__name__}"
-        )
+    net = network_of(policy, RecurrentQNetwork, KIND, "a recurrent network")
     params = {k: v.detach().float() for k, v in policy.params.items()}
     manifest = build_manifest(policy, params)
     export_policy_graph(net, params, root / POLICY_GRAPH)
     export_memory_graph(net, params, root / MEMORY_GRAPH)
-    np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
+    save_params(root, params)
     extra = {"robometa.hidden_size": str(net.hidden_size)}
-    for name in (POLICY_GRAPH, MEMORY_GRAPH):
-        stamp_graph(root / name, manifest, _DOC_STRINGS[name], extra)
-    manifest["graphs"] = {
-        "policy": graph_entry(root / POLICY_GRAPH),
-        "memory": graph_entry(root / MEMORY_GRAPH),
-    }
-    finish_bundle(root, manifest, run_dir)
+    graphs = {"policy": POLICY_GRAPH, "memory": MEMORY_GRAPH}
+    finish_graphs(root, manifest, graphs, _DOC_STRINGS, extra, run_dir)
 
 
 def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
@@ -134,17 +105,13 @@ def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
     net = policy.net
     spec = net.spec
     manifest |= {
-        "normalization": {
-            "obs_mean": net.obs_mean.tolist(),
-            "obs_std": net.obs_std.tolist(),
-            "delta_std": net.delta_std.tolist(),
-        },
+        "normalization": normalization_section(net),
         "network": {
             "obs_dim": spec.obs_dim,
             "n_actions": spec.n_actions,
             "hidden": list(spec.hidden),
             "activation": spec.activation,
-            "policy_inputs": policy_param_names(params),
+            "policy_inputs": conditioned_param_names(params),
             "memory_inputs": list(memory_params(params)),
         },
         KIND: {
@@ -163,14 +130,7 @@ def build_manifest(policy: Policy, params: Params) -> dict[str, Any]:
 def rollout(net: RecurrentQNetwork, n: int, seed: int = 0) -> Batch:
     """``n`` synthetic transitions at the network's scales (an episode end every 37 steps)."""
     gen = torch.Generator().manual_seed(seed)
-    obs = net.obs_mean + net.obs_std * torch.randn(n, net.spec.obs_dim, generator=gen)
-    return Batch(
-        obs,
-        torch.randint(0, net.spec.n_actions, (n,), generator=gen),
-        torch.randn(n, generator=gen),
-        obs + net.delta_std * torch.randn(n, net.spec.obs_dim, generator=gen),
-        (torch.arange(n) % 37 == 36).float(),
-    )
+    return Batch(*synthetic_transitions(net, n, gen), (torch.arange(n) % 37 == 36).float())
 
 
 def check_parity(

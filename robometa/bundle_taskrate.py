@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from robometa.adaptation import Batch, InnerLoss, adapt_step
-from robometa.bundle import finish_bundle, graph_entry, stamp_graph
 from robometa.bundle_gradient import build_manifest
+from robometa.bundle_parts import finish_graphs, network_of, save_params, synthetic_transitions
 from robometa.deploy.bundle import (
     ADAPT_GRAPH,
     BATCH_INPUTS,
@@ -33,7 +33,6 @@ from robometa.deploy.bundle import (
     LOSS_OUTPUT,
     NEW_PREFIX,
     PARAM_PREFIX,
-    PARAMS_FILE,
     POLICY_GRAPH,
 )
 from robometa.deploy.taskrate import KIND, RATES_OUTPUT, STEP_INPUT
@@ -102,29 +101,19 @@ def export_adapt_graph(
 
 def write_bundle(policy: Policy, root: Path, run_dir: Path | None) -> None:
     """Write a taskrate bundle (graphs, ``params.npz``, ``manifest.json``) into ``root``."""
-    net = policy.net
-    if not isinstance(net, TaskRateNetwork):
-        raise ValueError(
-            f"a {KIND!r} bundle needs a taskrate network, the policy of {policy.algorithm!r} "
-            f"has a {type(net).__name__}"
-        )
+    net = network_of(policy, TaskRateNetwork, KIND, "a taskrate network")
     params = {k: v.detach().float() for k, v in policy.params.items()}
     manifest = build_taskrate_manifest(policy, params)
     export_policy_graph(net, q_params(params), root / POLICY_GRAPH)
     export_adapt_graph(net, params, policy.lrs, policy.inner, root / ADAPT_GRAPH)
-    np.savez(root / PARAMS_FILE, **{k: v.numpy() for k, v in params.items()})
+    save_params(root, params)
     extra = {
         "robometa.inner_kind": policy.inner.kind,
         "robometa.adapted": ",".join(policy.lrs),
         "robometa.rate_layers": ",".join(manifest[RATES_OUTPUT]["layers"]),
     }
-    for name in (POLICY_GRAPH, ADAPT_GRAPH):
-        stamp_graph(root / name, manifest, _DOC_STRINGS[name], extra)
-    manifest["graphs"] = {
-        "policy": graph_entry(root / POLICY_GRAPH),
-        "adapt": graph_entry(root / ADAPT_GRAPH),
-    }
-    finish_bundle(root, manifest, run_dir)
+    graphs = {"policy": POLICY_GRAPH, "adapt": ADAPT_GRAPH}
+    finish_graphs(root, manifest, graphs, _DOC_STRINGS, extra, run_dir)
 
 
 def build_taskrate_manifest(policy: Policy, params: Params) -> dict[str, Any]:
@@ -156,14 +145,7 @@ def build_taskrate_manifest(policy: Policy, params: Params) -> dict[str, Any]:
 def parity_batch(net: TaskRateNetwork, n: int, seed: int) -> Batch:
     """A transition batch around the network's normalization (for parity checks)."""
     gen = torch.Generator().manual_seed(seed)
-    obs = net.obs_mean + net.obs_std * torch.randn(n, net.spec.obs_dim, generator=gen)
-    return Batch(
-        obs,
-        torch.randint(0, net.spec.n_actions, (n,), generator=gen),
-        torch.randn(n, generator=gen),
-        obs + net.delta_std * torch.randn(n, net.spec.obs_dim, generator=gen),
-        (torch.rand(n, generator=gen) < 0.2).float(),
-    )
+    return Batch(*synthetic_transitions(net, n, gen), (torch.rand(n, generator=gen) < 0.2).float())
 
 
 def check_parity(policy: Policy, bundle_dir: str | Path, seed: int = 0) -> dict[str, float]:

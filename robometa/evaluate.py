@@ -73,14 +73,17 @@ class Method(Protocol):
 
 
 @dataclass
-class PolicyMethod:
-    """A trained :class:`Policy` adapted with ``adapt_step`` (``lrs`` may be overridden;
-    ``support_transitions`` overrides the policy's support size)."""
+class TrainedMethod:
+    """What the evaluation objects of a trained :class:`Policy` share (:class:`PolicyMethod`
+    and the families' own, e.g. :class:`robometa.methods.context.ContextMethod`): the
+    policy's env, privilege and network, and its support size unless
+    ``support_transitions`` overrides it (keyword only, so a subclass's own fields follow
+    ``support_epsilon`` positionally; :func:`with_support` sets it)."""
 
     name: str
     policy: Policy
     support_epsilon: float = 0.3
-    lrs: dict[str, torch.Tensor] | None = None
+    _: dataclasses.KW_ONLY
     support_transitions: int | None = None
 
     @property
@@ -96,6 +99,18 @@ class PolicyMethod:
         if self.support_transitions is not None:
             return self.support_transitions
         return self.policy.support_size
+
+    @property
+    def net(self) -> Any:
+        return self.policy.net
+
+
+@dataclass
+class PolicyMethod(TrainedMethod):
+    """A trained :class:`Policy` adapted with ``adapt_step`` (``lrs`` may be overridden;
+    ``support_transitions`` overrides the policy's support size)."""
+
+    lrs: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         import robometa.algorithms
@@ -115,13 +130,28 @@ class PolicyMethod:
         from robometa.adaptation import adapt_step
 
         lrs = self.policy.lrs if self.lrs is None else self.lrs
-        params, done, actors = self.policy.params, 0, []
+
+        def step(params: dict[str, torch.Tensor], _: int) -> dict[str, torch.Tensor]:
+            return adapt_step(self.policy.net, params, lrs, support, self.policy.inner)[0]
+
         with torch.no_grad():
-            for k in steps:
-                while done < k and lrs:
-                    params, _ = adapt_step(self.policy.net, params, lrs, support, self.policy.inner)
-                    done += 1
-                actors.append(greedy_act_fn(self.policy.net, params))
+            return self.stepped_actors(self.policy.params, steps, step if lrs else None)
+
+    def stepped_actors(
+        self,
+        params: dict[str, torch.Tensor],
+        steps: Sequence[int],
+        step: Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]] | None,
+    ) -> list[ActFn]:
+        """One greedy actor per entry ``k`` of ``steps``: under ``params`` after ``k`` calls
+        of ``step`` (``step(params, i)`` takes step ``i``; ``None``: never stepped), the
+        steps shared along the curve. Call it under ``torch.no_grad()``."""
+        done, actors = 0, []
+        for k in steps:
+            while done < k and step is not None:
+                params = step(params, done)
+                done += 1
+            actors.append(greedy_act_fn(self.policy.net, params))
         return actors
 
 

@@ -18,6 +18,7 @@ uses.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,6 +41,9 @@ class Method:
     #: where its training's work can run: ``robometa train --backend`` (a trainer that
     #: lists more than ``local`` takes a ``backend=`` keyword, :mod:`robometa.distributed`)
     backends: ClassVar[tuple[str, ...]] = ("local",)
+    #: the module whose ``write_bundle`` and ``check_parity`` :meth:`write_bundle` and
+    #: :meth:`check_bundle` call: the family's bundle kind (the default: ``gradient``)
+    bundle_writer: ClassVar[str] = "robometa.bundle_gradient"
 
     cfg: Config
     env_steps: int
@@ -113,11 +117,10 @@ class Method:
     @classmethod
     def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
         """Write the bundle's files and ``manifest.json`` into the empty directory ``root``
-        (the writer verifies, fsyncs and swaps it into place afterwards). The default writes
-        a ``gradient`` bundle (:func:`robometa.bundle_gradient.write_bundle`)."""
-        from robometa.bundle_gradient import write_bundle
-
-        write_bundle(policy, root, run_dir)
+        (the writer verifies, fsyncs and swaps it into place afterwards): the
+        ``write_bundle`` of :attr:`bundle_writer`, by default a ``gradient`` bundle
+        (:func:`robometa.bundle_gradient.write_bundle`)."""
+        import_module(cls.bundle_writer).write_bundle(policy, root, run_dir)
 
     @classmethod
     def check_bundle(cls, policy: Policy, bundle_dir: Path) -> Any:
@@ -125,10 +128,18 @@ class Method:
         torch, raising ``AssertionError`` on a mismatch (``export_bundle(verify=True)`` runs
         it before the bundle is swapped into place); the return value is for reporting.
 
-        The default checks a ``gradient`` bundle (:func:`robometa.bundle_gradient.check_parity`:
-        Q-values within 1e-5, one adaptation step within 1e-4); a family whose
-        ``bundle_kind`` is another overrides it, or its bundles export only without
+        The ``check_parity`` of :attr:`bundle_writer`; the default checks a ``gradient``
+        bundle (:func:`robometa.bundle_gradient.check_parity`: Q-values within 1e-5, one
+        adaptation step within 1e-4); a family whose ``bundle_kind`` is another sets
+        :attr:`bundle_writer` or overrides this, or its bundles export only without
         verification."""
-        from robometa.bundle_gradient import check_parity
+        return import_module(cls.bundle_writer).check_parity(policy, bundle_dir)
 
-        return check_parity(policy, bundle_dir)
+
+def refuse_learning_rates(policy: Policy, lrs: Mapping[str, Any] | None, how: str) -> None:
+    """For the ``evaluation_method`` of a family that takes no fine-tuning learning rates:
+    ``ValueError`` when ``lrs`` names any, saying ``how`` the family adapts instead."""
+    if lrs:
+        raise ValueError(
+            f"{policy.algorithm!r} {how} (got learning rates for {', '.join(sorted(lrs))})"
+        )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -32,12 +31,13 @@ from torch import Tensor
 
 from robometa.adaptation import Batch, adapt_step, batched_adapt_step
 from robometa.evaluate import PolicyMethod
+from robometa.methods.base import refuse_learning_rates
 from robometa.methods.context import ENCODER_PREFIX, encode
 from robometa.methods.gradient import MetaLearner, Variant
 from robometa.methods.taskrate import encoder_layers
 from robometa.networks import NetworkSpec, Params, QNetwork
 from robometa.policy import Policy
-from robometa.rollout import ActFn, greedy_act_fn
+from robometa.rollout import ActFn
 
 
 class CaviaEncoderNetwork(QNetwork):
@@ -65,6 +65,7 @@ class CaviaEncoderLearner(MetaLearner):
     network_class: ClassVar[type[QNetwork]] = CaviaEncoderNetwork
     variants: ClassVar[dict[str, Variant]] = {"cavia-encoder": Variant(adapts="context")}
     backends: ClassVar[tuple[str, ...]] = ("local",)
+    bundle_writer: ClassVar[str] = "robometa.bundle_cavia_encoder"
 
     net: CaviaEncoderNetwork
 
@@ -86,25 +87,10 @@ class CaviaEncoderLearner(MetaLearner):
     ) -> PolicyMethod:
         """:class:`CaviaEncoderMethod`: ``k = 0`` is the encoder's context, ``k`` steps
         refine it (``lrs`` ``{}``: evaluated as it is, zero context)."""
-        if lrs:
-            raise ValueError(
-                f"{policy.algorithm!r} adapts its context with its own learning rate; it "
-                f"takes no others (got learning rates for {', '.join(sorted(lrs))})"
-            )
+        refuse_learning_rates(
+            policy, lrs, "adapts its context with its own learning rate; it takes no others"
+        )
         return CaviaEncoderMethod(name, policy, support_epsilon, lrs=None if lrs is None else {})
-
-    @classmethod
-    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
-        """A ``cavia-encoder`` bundle (:func:`robometa.bundle_cavia_encoder.write_bundle`)."""
-        from robometa.bundle_cavia_encoder import write_bundle
-
-        write_bundle(policy, root, run_dir)
-
-    @classmethod
-    def check_bundle(cls, policy: Policy, bundle_dir: Path) -> dict[str, float]:
-        from robometa.bundle_cavia_encoder import check_parity
-
-        return check_parity(policy, bundle_dir)
 
 
 def refined(policy: Policy, support: Batch, steps: int) -> tuple[Params, list[float]]:
@@ -129,15 +115,13 @@ class CaviaEncoderMethod(PolicyMethod):
         if self.lrs is not None and not self.lrs:
             return [self.initial_actor() for _ in steps]
         net, lrs = self.policy.net, self.policy.lrs
-        done, actors = 0, []
+
+        def step(params: Params, _: int) -> Params:
+            return adapt_step(net, params, lrs, support, self.policy.inner)[0]
+
         with torch.no_grad():
             params = initial_context(net, self.policy.params, support)
-            for k in steps:
-                while done < k:
-                    params, _ = adapt_step(net, params, lrs, support, self.policy.inner)
-                    done += 1
-                actors.append(greedy_act_fn(net, params))
-        return actors
+            return self.stepped_actors(params, steps, step)
 
 
 def untrained_policy(

@@ -47,7 +47,6 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -57,6 +56,8 @@ from torch.func import functional_call
 
 from robometa.adaptation import Batch, double_dqn_target
 from robometa.deploy.collection import ActFn
+from robometa.evaluate import TrainedMethod
+from robometa.methods.base import refuse_learning_rates
 from robometa.methods.gradient import MetaLearner, Variant, _TaskSlot
 from robometa.networks import ACTIVATIONS, NUMPY_ACTIVATIONS, NetworkSpec, Params, QNetwork
 from robometa.policy import Policy
@@ -300,6 +301,7 @@ class ContextLearner(MetaLearner):
         "context": Variant(adapts="context", first_order=True)
     }
     backends: ClassVar[tuple[str, ...]] = ("local",)
+    bundle_writer: ClassVar[str] = "robometa.bundle_context"
 
     net: ContextQNetwork
 
@@ -378,55 +380,22 @@ class ContextLearner(MetaLearner):
         """Adapting is one forward pass over the support (:class:`ContextMethod`); ``lrs``
         ``{}`` evaluates the policy as it is (``z = 0``). Gradient fine-tuning rates are
         refused: the family adapts by inference."""
-        if lrs:
-            raise ValueError(
-                f"{policy.algorithm!r} adapts by inferring a context from the support; it "
-                "has no gradient fine-tuning (got learning rates for "
-                f"{', '.join(sorted(lrs))})"
-            )
+        refuse_learning_rates(
+            policy,
+            lrs,
+            "adapts by inferring a context from the support; it has no gradient fine-tuning",
+        )
         return ContextMethod(name, policy, support_epsilon, infers=lrs is None)
-
-    @classmethod
-    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
-        """A ``context`` bundle (:func:`robometa.bundle_context.write_bundle`)."""
-        from robometa.bundle_context import write_bundle
-
-        write_bundle(policy, root, run_dir)
-
-    @classmethod
-    def check_bundle(cls, policy: Policy, bundle_dir: Path) -> dict[str, float]:
-        """Torch against the runtime (:func:`robometa.bundle_context.check_parity`)."""
-        from robometa.bundle_context import check_parity
-
-        return check_parity(policy, bundle_dir)
 
 
 @dataclass
-class ContextMethod:
+class ContextMethod(TrainedMethod):
     """A trained context policy in the evaluation harness (:mod:`robometa.evaluate`): the
     initial actor acts with ``z = 0``; adapting (any ``k >= 1`` of the curve: the steps of
     a forward pass are one) acts with ``z`` of the support. ``support_size`` overrides the
     policy's (the transitions collected before adapting); ``infers=False`` never adapts."""
 
-    name: str
-    policy: Policy
-    support_epsilon: float = 0.3
     infers: bool = True
-    support_transitions: int | None = None
-
-    @property
-    def env_id(self) -> str:
-        return self.policy.env_id
-
-    @property
-    def privileged(self) -> bool:
-        return self.policy.privileged
-
-    @property
-    def support_size(self) -> int:
-        if self.support_transitions is not None:
-            return self.support_transitions
-        return self.policy.support_size
 
     @property
     def net(self) -> ContextQNetwork:

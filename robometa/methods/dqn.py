@@ -236,16 +236,7 @@ class DQN(Method):
         return float(loss.detach())
 
     def _update_target(self) -> None:
-        """Polyak averaging (``tau`` < 1), else a hard copy every ``target_update_interval``
-        gradient steps."""
-        d = self.cfg.dqn
-        with torch.no_grad():
-            if d.tau < 1.0:
-                for k, v in self.net.named_parameters():
-                    self.target[k].lerp_(v, d.tau)
-            elif self.grad_steps % d.target_update_interval == 0:
-                for k, v in self.net.named_parameters():
-                    self.target[k].copy_(v)
+        update_target(self.net, self.target, self.cfg.dqn, self.grad_steps)
 
     # -------------------------------------------------------------- persistence
 
@@ -289,3 +280,18 @@ class DQN(Method):
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def update_target(
+    net: torch.nn.Module, target: dict[str, Tensor], dqn: Any, grad_steps: int
+) -> None:
+    """The target network's update after gradient step ``grad_steps``: Polyak averaging
+    (``dqn.tau`` < 1), else a hard copy every ``dqn.target_update_interval`` gradient
+    steps (the DQN harness's and the recurrent family's)."""
+    with torch.no_grad():
+        if dqn.tau < 1.0:
+            for k, v in net.named_parameters():
+                target[k].lerp_(v, dqn.tau)
+        elif grad_steps % dqn.target_update_interval == 0:
+            for k, v in net.named_parameters():
+                target[k].copy_(v)

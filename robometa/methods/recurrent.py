@@ -68,7 +68,6 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, partial
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -80,8 +79,9 @@ from robometa.adaptation import Batch, InnerLoss, double_dqn_target
 from robometa.config import Config
 from robometa.deploy import collection
 from robometa.deploy.collection import Episode
-from robometa.methods.base import Method
-from robometa.methods.dqn import linear_epsilon
+from robometa.evaluate import TrainedMethod
+from robometa.methods.base import Method, refuse_learning_rates
+from robometa.methods.dqn import linear_epsilon, update_target
 from robometa.networks import ACTIVATIONS, NUMPY_ACTIVATIONS, NetworkSpec, Params, QNetwork
 from robometa.policy import Policy
 from robometa.rollout import fit_normalization, make_env, seed_from, train_tasks
@@ -473,6 +473,7 @@ class RecurrentLearner(Method):
 
     network_class: ClassVar[type[QNetwork]] = RecurrentQNetwork
     backends: ClassVar[tuple[str, ...]] = ("local",)
+    bundle_writer: ClassVar[str] = "robometa.bundle_recurrent"
 
     net: RecurrentQNetwork
 
@@ -694,13 +695,7 @@ class RecurrentLearner(Method):
             nn.utils.clip_grad_norm_(self.net.parameters(), d.max_grad_norm)
         self.optimizer.step()
         self.grad_steps += 1
-        with torch.no_grad():
-            if d.tau < 1.0:
-                for k, v in self.net.named_parameters():
-                    self.target[k].lerp_(v, d.tau)
-            elif self.grad_steps % d.target_update_interval == 0:
-                for k, v in self.net.named_parameters():
-                    self.target[k].copy_(v)
+        update_target(self.net, self.target, d, self.grad_steps)
         return float(loss.detach())
 
     # -------------------------------------------------------------- persistence
@@ -758,27 +753,10 @@ class RecurrentLearner(Method):
         so ``k = 0`` is not a frozen, unadapted policy (module docstring, *Evaluation*).
         ``lrs`` ``{}`` evaluates every ``k`` as the cold start. Gradient fine-tuning rates are
         refused: the family adapts by memory."""
-        if lrs:
-            raise ValueError(
-                f"{policy.algorithm!r} adapts through its recurrent state; it has no gradient "
-                f"fine-tuning (got learning rates for {', '.join(sorted(lrs))})"
-            )
+        refuse_learning_rates(
+            policy, lrs, "adapts through its recurrent state; it has no gradient fine-tuning"
+        )
         return RecurrentMethod(name, policy, support_epsilon, warms=lrs is None)
-
-    @classmethod
-    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
-        """A ``recurrent`` bundle (:func:`robometa.bundle_recurrent.write_bundle`)."""
-        from robometa.bundle_recurrent import write_bundle
-
-        write_bundle(policy, root, run_dir)
-
-    @classmethod
-    def check_bundle(cls, policy: Policy, bundle_dir: Path) -> dict[str, float]:
-        """Torch against the runtime along a rollout
-        (:func:`robometa.bundle_recurrent.check_parity`)."""
-        from robometa.bundle_recurrent import check_parity
-
-        return check_parity(policy, bundle_dir)
 
 
 def _row(actions: Any, i: int) -> int:
@@ -793,7 +771,7 @@ def _registry_check(algorithm: str) -> Any:
 
 
 @dataclass
-class RecurrentMethod:
+class RecurrentMethod(TrainedMethod):
     """A trained recurrent policy in the evaluation harness (:mod:`robometa.evaluate`).
 
     Every actor is a fresh, independent :class:`RecurrentActor` that keeps following the
@@ -806,25 +784,7 @@ class RecurrentMethod:
     start).
     """
 
-    name: str
-    policy: Policy
-    support_epsilon: float = 0.3
     warms: bool = True
-    support_transitions: int | None = None
-
-    @property
-    def env_id(self) -> str:
-        return self.policy.env_id
-
-    @property
-    def privileged(self) -> bool:
-        return self.policy.privileged
-
-    @property
-    def support_size(self) -> int:
-        if self.support_transitions is not None:
-            return self.support_transitions
-        return self.policy.support_size
 
     @property
     def net(self) -> RecurrentQNetwork:

@@ -59,7 +59,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -70,6 +69,8 @@ from torch.func import functional_call
 from robometa.adaptation import Batch, InnerLoss, double_dqn_target
 from robometa.config import Config
 from robometa.deploy.collection import ActFn
+from robometa.evaluate import TrainedMethod
+from robometa.methods.base import refuse_learning_rates
 from robometa.methods.dqn import DQN
 from robometa.networks import ACTIVATIONS, NUMPY_ACTIVATIONS, NetworkSpec, Params, QNetwork
 from robometa.policy import Policy
@@ -395,6 +396,7 @@ class RMALearner(DQN):
     collection, replay, targets and checkpoints, on privileged envs."""
 
     network_class: ClassVar[type[QNetwork]] = RMAQNetwork
+    bundle_writer: ClassVar[str] = "robometa.bundle_history"
     net: RMAQNetwork
 
     def __init__(self, cfg: Config) -> None:
@@ -630,30 +632,16 @@ class RMALearner(DQN):
         """Online history adaptation (:class:`RMAMethod`); ``lrs`` ``{}`` evaluates the
         policy as it is (the empty window's extrinsics, fixed). Gradient fine-tuning rates
         are refused: the family adapts by inference."""
-        if lrs:
-            raise ValueError(
-                f"{policy.algorithm!r} adapts by estimating its extrinsics from recent history; "
-                f"it has no gradient fine-tuning (got learning rates for {', '.join(sorted(lrs))})"
-            )
+        refuse_learning_rates(
+            policy,
+            lrs,
+            "adapts by estimating its extrinsics from recent history; it has no gradient fine-tuning",
+        )
         return RMAMethod(name, policy, support_epsilon, infers=lrs is None)
-
-    @classmethod
-    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
-        """A ``history`` bundle (:func:`robometa.bundle_history.write_bundle`)."""
-        from robometa.bundle_history import write_bundle
-
-        write_bundle(policy, root, run_dir)
-
-    @classmethod
-    def check_bundle(cls, policy: Policy, bundle_dir: Path) -> dict[str, float]:
-        """Torch against the runtime (:func:`robometa.bundle_history.check_parity`)."""
-        from robometa.bundle_history import check_parity
-
-        return check_parity(policy, bundle_dir)
 
 
 @dataclass
-class RMAMethod:
+class RMAMethod(TrainedMethod):
     """A trained rma policy in the evaluation harness (:mod:`robometa.evaluate`): the support
     is collected by the online policy from an empty window; ``0`` steps acts with the empty
     window's extrinsics, fixed (no adaptation); ``k >= 1`` (one history update per step) with
@@ -661,25 +649,11 @@ class RMAMethod:
     ``support_transitions`` overrides the policy's support size; ``infers=False`` never
     adapts."""
 
-    name: str
-    policy: Policy
-    support_epsilon: float = 0.3
     infers: bool = True
-    support_transitions: int | None = None
-
-    @property
-    def env_id(self) -> str:
-        return self.policy.env_id
 
     @property
     def privileged(self) -> bool:
-        return False
-
-    @property
-    def support_size(self) -> int:
-        if self.support_transitions is not None:
-            return self.support_transitions
-        return self.policy.support_size
+        return False  # the deployed policy reads the unprivileged observation
 
     @property
     def net(self) -> RMAQNetwork:

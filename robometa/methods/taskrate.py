@@ -31,7 +31,6 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -40,11 +39,12 @@ from torch import Tensor, nn
 from robometa.adaptation import Batch, adapt_step, batched_adapt_step
 from robometa.config import Config
 from robometa.evaluate import PolicyMethod
+from robometa.methods.base import refuse_learning_rates
 from robometa.methods.context import ENCODER_PREFIX, encode, encoder_input_dim
 from robometa.methods.gradient import MetaLearner, Variant
 from robometa.networks import ACTIVATIONS, NetworkSpec, Params, QNetwork
 from robometa.policy import Policy
-from robometa.rollout import ActFn, greedy_act_fn
+from robometa.rollout import ActFn
 
 #: the rates lie in ``[adaptation.lr / RATE_RANGE, adaptation.lr * RATE_RANGE]``
 RATE_RANGE = 10.0
@@ -168,6 +168,7 @@ class TaskRateLearner(MetaLearner):
     network_class: ClassVar[type[QNetwork]] = TaskRateNetwork
     variants: ClassVar[dict[str, Variant]] = {"taskrate": Variant(adapts="all")}
     backends: ClassVar[tuple[str, ...]] = ("local",)
+    bundle_writer: ClassVar[str] = "robometa.bundle_taskrate"
 
     net: TaskRateNetwork
 
@@ -216,25 +217,10 @@ class TaskRateLearner(MetaLearner):
         lrs: Mapping[str, Tensor] | None = None,
     ) -> PolicyMethod:
         """Steps at the generated rates (:class:`TaskRateMethod`); ``lrs`` ``{}``: as it is."""
-        if lrs:
-            raise ValueError(
-                f"{policy.algorithm!r} generates its inner learning rates from the support; "
-                f"it takes no others (got learning rates for {', '.join(sorted(lrs))})"
-            )
+        refuse_learning_rates(
+            policy, lrs, "generates its inner learning rates from the support; it takes no others"
+        )
         return TaskRateMethod(name, policy, support_epsilon, lrs=None if lrs is None else {})
-
-    @classmethod
-    def write_bundle(cls, policy: Policy, root: Path, run_dir: Path | None) -> None:
-        """A ``taskrate`` bundle (:func:`robometa.bundle_taskrate.write_bundle`)."""
-        from robometa.bundle_taskrate import write_bundle
-
-        write_bundle(policy, root, run_dir)
-
-    @classmethod
-    def check_bundle(cls, policy: Policy, bundle_dir: Path) -> dict[str, float]:
-        from robometa.bundle_taskrate import check_parity
-
-        return check_parity(policy, bundle_dir)
 
 
 def adapt_with_rates(
@@ -263,16 +249,14 @@ class TaskRateMethod(PolicyMethod):
         if self.lrs is not None and not self.lrs:
             return [self.initial_actor() for _ in steps]
         net, lrs = self.policy.net, self.policy.lrs
-        params, done, actors = self.policy.params, 0, []
+
+        def step(params: Params, i: int) -> Params:
+            rates_i = step_lrs(net, rates, list(lrs), i, params)
+            return adapt_step(net, params, rates_i, support, self.policy.inner)[0]
+
         with torch.no_grad():
-            rates = generated_rates(net, params, lrs, support) if any(steps) else None
-            for k in steps:
-                while done < k:
-                    step = step_lrs(net, rates, list(lrs), done, params)
-                    params, _ = adapt_step(net, params, step, support, self.policy.inner)
-                    done += 1
-                actors.append(greedy_act_fn(net, params))
-        return actors
+            rates = generated_rates(net, self.policy.params, lrs, support) if any(steps) else None
+            return self.stepped_actors(self.policy.params, steps, step)
 
 
 def untrained_policy(
