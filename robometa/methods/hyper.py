@@ -149,23 +149,25 @@ def untrained_hyper_policy(
     support_size: int = 64,
     seed: int = 0,
     z_scale: float = 0.3,
+    network_class: type[ContextQNetwork] | None = None,
+    algorithm: str = "hyper",
 ) -> Policy:
     """A randomly initialized ``hyper`` policy (for export and runtime tests), as
     :func:`robometa.methods.context.untrained_policy`, with the map ``[A; B]`` drawn at
-    ``z_scale`` so that the context visibly changes the Q-values."""
+    ``z_scale`` so that the context visibly changes the Q-values; ``network_class`` and
+    ``algorithm``: another network with a :class:`HyperHead` (``hyper-context``)."""
     policy = untrained_policy(
         env_id,
         hidden=hidden,
         context_dim=context_dim,
         support_size=support_size,
         seed=seed,
-        network_class=HyperQNetwork,
-        algorithm="hyper",
+        network_class=network_class or HyperQNetwork,
+        algorithm=algorithm,
     )
-    net = policy.net
-    assert isinstance(net, HyperQNetwork)
+    head = policy.net.q_head
+    assert isinstance(head, HyperHead)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed + 1)
-        z_weight = net.q_head.z_weight
-        z_weight.copy_(z_scale * torch.randn(z_weight.shape, generator=gen))
-    return replace(policy, params=net.params())
+        head.z_weight.copy_(z_scale * torch.randn(head.z_weight.shape, generator=gen))
+    return replace(policy, params=policy.net.params())

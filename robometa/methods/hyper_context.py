@@ -19,17 +19,15 @@ Everything else is the context family's: the encoder, the training loop, evaluat
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from robometa.deploy.collection import ActFn
-from robometa.methods.context import ContextLearner, ContextQNetwork, untrained_policy
+from robometa.methods.context import ContextLearner, ContextQNetwork
 from robometa.methods.gradient import Variant
-from robometa.methods.hyper import HyperHead
+from robometa.methods.hyper import HyperHead, untrained_hyper_policy
 from robometa.networks import NUMPY_ACTIVATIONS, NetworkSpec, Params
 from robometa.policy import Policy
 
@@ -100,30 +98,9 @@ class HyperContextLearner(ContextLearner):
     net: HyperContextQNetwork
 
 
-def untrained_hyper_context_policy(
-    env_id: str = "robometa/CartPole-v0",
-    *,
-    hidden: tuple[int, ...] = (16, 16),
-    context_dim: int = 3,
-    support_size: int = 64,
-    seed: int = 0,
-    z_scale: float = 0.3,
-) -> Policy:
-    """A randomly initialized ``hyper-context`` policy (for export and runtime tests), as
-    :func:`robometa.methods.hyper.untrained_hyper_policy`."""
-    policy = untrained_policy(
-        env_id,
-        hidden=hidden,
-        context_dim=context_dim,
-        support_size=support_size,
-        seed=seed,
-        network_class=HyperContextQNetwork,
-        algorithm="hyper-context",
+def untrained_hyper_context_policy(env_id: str = "robometa/CartPole-v0", **kwargs: Any) -> Policy:
+    """A randomly initialized ``hyper-context`` policy (for export and runtime tests):
+    :func:`robometa.methods.hyper.untrained_hyper_policy` of this network (same keywords)."""
+    return untrained_hyper_policy(
+        env_id, network_class=HyperContextQNetwork, algorithm="hyper-context", **kwargs
     )
-    net = policy.net
-    assert isinstance(net, HyperContextQNetwork)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(seed + 1)
-        z_weight = net.q_head.z_weight
-        z_weight.copy_(z_scale * torch.randn(z_weight.shape, generator=gen))
-    return replace(policy, params=net.params())
