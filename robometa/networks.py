@@ -79,13 +79,28 @@ class QNetwork(nn.Module):
         nn.init.zeros_(self.q_head.bias)
 
     def features(self, obs: Tensor) -> Tensor:
+        context = self.context.expand(obs.shape[0], -1) if self.spec.context_dim else None
+        return self.body_features(obs, context)
+
+    def body_features(self, obs: Tensor, condition: Tensor | None = None) -> Tensor:
+        """The body on ``[(obs - mean) / std, condition]``: ``condition`` already has the
+        observation's leading shape (``None``: the body reads the observation alone). Every
+        family's network conditions its body through this."""
         x = (obs - self.obs_mean) / self.obs_std
-        if self.spec.context_dim:
-            x = torch.cat([x, self.context.expand(x.shape[0], -1)], dim=-1)
+        if condition is not None:
+            x = torch.cat([x, condition], dim=-1)
         act = ACTIVATIONS[self.spec.activation]
         for layer in self.body:
             x = act(layer(x))
         return x
+
+    def heads(self, h: Tensor, obs: Tensor, with_model: bool) -> tuple[Tensor, Tensor | None]:
+        """The Q head on the body's output ``h`` and, with ``with_model``, the dynamics head's
+        normalized state change ``obs.shape[:-1] + (n_actions, obs_dim)``."""
+        if not with_model:
+            return self.q_head(h), None
+        delta = self.model_head(h).view(*obs.shape[:-1], self.spec.n_actions, self.spec.obs_dim)
+        return self.q_head(h), delta
 
     def forward(self, obs: Tensor, with_model: bool = True) -> tuple[Tensor, Tensor | None]:
         """Q-values ``(B, A)`` and predicted normalized state change ``(B, A, obs_dim)``.

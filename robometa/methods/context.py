@@ -95,25 +95,16 @@ class ContextQNetwork(QNetwork):
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
 
     def features(self, obs: Tensor, z: Tensor | None = None) -> Tensor:
-        x = (obs - self.obs_mean) / self.obs_std
-        shape = (*x.shape[:-1], self.spec.context_dim)
-        z = x.new_zeros(shape) if z is None else z.unsqueeze(-2).expand(shape)
-        x = torch.cat([x, z], dim=-1)
-        act = ACTIVATIONS[self.spec.activation]
-        for layer in self.body:
-            x = act(layer(x))
-        return x
+        shape = (*obs.shape[:-1], self.spec.context_dim)
+        z = obs.new_zeros(shape) if z is None else z.unsqueeze(-2).expand(shape)
+        return self.body_features(obs, z)
 
     def forward(
         self, obs: Tensor, with_model: bool = True, z: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Q-values ``(..., B, A)`` and the predicted normalized state change ``(..., B, A,
         obs_dim)`` (``None`` with ``with_model=False``) under the context ``z``."""
-        h = self.features(obs, z)
-        if not with_model:
-            return self.q_head(h), None
-        delta = self.model_head(h).view(*obs.shape[:-1], self.spec.n_actions, self.spec.obs_dim)
-        return self.q_head(h), delta
+        return self.heads(self.features(obs, z), obs, with_model)
 
     def encode(self, support: Batch, mask: Tensor | None = None) -> Tensor:
         """The context of ``support`` under the network's own parameters (:func:`encode`)."""

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from robometa.deploy.collection import ActFn
 from robometa.methods.context import ContextLearner, ContextQNetwork, untrained_policy
 from robometa.methods.gradient import Variant
-from robometa.networks import ACTIVATIONS, NUMPY_ACTIVATIONS, NetworkSpec, Params
+from robometa.networks import NUMPY_ACTIVATIONS, NetworkSpec, Params
 from robometa.policy import Policy
 
 #: half-width of the uniform initialization of the hypernetwork map ``[A; B]``
@@ -83,11 +83,7 @@ class HyperQNetwork(ContextQNetwork):
 
     def features(self, obs: Tensor, z: Tensor | None = None) -> Tensor:
         """``h(s)``: the body on the normalized observation (``z`` is not read)."""
-        x = (obs - self.obs_mean) / self.obs_std
-        act = ACTIVATIONS[self.spec.activation]
-        for layer in self.body:
-            x = act(layer(x))
-        return x
+        return self.body_features(obs)
 
     def forward(
         self, obs: Tensor, with_model: bool = True, z: Tensor | None = None

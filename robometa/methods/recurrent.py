@@ -82,7 +82,7 @@ from robometa.deploy.collection import Episode
 from robometa.evaluate import TrainedMethod
 from robometa.methods.base import Method, refuse_learning_rates
 from robometa.methods.dqn import linear_epsilon, update_target
-from robometa.networks import ACTIVATIONS, NUMPY_ACTIVATIONS, NetworkSpec, Params, QNetwork
+from robometa.networks import NUMPY_ACTIVATIONS, NetworkSpec, Params, QNetwork
 from robometa.policy import Policy
 from robometa.rollout import fit_normalization, make_env, seed_from, train_tasks
 
@@ -124,25 +124,15 @@ class RecurrentQNetwork(QNetwork):
         return self.spec.context_dim
 
     def features(self, obs: Tensor, h: Tensor | None = None) -> Tensor:
-        x = (obs - self.obs_mean) / self.obs_std
-        shape = (*x.shape[:-1], self.spec.context_dim)
-        h = x.new_zeros(shape) if h is None else h.expand(shape)
-        x = torch.cat([x, h], dim=-1)
-        act = ACTIVATIONS[self.spec.activation]
-        for layer in self.body:
-            x = act(layer(x))
-        return x
+        shape = (*obs.shape[:-1], self.spec.context_dim)
+        return self.body_features(obs, obs.new_zeros(shape) if h is None else h.expand(shape))
 
     def forward(
         self, obs: Tensor, with_model: bool = True, h: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Q-values ``(..., A)`` and the predicted normalized state change ``(..., A,
         obs_dim)`` (``None`` with ``with_model=False``) under the state ``h``."""
-        f = self.features(obs, h)
-        if not with_model:
-            return self.q_head(f), None
-        delta = self.model_head(f).view(*obs.shape[:-1], self.spec.n_actions, self.spec.obs_dim)
-        return self.q_head(f), delta
+        return self.heads(self.features(obs, h), obs, with_model)
 
     def step(self, h: Tensor, transitions: Batch) -> Tensor:
         """The state after ``transitions`` (one per row of ``h``) under the own parameters."""

@@ -147,26 +147,17 @@ class RMAQNetwork(QNetwork):
         self.history_prior = nn.Parameter(torch.zeros(spec.context_dim))
 
     def features(self, obs: Tensor, z: Tensor | None = None) -> Tensor:
-        x = (obs - self.obs_mean) / self.obs_std
-        shape = (*x.shape[:-1], self.spec.context_dim)
+        shape = (*obs.shape[:-1], self.spec.context_dim)
         if z is None:
             z = self.history_prior  # the empty window's extrinsics
-        x = torch.cat([x, z.expand(shape)], dim=-1)
-        act = ACTIVATIONS[self.spec.activation]
-        for layer in self.body:
-            x = act(layer(x))
-        return x
+        return self.body_features(obs, z.expand(shape))
 
     def forward(
         self, obs: Tensor, with_model: bool = True, z: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Q-values ``(..., B, A)`` (and the normalized state change) of the unprivileged
         ``obs`` under extrinsics ``z``: one ``(C,)`` for every row, or one per row."""
-        h = self.features(obs, z)
-        if not with_model:
-            return self.q_head(h), None
-        delta = self.model_head(h).view(*obs.shape[:-1], self.spec.n_actions, self.spec.obs_dim)
-        return self.q_head(h), delta
+        return self.heads(self.features(obs, z), obs, with_model)
 
     def teacher_z(self, extrinsics: Tensor) -> Tensor:
         """``mu(e)``: the extrinsics of the normalized dynamics parameters."""
