@@ -420,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--curve",
         type=_step_counts(MAX_ADAPT_STEPS),
-        help="adaptation steps to evaluate, e.g. 0,1,2,5 "
-        "(default: 0,1,2,3 and each run's configured steps)",
+        help="adaptation steps to evaluate, e.g. 0,1,5,20, past the runs' configured "
+        "adaptation.steps too (default: 0,1,2,3 up to each run's configured steps); the DR + "
+        "fine-tuning baseline takes each count at the rate tuned for it on training robots",
     )
     import dataclasses
 
@@ -436,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         "collected on each robot before adapting (the largest once; a smaller size adapts "
         "on the first N transitions); adds a support column and support.png (default: each "
         "run's adaptation.support_size). The DR + fine-tuning baseline fine-tunes on the "
-        "same sizes; its learning rate is still tuned once, at the configured size",
+        "same sizes; its rates are tuned once, at the configured size",
     )
     p.add_argument("--no-fine-tune", action="store_true", help="skip the DR + fine-tuning baseline")
     p.add_argument("--out", default="eval", help="report directory (default: eval)")

@@ -5,8 +5,10 @@ method's initial policy (epsilon-greedy at ``support_epsilon``), adapt for ``k``
 ``k`` in the curve, and measure the greedy return. Methods that do not adapt are evaluated the
 same way with ``k = 0``. Scores are normalized,
 ``(R - R_random) / (R_oracle - R_random)`` with the returns pooled over (task, training seed)
-pairs before dividing, with 95% bootstrap confidence intervals over those pairs, separately for in-distribution held-out tasks (``id``: train
-ranges, unseen seeds) and out-of-distribution ones (``ood``: the wider test ranges), or for
+pairs before dividing, with 95% hierarchical bootstrap intervals (resample training seeds,
+then robots within each seed, so seed variance shows; :func:`robometa.stats.hierarchical_ci`)
+and each seed's own mean in the row, separately for in-distribution held-out tasks (``id``:
+train ranges, unseen seeds) and out-of-distribution ones (``ood``: the wider test ranges), or for
 each file of a versioned task suite (:mod:`robometa.task_suites`: ``--tasks heldout``,
 ``--tasks fresh``, a directory of task files), and optionally split by motor sign.
 
@@ -21,6 +23,7 @@ The statistics live in :mod:`robometa.stats` (re-exported here).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -48,12 +51,15 @@ from robometa.rollout import (
     store_into,
 )
 from robometa.stats import bootstrap_ci as bootstrap_ci  # re-exported: the one bootstrap
+from robometa.stats import hierarchical_ci, hierarchical_normalized_ci
 from robometa.stats import normalized as normalized
-from robometa.stats import normalized_ci
+from robometa.stats import normalized_ci as normalized_ci
 
 EVAL_SEED = 10_000  # task and episode seeds of held-out evaluation (training never uses these)
-FINE_TUNE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-TUNE_TASKS = 10  # training tasks the fine-tuning rate is chosen on
+#: fine-tuning rates the DR + fine-tuning baseline chooses from: on a trained CartPole DR
+#: policy, 20 steps at 1e-3 move the weights 0.4% (relative L2), at 0.3 about 60%
+FINE_TUNE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+TUNE_TASKS = 20  # training robots the fine-tuning rates are chosen on
 
 
 class Method(Protocol):
@@ -352,33 +358,139 @@ def evaluate_method_supports(
     return out
 
 
-def tune_fine_tune_lr(
+def _relative_displacement(method: Method, support: Batch, steps: Sequence[int]) -> list[float]:
+    """How far ``steps[i]`` fine-tuning steps on ``support`` move the parameters, as
+    ``||theta_k - theta_0|| / ||theta_0||`` (NaN for a method without a parameter dict and
+    rates: a plug-in family's own fine-tuning is measured by its returns only)."""
+    from robometa.adaptation import adapt_step
+
+    lrs = getattr(method, "lrs", None)
+    policy = getattr(method, "policy", None)
+    if not lrs or policy is None:
+        return [math.nan for _ in steps]
+    theta0 = policy.params
+    norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in theta0.values())))
+    params, done, out = theta0, 0, []
+    with torch.no_grad():
+        for k in steps:
+            while done < k:
+                params = adapt_step(policy.net, params, lrs, support, policy.inner)[0]
+                done += 1
+            moved = sum(((params[n] - theta0[n]).double() ** 2).sum() for n in theta0)
+            out.append(float(torch.sqrt(torch.as_tensor(moved))) / norm if norm > 0 else math.nan)
+    return out
+
+
+def tune_fine_tune(
+    make_method: Callable[[float], Method],
     policy: Policy,
-    steps: int,
+    steps: Sequence[int],
     episodes: int = 2,
     n_tasks: int = TUNE_TASKS,
     grid: Sequence[float] = FINE_TUNE_GRID,
-    support_epsilon: float = 0.3,
     progress: Callable[[], None] | None = None,
-) -> tuple[float, dict[float, float]]:
-    """Pick the fine-tuning learning rate on *training* tasks (never on held-out ones).
+) -> tuple[dict[int, float], dict[str, Any]]:
+    """The fine-tuning rate for each step count of ``steps`` (k > 0), chosen on *training*
+    robots (never on held-out ones), robust to noise.
 
-    ``progress`` is called once per (learning rate, task) evaluated: ``len(grid) * n_tasks``
-    times.
-    """
+    Every rate of ``grid`` fine-tunes ``make_method(rate)`` on ``n_tasks`` training robots
+    (support collected as the evaluation does); per rate and ``k`` the paired gain over the
+    same robot unadapted, ``R_k - R_0``, is averaged over the robots. The rate picked for
+    ``k`` maximizes the gain's mean minus one standard error: a rate that collapses some
+    robots while helping others loses to a steadier one. Returns ``({k: rate}, record)``;
+    ``record["grid"][rate][k]``: mean gain, its standard error, the mean return and the
+    relative parameter displacement ``||theta_k - theta_0|| / ||theta_0||`` on the first
+    robot's support (what shows that the grid moves the weights). ``progress`` is called
+    once per (rate, task)."""
+    ks = sorted({k for k in steps if k > 0})
+    first = make_method(grid[0])
     env = make_env(policy.env_id, policy.dynamics)
     tasks = env.unwrapped.sample_tasks(n_tasks, seed=EVAL_SEED + 1, split="train")
+    support = collect(  # the first robot's support, as evaluate_method collects it
+        env,
+        first.initial_actor(),
+        tasks[0],
+        first.support_size,
+        first.support_epsilon,
+        np.random.default_rng(EVAL_SEED),
+    ).all()
     env.close()
-    scores = {}
+    record: dict[str, Any] = {"n_tasks": n_tasks, "episodes": episodes, "grid": {}}
+    picked: dict[int, float] = {}
+    best: dict[int, float] = {}
     for lr in grid:
-        lrs = {k: torch.tensor(lr) for k in policy.params}
-        m = PolicyMethod("tune", policy, support_epsilon, lrs)
+        m = make_method(lr)
         res = evaluate_method(
-            m, [TaskSet("tune", tasks)], [steps], episodes, policy.dynamics, progress
+            m, [TaskSet("tune", tasks)], [0, *ks], episodes, policy.dynamics, progress
         )
-        scores[lr] = float(np.mean([r[0] for r in res["tune"]]))
-    best = max(grid, key=lambda lr: scores[lr])
-    return best, scores
+        r = np.asarray(res["tune"], dtype=np.float64)  # (tasks, 1 + len(ks))
+        moved = _relative_displacement(m, support, ks)
+        entry = {}
+        for i, k in enumerate(ks):
+            gain = r[:, i + 1] - r[:, 0]
+            se = float(gain.std(ddof=1) / math.sqrt(gain.size)) if gain.size > 1 else 0.0
+            lcb = float(gain.mean()) - se
+            entry[str(k)] = {
+                "gain": float(gain.mean()),
+                "gain_se": se,
+                "return": float(r[:, i + 1].mean()),
+                "displacement": moved[i],
+            }
+            if k not in best or lcb > best[k]:
+                best[k], picked[k] = lcb, float(lr)
+        record["grid"][str(lr)] = entry
+    record["picked"] = {str(k): v for k, v in picked.items()}
+    return picked, record
+
+
+@dataclass
+class PerStepMethod:
+    """A method evaluated at each step count ``k`` by its own method ``by_steps[k]`` (the DR +
+    fine-tuning baseline: each ``k`` at the rate tuned for it, :func:`tune_fine_tune`); ``k =
+    0`` is the shared initial actor. ``support_transitions`` overrides the support size
+    (:func:`with_support`)."""
+
+    name: str
+    by_steps: dict[int, Method]
+    _: dataclasses.KW_ONLY
+    support_transitions: int | None = None
+
+    @property
+    def _first(self) -> Method:
+        return self.by_steps[min(self.by_steps)]
+
+    @property
+    def env_id(self) -> str:
+        return self._first.env_id
+
+    @property
+    def privileged(self) -> bool:
+        return self._first.privileged
+
+    @property
+    def support_epsilon(self) -> float:
+        return self._first.support_epsilon
+
+    @property
+    def support_size(self) -> int:
+        if self.support_transitions is not None:
+            return self.support_transitions
+        return self._first.support_size
+
+    def initial_actor(self) -> ActFn:
+        return self._first.initial_actor()
+
+    def adapted_actors(self, support: Batch, steps: Sequence[int]) -> list[ActFn]:
+        missing = [k for k in steps if k > 0 and k not in self.by_steps]
+        if missing:
+            raise ValueError(
+                f"method {self.name!r} has no fine-tuning rate for {missing} steps; tuned for "
+                f"{sorted(self.by_steps)}"
+            )
+        return [
+            self.by_steps[k].adapted_actors(support, [k])[0] if k > 0 else self.initial_actor()
+            for k in steps
+        ]
 
 
 def summarize(
@@ -440,25 +552,27 @@ def _summary_rows(
 ) -> list[dict[str, Any]]:
     """:func:`summarize`'s rows of one method in ``group`` over its tasks ``index``,
     reported as group ``label`` (with a ``motor_sign`` field when ``sign`` is given)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
+    before: list[list[float]] = []  # the k = 0 grid, which every later step is compared with
     for ki, k in enumerate(steps):
-        raw, r_rand, r_oracle = [], [], []
+        grid = []  # (seeds, tasks): the seeds that have this step
         for res in per_seed:
-            for ti in index:
-                task_returns = res[group][ti]
-                if ki >= len(task_returns):
-                    continue
-                raw.append(task_returns[ki])
-                r_rand.append(rand[group][ti])
-                if oracle is not None:
-                    r_oracle.append(oracle[group][ti])
-        if not raw:
+            per_task = [res[group][ti] for ti in index]
+            if per_task and all(ki < len(t) for t in per_task):
+                grid.append([t[ki] for t in per_task])
+        if not grid:
             continue
-        if oracle is not None:
-            mean, lo, hi = normalized_ci(raw, r_rand, r_oracle)
+        r_rand = [rand[group][ti] for ti in index]
+        r_oracle = [oracle[group][ti] for ti in index] if oracle is not None else None
+        if r_oracle is not None:
+            mean, lo, hi = hierarchical_normalized_ci(grid, r_rand, r_oracle)
+            per_seed_score = [
+                normalized(np.mean(g), np.mean(r_rand), np.mean(r_oracle)) for g in grid
+            ]
         else:
             mean = lo = hi = math.nan
-        rmean, rlo, rhi = bootstrap_ci(raw)
+            per_seed_score = [math.nan] * len(grid)
+        rmean, rlo, rhi = hierarchical_ci(grid)
         row: dict[str, Any] = {"method": name, "group": label}
         if sign is not None:
             row["motor_sign"] = sign
@@ -468,16 +582,33 @@ def _summary_rows(
         rows.append(
             row
             | {
-                "n": len(raw),
+                "n": len(grid) * len(index),
+                "n_seeds": len(grid),
                 "score": mean,
                 "score_lo": lo,
                 "score_hi": hi,
                 "return": rmean,
                 "return_lo": rlo,
                 "return_hi": rhi,
+                "per_seed_return": [float(np.mean(g)) for g in grid],
+                "per_seed_score": [float(x) for x in per_seed_score],
+                **(_harm(grid, before[: len(grid)]) if ki > 0 and before else {}),
             }
         )
+        if ki == 0:
+            before = grid
     return rows
+
+
+def _harm(after: list[list[float]], before: list[list[float]]) -> dict[str, float]:
+    """What adapting did to each (seed, robot) pair against the same pair before adapting
+    (``k = 0``): the fraction of pairs whose return fell, the mean change, the worst one."""
+    change = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    return {
+        "harmed_fraction": float((change < -1e-9).mean()),
+        "change_mean": float(change.mean()),
+        "change_worst": float(change.min()),
+    }
 
 
 def markdown_table(rows: list[dict[str, Any]], final_only: bool = True) -> str:
@@ -682,9 +813,23 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
 
 def adaptation_curve(steps: Sequence[int] | None, max_k: int) -> list[int]:
     """The step counts evaluated: sorted, always from 0 (the unadapted methods' single
-    return is the ``k = 0`` entry), none above the runs' ``max_k``."""
-    steps = list(steps) if steps is not None else sorted({0, 1, 2, 3, max_k} - {-1})
-    return sorted({0, *(k for k in steps if 0 <= k <= max_k)})
+    return is the ``k = 0`` entry). Default: 0, 1, 2, 3 and the runs' ``max_k`` (their
+    largest ``adaptation.steps``), none above it; counts given explicitly are all taken, past
+    the runs' configured steps too (``robometa eval --curve 0,1,5,20``: a gradient method
+    keeps stepping, a method that adapts by inference gives the same policy at every
+    ``k > 0``), up to ``adaptation.steps``' maximum."""
+    from robometa.config import MAX_ADAPT_STEPS
+
+    if steps is None:
+        return sorted({0, *(k for k in (1, 2, 3, max_k) if 0 <= k <= max_k)})
+    bad = [k for k in steps if isinstance(k, bool) or not isinstance(k, int)]
+    bad += [k for k in steps if k not in bad and not 0 <= k <= MAX_ADAPT_STEPS]
+    if bad:
+        raise ValueError(
+            f"adaptation steps must be integers in [0, {MAX_ADAPT_STEPS}] (adaptation.steps' "
+            f"range), got {list(steps)}"
+        )
+    return sorted({0, *steps})
 
 
 def _progress_bar(show: bool, total: int, desc: str) -> Any:
@@ -695,25 +840,33 @@ def _progress_bar(show: bool, total: int, desc: str) -> Any:
     return tqdm(total=total, unit="task", desc=desc, mininterval=1.0)
 
 
+def _fine_tuned(family: Any, policy: Policy, name: str, eps: float, lr: float) -> Method:
+    """``policy`` evaluated by its family with every parameter fine-tuned at rate ``lr``."""
+    lrs = {k: torch.tensor(lr) for k in policy.params}
+    return family.evaluation_method(policy, name, eps, lrs=lrs)
+
+
 def plan_methods(
-    runs: Sequence[Run], max_k: int, fine_tune: bool, show_progress: bool
+    runs: Sequence[Run], curve: Sequence[int], fine_tune: bool, show_progress: bool
 ) -> tuple[dict[str, MethodRuns], dict[str, Any]]:
     """The methods to evaluate, by report label, and the fine-tuning rates chosen.
 
     A run of a method that adapts is evaluated adapting with its own learning rates; one that
-    does not is evaluated as trained and, if its algorithm ``fine_tunes`` (and the curve goes
-    past 0), also as ``<label>+finetune``: every parameter fine-tuned at a rate tuned on
-    training tasks.
+    does not is evaluated as trained and, if its algorithm ``fine_tunes`` (and the curve
+    ``curve`` goes past 0), also as ``<label>+finetune``: every parameter fine-tuned, each
+    step count of the curve at the rate chosen for it on training robots
+    (:func:`tune_fine_tune`).
     """
+    ks = [k for k in curve if k > 0]
 
     def tunes(run: Run) -> bool:
-        return fine_tune and max_k > 0 and run.spec.fine_tunes and not run.spec.adapts
+        return fine_tune and bool(ks) and run.spec.fine_tunes and not run.spec.adapts
 
     tuning = [r.label for r in runs if tunes(r)]
     tune_bar = _progress_bar(
         show_progress and bool(tuning),
         len(tuning) * len(FINE_TUNE_GRID) * TUNE_TASKS,
-        f"tune {', '.join(dict.fromkeys(tuning))} fine-tuning lr",
+        f"tune {', '.join(dict.fromkeys(tuning))} fine-tuning rates",
     )
     methods: dict[str, MethodRuns] = {}
     tuned: dict[str, Any] = {}
@@ -729,17 +882,18 @@ def plan_methods(
             continue
         add(label, False, run.spec.privileged, family.evaluation_method(pol, label, eps, lrs={}))
         if tunes(run):
-            lr, grid = tune_fine_tune_lr(
+            name = f"{label}+finetune"
+
+            at = functools.partial(_fine_tuned, family, pol, name, eps)
+            rates, record = tune_fine_tune(
+                at,
                 pol,
-                max_k,
+                ks,
                 n_tasks=TUNE_TASKS,
-                support_epsilon=eps,
                 progress=tune_bar.update if tune_bar is not None else None,
             )
-            tuned[str(run.run_dir)] = {"fine_tune_lr": lr, "grid_returns": grid}
-            lrs = {k: torch.tensor(lr) for k in pol.params}
-            name = f"{label}+finetune"
-            add(name, True, False, family.evaluation_method(pol, name, eps, lrs=lrs))
+            tuned[str(run.run_dir)] = record
+            add(name, True, False, PerStepMethod(name, {k: at(rates[k]) for k in ks}))
     if tune_bar is not None:
         tune_bar.close()
     return methods, tuned
@@ -859,7 +1013,8 @@ def write_reports(out: Path, report: dict[str, Any], table: str) -> None:
     (out / "results.md").write_text(
         f"# Adaptation results on {env_id}\n\n{table}\n\n"
         f"Normalized score: (R - R_random) / (R_oracle - R_random), returns pooled over "
-        f"(task, training seed) pairs; 95% bootstrap CI over those pairs (no score column "
+        f"(task, training seed) pairs; 95% hierarchical bootstrap CI (training seeds resampled, "
+        f"then robots within each seed; no score column "
         f"without an oracle run). Support: transitions collected with each method's initial policy; "
         f"steps: gradient steps on them.{note}\n"
     )
@@ -923,7 +1078,7 @@ def run_evaluation(
             flush=True,
         )
 
-    methods, tuned = plan_methods(runs, max_k, fine_tune, show_progress)
+    methods, tuned = plan_methods(runs, steps, fine_tune, show_progress)
     results: dict[str, Any]
     if sizes is None:
         results = evaluate_methods(methods, sets, steps, episodes, dynamics, show_progress)

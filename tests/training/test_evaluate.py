@@ -16,6 +16,7 @@ from robometa.adaptation import Batch
 from robometa.cli import main as cli_main
 from robometa.config import config_from_dict
 from robometa.evaluate import (
+    FINE_TUNE_GRID,
     Method,
     TaskSet,
     bootstrap_ci,
@@ -259,7 +260,7 @@ def test_eval_cli_writes_the_reports(
         "evaluating 2 run(s) on robometa/CartPole-v0: id (2 tasks), ood (2 tasks), "
         "1 episode(s) per task, adaptation steps 0,1,2"
     )
-    assert "tune dr fine-tuning lr" in err and "60/60" in err  # 6 rates x 10 training tasks
+    assert "tune dr fine-tuning rates" in err and "120/120" in err  # 6 rates x 20 robots
     assert printed.splitlines()[-1] == (
         f"wrote {out}/results.md, {out}/results.json, {out}/adaptation.png"
     )
@@ -270,7 +271,18 @@ def test_eval_cli_writes_the_reports(
     assert report["n_tasks"] == {"id": 2, "ood": 2}
     assert report["steps"] == [0, 1, 2]
     assert set(report["returns"]) == {"dr", "dr+finetune", "oracle"}
-    assert report["fine_tune"][str(dqn)]["fine_tune_lr"] > 0  # tuned on training tasks
+    tuned = report["fine_tune"][str(dqn)]  # tuned on training robots, a rate per step count
+    assert set(tuned["picked"]) == {"1", "2"} and tuned["n_tasks"] == 20
+    assert all(lr in FINE_TUNE_GRID for lr in tuned["picked"].values())
+    grid = tuned["grid"]
+    assert set(grid) == {str(lr) for lr in FINE_TUNE_GRID}
+    # the grid moves the weights: more at a higher rate, more with more steps
+    moved = [grid[str(lr)]["2"]["displacement"] for lr in FINE_TUNE_GRID]
+    assert moved == sorted(moved) and moved[-1] > 100 * moved[0] > 0
+    assert all(
+        grid[str(lr)]["2"]["displacement"] > grid[str(lr)]["1"]["displacement"]
+        for lr in FINE_TUNE_GRID
+    )
     rows = report["summary"]
     seen = {(r["method"], r["group"], r["steps"]) for r in rows}
     assert {("dr", g, 0) for g in ("id", "ood")} <= seen
@@ -516,3 +528,29 @@ def test_statistics_import_without_torch() -> None:
     code = "import sys, robometa.stats; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_explicit_curve_goes_past_the_configured_steps_with_seed_level_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import robometa.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "TUNE_TASKS", 3)  # the rate search, shortened
+    runs = [_saved_random_run(tmp_path, f"dr{s}", "dqn", "dqn", seed=s) for s in (0, 1)] + [
+        _saved_random_run(tmp_path, "oracle", "dqn", "oracle", privileged=True, seed=5)
+    ]
+    report = run_evaluation(
+        runs, n_tasks=2, episodes=1, steps=[0, 1, 7], out=tmp_path / "eval", show_progress=False
+    )
+    assert report["steps"] == [0, 1, 7]  # 7 > every run's adaptation.steps: still evaluated
+    picked = report["fine_tune"][str(runs[0])]["picked"]
+    assert set(picked) == {"1", "7"}  # a rate tuned for each step count
+    rows = {(r["method"], r["group"], r["steps"]): r for r in report["summary"]}
+    ft = rows[("dr+finetune", "id", 7)]
+    assert ft["n_seeds"] == 2 and ft["n"] == 4 and len(ft["per_seed_return"]) == 2
+    assert ft["return"] == pytest.approx(np.mean(ft["per_seed_return"]))
+    assert 0.0 <= ft["harmed_fraction"] <= 1.0 and ft["change_worst"] <= ft["change_mean"]
+    assert "harmed_fraction" not in rows[("dr+finetune", "id", 0)]
+    with pytest.raises(ValueError, match=r"integers in \[0, 1000\]"):
+        run_evaluation(runs, steps=[0, 1001], out=tmp_path / "bad", show_progress=False)
+    assert not (tmp_path / "bad").exists()
