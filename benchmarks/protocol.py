@@ -678,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         "--plan", action="store_true", help="print the plan and its estimated cost; run nothing"
     )
     p.add_argument(
+        "--train-only", action="store_true", help="train (or reuse) the runs; evaluate nothing"
+    )
+    p.add_argument(
         "--render", metavar="DIR", help="rewrite the README section and figures from DIR's JSON"
     )
     args = p.parse_args(argv)
@@ -723,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         return 0
     bench.train_runs(todo, args.jobs)
+    if args.train_only:
+        print(f"trained in {(time.perf_counter() - t0) / 60:.1f} min (--train-only: no evaluation)")
+        return 0
     reports = evaluate_all(all_runs, runs_dir, suites, settings, args.jobs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
