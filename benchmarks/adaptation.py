@@ -65,6 +65,8 @@ COST = {  # seconds per run on CartPole at the shipped budgets (measured, one co
     "cavia-encoder": 55,
     "rma": 50,
     "hyper": 15,
+    "dr-history": 35,
+    "oracle-history": 90,
 }
 FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.5, "reacher": 1.5, "armreach": 3.0}
 #: --backend ray: how many times a job whose worker process died is run again

@@ -13,7 +13,22 @@ A window row is one transition stored raw, ``[obs, one_hot(action), next_obs - o
 ``2 * obs_dim + n_actions``); the window holds the last ``length`` of them, oldest first and
 zero-padded at the front, ``mask`` 1 for the rows that hold one. ``params.npz`` holds every
 network parameter; the manifest section ``history`` gives ``length``, ``width``,
-``context_dim`` and ``support_size`` (the buffer's default capacity).
+``context_dim``, ``support_size`` (the buffer's default capacity) and, optionally,
+``episodic`` (a boolean, default ``false``).
+
+The ``rma`` family's bundles are not episodic: the window follows the robot across episodes
+(``terminated`` is stored, nothing more). The ``dr-history`` family
+(:mod:`robometa.bundle_dr_history`) writes ``"episodic": true``: its policy was trained
+and is evaluated with the window of the *current episode* only, empty at every episode
+start. For such a bundle the window never spans episodes: ``begin_episode()`` (which
+:func:`robometa.deploy.loop.greedy_return` and :func:`robometa.deploy.loop.collect` call
+after every ``robot.reset``; a hand-written control loop calls it when an episode starts)
+empties the window and sets the context back to the empty window's, keeping the buffer and
+the rejection counts; an accepted transition with ``terminated`` true (observed or
+followed) is pushed and then ends the episode the same way; and ``adapt`` rebuilds the
+window from the buffered transitions after the last terminal one only (a time limit is not
+stored as terminal, so only ``begin_episode`` marks that boundary). For a non-episodic
+bundle ``begin_episode()`` does nothing.
 
 :class:`HistoryAdapter` is stateful: ``observe`` stores the transition in the buffer (as
 every kind does) *and* pushes it into the window and recomputes the context (one history
@@ -43,6 +58,7 @@ from robometa.deploy.bundle import (
     GraphContext,
     GraphIO,
     GraphSpec,
+    check_bool,
     check_int,
     check_object,
     check_parameters,
@@ -64,6 +80,8 @@ CONTEXT = "context"
 #: the history graph's inputs (and adapter parameters)
 WINDOW = "window"
 MASK = "mask"
+#: the manifest key (in the ``history`` section) of a bundle whose window is per episode
+EPISODIC = "episodic"
 MAX_CONTEXT_DIM = 1024  # the config's network.context_dim range
 MAX_HISTORY = 1000  # the config's memory.history range
 #: the rejection reason of a transition whose history update estimated non-finite extrinsics
@@ -107,7 +125,7 @@ def check_history_manifest(manifest: Mapping[str, Any], where: Path, obs_dim: in
     """The history kind's sections: ``parameters`` (shapes) and ``history`` (``length`` in
     ``[1, MAX_HISTORY]``, ``width`` = ``2 * obs_dim + n_actions``, ``context_dim`` in ``[1,
     MAX_CONTEXT_DIM]``, ``support_size`` in ``[1, MAX_SUPPORT_SIZE]`` whose transition
-    buffer fits in ``MAX_BUFFER_BYTES``)."""
+    buffer fits in ``MAX_BUFFER_BYTES``, ``episodic`` optional, ``true`` or ``false``)."""
     check_parameters(manifest, where)
     section = check_object(where, SECTION, manifest[SECTION])
 
@@ -119,6 +137,8 @@ def check_history_manifest(manifest: Mapping[str, Any], where: Path, obs_dim: in
     width = 2 * obs_dim + int(manifest["action"]["n"])
     check_int(where, "history.width", key("width"), width, width)
     check_support_size(where, "history.support_size", key("support_size"), obs_dim)
+    if EPISODIC in section:
+        check_bool(where, f"{SECTION}.{EPISODIC}", section[EPISODIC])
 
 
 #: a history bundle: ``policy.onnx``, ``history.onnx``, ``params.npz``, and the manifest
@@ -144,6 +164,8 @@ class HistoryAdapter(ConditionedAdapter):
     recomputes the extrinsics (any ``steps >= 1`` is that one update; ``from_meta`` changes
     nothing); ``acting_with_meta`` acts with the empty window's extrinsics (the window still
     follows ``observe``); ``reset`` goes back to the empty window and its extrinsics.
+    ``episodic`` (the manifest's ``history.episodic``): whether the window is per episode
+    (:meth:`begin_episode`, a terminal transition and ``adapt`` end it: module docstring).
     ``restore_params`` and ``load_state`` check the state as :meth:`_checked_state` says.
     One adapter serves one control loop: it is not safe to call from several threads at once.
     """
@@ -161,17 +183,21 @@ class HistoryAdapter(ConditionedAdapter):
     def describe(cls, bundle: Bundle) -> list[tuple[str, str]]:
         """How it adapts: the extrinsics' size and the window it reads."""
         section = _section(bundle.manifest)
+        within = ", within each episode" if section.get(EPISODIC, False) else ""
         return [
             (
                 "adapts",
                 f"a {section['context_dim']}-d extrinsics vector {HISTORY_GRAPH} estimates "
-                f"from the last {section['length']} transitions, after every observed step",
+                f"from the last {section['length']} transitions, after every observed step"
+                f"{within}",
             )
         ]
 
     def _read_section(self, section: Mapping[str, Any]) -> None:
         self.length, self.width = int(section["length"]), int(section["width"])
         self.context_dim = int(section["context_dim"])
+        #: whether the window is per episode (the manifest's ``history.episodic``)
+        self.episodic = bool(section.get(EPISODIC, False))
         self._empty_window = frozen(np.zeros((self.length, self.width), np.float32))
         self._empty_mask = frozen(np.zeros(self.length, np.float32))
         self._window = np.zeros((self.length, self.width), np.float32)
@@ -226,12 +252,27 @@ class HistoryAdapter(ConditionedAdapter):
         self._set_vector(z)
         return True
 
+    def begin_episode(self) -> None:
+        """An episode starts: for an episodic bundle, empty the window and go back to the
+        empty window's extrinsics (as after loading or ``reset``, but the buffer and the
+        rejection counts are kept); for a non-episodic one, nothing (its window follows the
+        robot across episodes)."""
+        if self.episodic:
+            self._empty()
+
+    def _empty(self) -> None:
+        self._window[...] = 0.0
+        self._mask[...] = 0.0
+        self._vector = self._meta_vector
+        self._bind_vector()
+
     def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
         """Store one transition, push it into the window and recompute the extrinsics (one
         history update); return whether it was accepted. Refused and counted, not stored:
         what :meth:`Adapter.observe` rejects, and a transition that makes ``history.onnx``
         estimate non-finite extrinsics (:data:`NON_FINITE_CONTEXT`; the window and
-        extrinsics stay as they were)."""
+        extrinsics stay as they were). For an episodic bundle an accepted transition with
+        ``terminated`` true then ends the episode (:meth:`begin_episode`'s empty window)."""
         o = self._checked_obs(obs, self._obs_shape, "obs")
         o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
         reason = rejection(
@@ -241,12 +282,16 @@ class HistoryAdapter(ConditionedAdapter):
             self._rejected[reason] += 1
             return False
         self.buffer.add(o, int(action), float(reward), o2, float(terminated))
+        if terminated and self.episodic:
+            self._empty()
         return True
 
     def follow(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> bool:
         """One history update without storing the transition (greedy evaluation episodes);
         a transition ``observe`` would reject is skipped (False), not counted, and one whose
-        estimate is not finite is skipped and counted (:data:`NON_FINITE_CONTEXT`)."""
+        estimate is not finite is skipped and counted (:data:`NON_FINITE_CONTEXT`). For an
+        episodic bundle a followed transition with ``terminated`` true ends the episode, as
+        in :meth:`observe`."""
         o = self._checked_obs(obs, self._obs_shape, "obs")
         o2 = self._checked_obs(next_obs, self._obs_shape, "next_obs")
         if rejection(
@@ -257,6 +302,8 @@ class HistoryAdapter(ConditionedAdapter):
         if reason:
             self._rejected[reason] += 1
             return False
+        if terminated and self.episodic:
+            self._empty()
         return True
 
     def _push(self, o: np.ndarray, action: Any, o2: np.ndarray) -> str:
@@ -284,12 +331,17 @@ class HistoryAdapter(ConditionedAdapter):
         return {CONTEXT: self._meta_vector, WINDOW: self._empty_window, MASK: self._empty_mask}
 
     def _rederive(self, data: Transitions) -> tuple[bool, str, int]:
-        """The window rebuilt from the last ``length`` buffered transitions and its
+        """The window rebuilt from the last ``length`` buffered transitions (for an episodic
+        bundle, of those after the last terminal one: the current episode's) and its
         extrinsics; a non-finite estimate is discarded."""
         n = len(data.reward)
         window = np.zeros((self.length, self.width), np.float32)
         mask = np.zeros(self.length, np.float32)
-        k = min(n, self.length)
+        first = 0  # the first transition the window may hold
+        if self.episodic:
+            ends = np.flatnonzero(data.terminated != 0.0)
+            first = int(ends[-1]) + 1 if ends.size else 0
+        k = min(n - first, self.length)
         for j in range(k):
             i = n - k + j
             window[self.length - k + j] = self._row(
@@ -301,7 +353,8 @@ class HistoryAdapter(ConditionedAdapter):
             return False, "the estimated extrinsics are not finite; the previous ones are kept", k
         self._window, self._mask = window, mask
         self._set_context(z)
-        return True, f"extrinsics estimated from the last {k} of {n} transitions", k
+        episode = f", this episode's (the {n - first} after the last terminal one)" if first else ""
+        return True, f"extrinsics estimated from the last {k} of {n} transitions{episode}", k
 
     def reset(self) -> None:
         """Back to the empty window and its extrinsics, with an empty buffer and no rejection

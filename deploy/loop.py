@@ -153,16 +153,26 @@ def greedy_return(
     ``episodes`` in ``[0, MAX_EVAL_EPISODES]``, ``max_episode_steps`` in ``[1,
     MAX_EPISODE_STEPS]``; a reward that is not a finite number raises ``ValueError`` naming the
     episode and step (a NaN return would compare as neither better nor worse).
+
+    A runtime whose state follows the robot (one with ``follow``: ``recurrent``, ``history``)
+    advances it through these episodes without buffering, and one with ``begin_episode`` is
+    told after every ``robot.reset`` that an episode starts (an episodic ``history`` bundle,
+    ``dr-history``'s, empties its window there, as in training and ``robometa eval``; for
+    the others it is a no-op).
     """
     check_count("episodes", episodes, 0, MAX_EVAL_EPISODES, "MAX_EVAL_EPISODES")
     _check_episode_args(seed, max_episode_steps)
     see = obs_fn or _identity
     # A runtime whose state follows the robot (recurrent, history) keeps following it in these
-    # episodes, as in training and robometa eval; nothing is buffered.
+    # episodes, as in training and robometa eval; nothing is buffered. One whose memory is per
+    # episode (an episodic history bundle) starts each episode afresh.
     follow = getattr(adapter, "follow", None)
+    begin_episode = getattr(adapter, "begin_episode", None)
     totals = []
     for i in range(episodes):
         obs, _ = robot.reset(seed=seed + i)
+        if begin_episode is not None:
+            begin_episode()
         total = 0.0
         for t in range(max_episode_steps):
             seen = see(obs)
@@ -210,6 +220,8 @@ def collect(
 
     Episodes restart on ``terminated``, ``truncated`` or after ``max_episode_steps`` steps;
     only ``terminated`` is stored as terminal (a time limit is not the end of the task).
+    After every ``robot.reset`` (the first one included) an adapter with ``begin_episode``
+    is told that an episode starts, as in :func:`greedy_return`.
     ``n`` in ``[0, MAX_SUPPORT]``, ``epsilon`` in ``[0, 1]``.
     """
     check_count("n", n, 0, MAX_SUPPORT, "MAX_SUPPORT")
@@ -217,17 +229,25 @@ def collect(
     _check_episode_args(seed, max_episode_steps)
     see = obs_fn or _identity
     observer = _Observer(adapter, robot)
-    seeds = itertools.count(seed + 1)  # episode i starts from reset(seed=seed + i)
+    seeds = itertools.count(seed)  # episode i starts from reset(seed=seed + i)
+    begin_episode = getattr(adapter, "begin_episode", None)
+
+    def restart() -> np.ndarray:
+        obs = see(robot.reset(seed=next(seeds))[0])
+        if begin_episode is not None:
+            begin_episode()
+        return obs
+
     collection.collect(
         observer,
-        collection.Episode(see(robot.reset(seed=seed)[0])),
+        collection.Episode(restart()),
         adapter.act,
         n,
         epsilon,
         rng,
         adapter.n_actions,
         observer.store,
-        lambda: see(robot.reset(seed=next(seeds))[0]),
+        restart,
         max_episode_steps,
         see,
     )
@@ -301,7 +321,10 @@ def run_rounds(
     ``history``) the greedy episodes advance that state as they run (the policy acts online,
     as it was trained to), and the state is put back afterwards: measuring has no side
     effect, so each round's return is that of the state its adaptation left, which is the
-    state kept, rolled back to and acting in the next round's collection.
+    state kept, rolled back to and acting in the next round's collection. A runtime with
+    ``begin_episode`` is told at every episode start, in collection and evaluation alike
+    (an episodic ``history`` bundle's window is per episode: its state at an episode's start
+    is always the empty window's, whatever adaptation left).
 
     Counts: ``rounds`` in ``[0, MAX_ROUNDS]``, ``support`` in ``[0, MAX_SUPPORT]``,
     ``eval_episodes`` in ``[0, MAX_EVAL_EPISODES]``, ``seed`` in ``[0, MAX_SEED]``,

@@ -374,6 +374,19 @@ def recurrent_check(cfg: Config, where: str) -> None:
         )
 
 
+def dr_history_check(cfg: Config, where: str) -> None:
+    """The config rules of ``dr-history`` (:mod:`robometa.methods.dr_history`): no context
+    vector (Q reads the flattened window of the last ``memory.history`` transitions, whose
+    size follows from the robot's observation and actions)."""
+    if cfg.network.context_dim != 0:
+        raise ValueError(
+            f"config key 'network.context_dim': {cfg.algorithm} conditions Q on the window of "
+            f"its last memory.history transitions (its size follows from the robot and "
+            f"memory.history), not on a context vector, so it must be 0, got "
+            f"{cfg.network.context_dim}{where}"
+        )
+
+
 _DQN = "robometa.methods.dqn:DQN"
 _GRADIENT = "robometa.methods.gradient:MetaLearner"
 
@@ -526,6 +539,29 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
             "check": recurrent_check,
             "summary": "RL^2 / R2D2-style: a GRU over the robot's transitions so far conditions "
             "Q online; trained on stored sequences with burn-in",
+        },
+    ),
+    "dr-history": (
+        "robometa.methods.dr_history:DRHistoryDQN",
+        {
+            "family": "history",
+            "bundle_kind": "history",
+            "check": dr_history_check,
+            "summary": "domain-randomized Double DQN whose input is also its last "
+            "memory.history transitions of the episode (a history-dependent DR baseline, "
+            "Chen et al. 2022); not meta-trained",
+        },
+    ),
+    "oracle-history": (
+        "robometa.methods.dr_history:DRHistoryDQN",
+        {
+            "family": "history",
+            "bundle_kind": "history",
+            "privileged": True,
+            "check": dr_history_check,
+            "summary": "dr-history that also observes the true dynamics parameters: the "
+            "privileged oracle with memory (latency and the robot's response need a history "
+            "even when the parameters are known)",
         },
     ),
 }

@@ -218,12 +218,13 @@ class MetaConfig:
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """History and recurrent state of the families that adapt online (``rma``, ``recurrent``)."""
+    """History and recurrent state of the families that act on their past (``rma``,
+    ``recurrent``, ``dr-history``, ``oracle-history``)."""
 
     history: int = _f(
         16,
         "steps of (s, a, s' - s) history the rma adaptation module reads to estimate the "
-        "extrinsics",
+        "extrinsics; for dr-history and oracle-history, the transitions of the episode Q reads",
         lo=1,
         hi=1000,
     )

@@ -979,8 +979,11 @@ def oracle_returns(
     groups: Sequence[str],
 ) -> dict[str, list[float]] | None:
     """Per group and task, the unadapted return of the privileged runs (mean over their
-    training seeds); None without a privileged run (then there is no normalized score)."""
-    per_seed = [res for name, m in methods.items() if m.reference for res in results[name]]
+    training seeds); None without a privileged run (then there is no normalized score). With
+    several privileged methods (``oracle``, ``oracle-history``) the first one given is the
+    reference: their runs are not averaged together."""
+    first = next((name for name, m in methods.items() if m.reference), None)
+    per_seed = list(results[first]) if first is not None else []
     if not per_seed:
         return None
     return {

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from robometa.deploy import collection
+
 VIDEO_SUFFIXES = (".gif", ".mp4")
 BANNER_FILL = (250, 250, 250)
 BANNER_PAD = 4
@@ -120,7 +122,12 @@ def record_episode(
 ) -> Recording:
     """Run the greedy episode of ``act`` on ``task`` from ``reset(seed=seed)``, rendering the
     start, every ``every``-th step and the last step (unlabelled, so that a title can name
-    the episode's final return)."""
+    the episode's final return).
+
+    A stateful actor (one with ``observe``: :func:`robometa.deploy.collection.observer`,
+    the ``dr-history``, ``rma`` and ``recurrent`` families') observes every step the physics
+    did not reject, as in :func:`robometa.rollout.episode_return`, so it plays with its
+    memory running and the recorded return is the one ``episode_return`` measures."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     env.unwrapped.set_task(task)
@@ -134,10 +141,15 @@ def record_episode(
             )
         return frame
 
+    observe = collection.observer(act)
     rec = Recording([grab()], [0], [0.0])
     total, done, t = 0.0, False, 0
     while not done:
-        obs, r, term, trunc, _ = env.step(act(obs))
+        action = act(obs)
+        nxt, r, term, trunc, info = env.step(action)
+        if observe is not None and not info.get("physics_error", False):
+            observe(obs, action, r, nxt, bool(term))
+        obs = nxt
         total += float(r)
         done = bool(term or trunc)
         t += 1
