@@ -263,16 +263,26 @@ class DQN(Method):
         a = self.cfg.adaptation
         # Not meta-trained: adaptation is plain TD fine-tuning of every parameter.
         lrs = {k: torch.tensor(a.fine_tune_lr) for k, _ in self.net.named_parameters()}
+        if self.privileged:
+            return self.trained_policy({}, 0, True)
+        return self.trained_policy(lrs, a.steps, False)
+
+    def trained_policy(
+        self, lrs: dict[str, torch.Tensor], adapt_steps: int, privileged: bool
+    ) -> Policy:
+        """The :class:`Policy` of this run's network and config with the TD inner loss (what
+        the DQN-trained families hand back, each with its own rates, steps and privilege)."""
+        a = self.cfg.adaptation
         return Policy(
             algorithm=self.cfg.algorithm,
             env_id=self.cfg.env.id,
             net=self.net,
             params=self.net.params(),
-            lrs=lrs if not self.privileged else {},
+            lrs=lrs,
             inner=InnerLoss("td", self.cfg.dqn.gamma, self.cfg.dqn.huber_delta, a.model_weight),
-            adapt_steps=a.steps if not self.privileged else 0,
+            adapt_steps=adapt_steps,
             support_size=a.support_size,
-            privileged=self.privileged,
+            privileged=privileged,
             dynamics=dict(self.cfg.env.dynamics),
             config=self.cfg.to_dict(),
         )

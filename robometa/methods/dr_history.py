@@ -497,20 +497,7 @@ class DRHistoryDQN(DQN):
     def policy(self) -> Policy:
         """The trained policy: not adapted, not fine-tuned; privileged for ``oracle-history``
         (the observation, and so every window row, carries the true dynamics parameters)."""
-        a = self.cfg.adaptation
-        return Policy(
-            algorithm=self.cfg.algorithm,
-            env_id=self.cfg.env.id,
-            net=self.net,
-            params=self.net.params(),
-            lrs={},
-            inner=InnerLoss("td", self.cfg.dqn.gamma, self.cfg.dqn.huber_delta, a.model_weight),
-            adapt_steps=0,
-            support_size=a.support_size,
-            privileged=self.privileged,
-            dynamics=dict(self.cfg.env.dynamics),
-            config=self.cfg.to_dict(),
-        )
+        return self.trained_policy({}, 0, self.privileged)
 
     # -------------------------------------------------------------- what the family owns
 

@@ -595,20 +595,7 @@ class RMALearner(DQN):
 
     def policy(self) -> Policy:
         """The deployed policy: unprivileged observations, extrinsics from the history."""
-        a = self.cfg.adaptation
-        return Policy(
-            algorithm=self.cfg.algorithm,
-            env_id=self.cfg.env.id,
-            net=self.net,
-            params=self.net.params(),
-            lrs={},
-            inner=InnerLoss("td", self.cfg.dqn.gamma, self.cfg.dqn.huber_delta, a.model_weight),
-            adapt_steps=1,  # one history update per step
-            support_size=a.support_size,
-            privileged=False,
-            dynamics=dict(self.cfg.env.dynamics),
-            config=self.cfg.to_dict(),
-        )
+        return self.trained_policy({}, 1, False)  # one history update per step
 
     # -------------------------------------------------------------- what the family owns
 
