@@ -201,18 +201,18 @@ def evaluate_all(
 
 
 def shipped_steps(report: dict) -> dict[str, int]:
-    """Each method's step count as shipped: its runs' ``adaptation.steps`` (the largest
-    curve point <= it), ``dr+finetune`` that of the DR runs, 0 for what does not adapt."""
+    """Each method's step count as shipped: its runs' ``adapt_steps`` (the step count its
+    policy adapts with: ``adaptation.steps`` for a gradient learner, 1 for the inference
+    families, whose policy is the same at every count past 0), the largest curve point <= it;
+    ``dr+finetune`` that of the DR runs (their ``adaptation.steps``), 0 for what does not
+    adapt."""
     from robometa.policy import Policy
 
     curve = report["steps"]
-    out: dict[str, int] = {}
-    for name in report["returns"]:
-        out[name] = 0
+    out: dict[str, int] = dict.fromkeys(report["returns"], 0)
     for run in report["runs"]:
         method = Path(run).name.rsplit("-seed", 1)[0]
-        config = Policy.load(run).config.get("adaptation", {})
-        k = int(config.get("steps", 5))
+        k = int(Policy.load(run).adapt_steps)
         picked = max((c for c in curve if c <= k), default=0)
         if bench.is_meta_learner(method):
             out[method] = picked

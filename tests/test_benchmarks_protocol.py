@@ -46,6 +46,22 @@ def test_bad_arguments_name_the_value(tmp_path: Path) -> None:
     assert done.returncode == 2 and "unknown family 'cartpol'" in done.stderr
 
 
+def test_the_readme_section_is_the_committed_json() -> None:
+    protocol = _protocol()
+    results = ROOT / "benchmarks" / "results"
+    text = (ROOT / "README.md").read_text()
+    section = text.split(protocol.MARK_START, 1)[1].split(protocol.MARK_END, 1)[0]
+    rendered = protocol.render(results)
+    assert protocol.MARK_START + section + protocol.MARK_END == rendered, (
+        "the README's results differ from benchmarks/results/*.json: run "
+        "python benchmarks/protocol.py --render benchmarks/results"
+    )
+    for path in results.glob("protocol-*.json"):
+        family = json.loads(path.read_text())["family"]
+        assert (ROOT / "docs" / "images" / f"protocol-{family}.png").stat().st_size > 10_000
+        assert path.stat().st_size < 1_000_000  # committed: small
+
+
 def _tiny_suite(root: Path) -> Path:
     """Two robots (one per motor sign where the file has both) of each heldout file."""
     root.mkdir(parents=True)
