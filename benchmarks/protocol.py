@@ -28,7 +28,7 @@ on the robot, so nothing to adapt on). Evaluations are cached per family and sui
     python benchmarks/protocol.py --plan                          # what it would run, the cost
     python benchmarks/protocol.py --out benchmarks/results        # everything (hours)
     python benchmarks/protocol.py --out benchmarks/results --families diffdrive   # one piece
-    python benchmarks/protocol.py --out /tmp/quick --quick        # CartPole, 2 seeds, < 15 min
+    python benchmarks/protocol.py --out /tmp/quick --quick        # CartPole, 2 seeds, a small grid
     python benchmarks/protocol.py --render benchmarks/results     # README section + figures
 
 ``--render`` rewrites the README's results section (between the ``protocol:start`` and
@@ -61,12 +61,16 @@ CURVE = (0, 1, 5, 20)
 SUITES = ("heldout", "fresh")
 #: the support size the targets are checked at
 AT_SUPPORT = 200
-#: --quick: one family, two seeds, the baselines and one method of each adaptation family
+#: --quick: one family, two seeds, the baselines and one method of each adaptation family,
+#: the heldout suite at two support sizes and the shipped step count, one episode per robot
 QUICK = {
     "families": ("cartpole",),
     "seeds": (0, 1),
-    "methods": ("dr", "dr-history", "oracle", "oracle-history", "cavia", "context", "recurrent"),
+    "methods": ("dr", "dr-history", "oracle", "cavia", "context", "recurrent"),
     "suites": ("heldout",),
+    "supports": (10, 200),
+    "curve": (0, 5),
+    "episodes": 1,
 }
 TARGET_GAP = 0.7
 TARGET_SEEDS_ABOVE_DR = 4  # of 5
@@ -684,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="one family (cartpole), two seeds, six methods, heldout only",
+        help="CartPole, two seeds, six methods (dr, dr-history, oracle, cavia, context, "
+        "recurrent), heldout only, support 10 and 200, steps 0 and 5, one episode per robot",
     )
     p.add_argument(
         "--plan", action="store_true", help="print the plan and its estimated cost; run nothing"
@@ -715,6 +720,10 @@ def main(argv: list[str] | None = None) -> int:
         "curve": [int(k) for k in args.curve.split(",")],
         "episodes": args.episodes,
     }
+    if args.quick:
+        settings = {
+            k: (list(v) if k != "episodes" else v) for k, v in QUICK.items() if k in settings
+        }
     if AT_SUPPORT not in settings["supports"]:
         p.error(f"--support must include {AT_SUPPORT}, the size the targets are checked at")
     runs_dir = Path(args.runs_dir)

@@ -33,8 +33,8 @@ def test_quick_plan_states_its_cost_and_runs_nothing(tmp_path: Path) -> None:
     done = _run("--quick", "--plan", "--runs-dir", str(tmp_path / "runs"))
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip().splitlines()[-1]
-    # CartPole, 2 seeds, 7 methods: 14 runs, all to train here, one evaluation
-    assert line.startswith("plan: 14 runs over cartpole (14 to train: ~"), line
+    # CartPole, 2 seeds, 6 methods: 12 runs, all to train here, one evaluation
+    assert line.startswith("plan: 12 runs over cartpole (12 to train: ~"), line
     assert "1 evaluations" in line and "estimated total ~" in line
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("policy.pt"))
 
