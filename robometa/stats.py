@@ -50,6 +50,16 @@ def bootstrap_ci(
     return float(v.mean()), float(np.percentile(means, lo)), float(np.percentile(means, hi))
 
 
+def _interval(point: float, boots: np.ndarray, level: float) -> tuple[float, float, float]:
+    """``point`` and the central ``level`` percentile interval of the finite ``boots``
+    (NaN bounds when none is finite: every resample had no gap to divide by)."""
+    boots = boots[np.isfinite(boots)]
+    if boots.size == 0:
+        return point, math.nan, math.nan
+    lo, hi = tail_percentiles(level)
+    return point, float(np.percentile(boots, lo)), float(np.percentile(boots, hi))
+
+
 def normalized(r: float, r_random: float, r_oracle: float) -> float:
     """``(R - R_random) / (R_oracle - R_random)``; NaN where the oracle is no better than random."""
     gap = r_oracle - r_random
@@ -80,11 +90,7 @@ def normalized_ci(
     gap = ro[idx].mean(1) - rr[idx].mean(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         boots = np.where(gap > 1e-6, (r[idx].mean(1) - rr[idx].mean(1)) / gap, np.nan)
-    boots = boots[np.isfinite(boots)]
-    if boots.size == 0:
-        return point, math.nan, math.nan
-    lo, hi = tail_percentiles(level)
-    return point, float(np.percentile(boots, lo)), float(np.percentile(boots, hi))
+    return _interval(point, boots, level)
 
 
 def hierarchical_indices(
@@ -155,11 +161,7 @@ def hierarchical_normalized_ci(
             (r[seeds, tasks].mean(axis=(1, 2)) - rr[tasks].mean(axis=(1, 2))) / gap,
             np.nan,
         )
-    boots = boots[np.isfinite(boots)]
-    if boots.size == 0:
-        return point, math.nan, math.nan
-    lo, hi = tail_percentiles(level)
-    return point, float(np.percentile(boots, lo)), float(np.percentile(boots, hi))
+    return _interval(point, boots, level)
 
 
 def gap_closed_ci(
@@ -202,8 +204,4 @@ def gap_closed_ci(
         return g[seeds, tasks].mean(axis=(1, 2))
 
     boots = closed(resampled(r), resampled(b), resampled(u))
-    boots = boots[np.isfinite(boots)]
-    if boots.size == 0:
-        return point, math.nan, math.nan
-    lo, hi = tail_percentiles(level)
-    return point, float(np.percentile(boots, lo)), float(np.percentile(boots, hi))
+    return _interval(point, boots, level)
