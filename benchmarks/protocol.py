@@ -395,6 +395,12 @@ ROW_FIELDS = [
 ]
 
 
+def _relative(path: str) -> str:
+    """``path`` relative to the checkout where it lies inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
+
+
 def run_seconds(run: Path) -> float:
     """A finished run's training wall time (the last ``wall_s`` of its ``metrics.csv``)."""
     import csv
@@ -432,7 +438,10 @@ def family_record(family: str, reports: dict[str, dict], runs: list[Path], estim
         analysis["best_chosen_on"] = chosen_on
         record["env_id"] = report["env_id"]
         record["suites"][suite_label(suite)] = {
-            "task_files": report.get("task_files", {}),
+            "task_files": {  # relative to the checkout: no machine's path in the JSON
+                g: f | {"path": _relative(f["path"])}
+                for g, f in report.get("task_files", {}).items()
+            },
             "n_tasks": report["n_tasks"],
             "episodes": report["episodes"],
             "steps": report["steps"],
