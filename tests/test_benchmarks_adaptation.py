@@ -159,3 +159,15 @@ def test_a_bad_support_list_is_refused_with_the_range(capsys) -> None:
     with pytest.raises(SystemExit):
         _bench().main(["--out", "x.json", "--support", "10,0"])
     assert "'10,0': expected support sizes >= 1" in capsys.readouterr().err
+
+
+def test_a_runs_cost_scales_with_its_budget_and_family() -> None:
+    bench = _bench()
+    cartpole = bench.run_cost("cartpole", "dr", 40_000)
+    assert cartpole == pytest.approx(bench.COST["dr"])  # COST is at the shipped budget
+    # Reacher's DR trains 200k steps: five times the env steps at Reacher's per-step factor
+    reacher = bench.run_cost("reacher", "dr", 200_000)
+    assert reacher == pytest.approx(5 * bench.COST["dr"] * bench.FAMILY_COST["reacher"])
+    # a measured (family, method) pair wins over the scaled CartPole cost
+    measured = bench.MEASURED_S_PER_KSTEP[("armreach", "cavia")]
+    assert bench.run_cost("armreach", "cavia", 10_000) == pytest.approx(10 * measured)
