@@ -127,12 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"--robots: {bad[0]} is not an index of {path} (0..{len(tasks) - 1})")
     t0 = time.perf_counter()
-    experts, record = {}, {"family": args.family, "task_file": str(path), "robots": {}}
+    experts: dict[int, float] = {}
+    record: dict = {
+        "family": args.family,
+        "task_file": protocol._relative(str(path)),  # no machine's path in the JSON
+        "method": args.method,
+        "steps": None,
+        "seed": args.seed,
+        "episodes": args.episodes,
+        "robots": {},
+    }
     for n, i in enumerate(robots):
         task = dict(tasks[i])
         run = Path(args.runs_dir) / args.family / f"{args.group}-{i}-{args.method}-seed{args.seed}"
         config = ROOT / "configs" / f"{args.family}_{args.method}.yaml"
         cfg = load_config(config, expert_overrides(task), steps=args.steps, seed=args.seed)
+        record["steps"] = cfg.dqn.total_steps
         status = run_status(run, cfg)
         if status == "stale":
             raise SystemExit(f"{run} holds another experiment; remove it or pick --runs-dir")
@@ -143,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run_logged(f"{run}.log", train, cfg, run)
         experts[i] = robot_return(run, task, i, args.episodes)
-        record["robots"][str(i)] = {"task": task, "expert_return": experts[i], "run": str(run)}
+        record["robots"][str(i)] = {
+            "task": task,
+            "expert_return": experts[i],
+            "run": protocol._relative(str(run)),
+        }
         print(
             f"[{n + 1}/{len(robots)}] robot {i} (motor_sign {task.get('motor_sign', '-')}): "
             f"expert {experts[i]:.1f} ({time.perf_counter() - t0:.0f} s)",

@@ -527,13 +527,57 @@ def plot_family(record: dict, path: Path) -> Path:
     return path
 
 
+def expert_check(record: dict, experts: dict) -> dict | None:
+    """The per-robot experts (``benchmarks/experts.py``'s JSON) beside every method of
+    ``heldout`` on the same robots, at :data:`AT_SUPPORT` transitions and each method's
+    shipped step count: from the experts' ``compare`` block (per-robot means of the protocol's
+    evaluation), else, when the experts cover every robot of the task file, from the committed
+    rows (the same robots' mean). None if neither applies."""
+    suite = record["suites"].get("heldout")
+    if suite is None:
+        return None
+    group = Path(experts["task_file"]).stem
+    if group not in suite["n_tasks"]:
+        return None
+    robots = sorted(int(i) for i in experts["robots"])
+    returns = [experts["robots"][str(i)]["expert_return"] for i in robots]
+    if experts.get("compare"):
+        means = dict(experts["compare"]["mean"])
+    elif robots == list(range(suite["n_tasks"][group])):
+        ks = suite["analysis"]["shipped_steps"]
+        index = row_index(rows_of(suite))
+        means = {
+            m: index[(m, group, AT_SUPPORT, k)]["return"]
+            for m, k in ks.items()
+            if (m, group, AT_SUPPORT, k) in index
+        }
+    else:
+        return None
+    mean_expert = float(np.mean(returns))
+    bound = suite["analysis"]["groups"][group].get("bound", {}).get("method")
+    return {
+        "group": group,
+        "robots": len(robots),
+        "of": suite["n_tasks"][group],
+        "mean_expert": mean_expert,
+        "expert_min": float(np.min(returns)),
+        "bound": bound,
+        "bound_return": means.get(bound),
+        "means": means,
+        "above_experts": sorted(m for m, v in means.items() if v > mean_expert),
+        "budget": experts.get("steps"),
+        "method": experts.get("method", "dr"),
+    }
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def render_family(record: dict) -> str:
+def render_family(record: dict, experts: dict | None = None) -> str:
     """The markdown of one family: per suite, a table per method over support sizes and steps,
-    the gap closed, seeds above DR, harm, and the targets."""
+    the gap closed, seeds above DR, harm, and the targets; with ``experts``
+    (``experts-<family>.json``) the per-robot experts beside the bound."""
     lines = [f"#### {record['family']} ({record['env_id']})", ""]
     cost = record.get("cost", {})
     lines.append(
@@ -615,6 +659,24 @@ def render_family(record: dict) -> str:
                 f"{yes(t['fixed_sign_above_dr'])}."
             )
             lines.append("")
+    check = expert_check(record, experts) if experts else None
+    if check:
+        others = sorted(check["means"].items(), key=lambda kv: -kv[1])
+        lines.append(
+            f"Per-robot experts (`benchmarks/experts.py`: DQN trained on one robot alone, "
+            f"`configs/{record['family']}_{check['method']}.yaml` with that robot as its only task) "
+            f"on {check['robots']} of the {check['of']} `heldout` `{check['group']}` robots: mean "
+            f"return {check['mean_expert']:.1f} (lowest {check['expert_min']:.1f}). On the same "
+            f"robots, at {AT_SUPPORT} transitions: "
+            + ", ".join(f"{m} {v:.1f}" for m, v in others)
+            + ". "
+            + (
+                f"Above the experts' mean: {', '.join(check['above_experts'])}."
+                if check["above_experts"]
+                else "No method is above the experts' mean."
+            )
+        )
+        lines.append("")
     lines.append(
         f"![{record['family']}: return against support size](docs/images/protocol-{record['family']}.png)"
     )
@@ -646,7 +708,10 @@ def render(directory: Path) -> str:
     )
     parts.append("")
     for r in records:
-        parts.append(render_family(r))
+        experts = directory / f"experts-{r['family']}.json"
+        parts.append(
+            render_family(r, json.loads(experts.read_text()) if experts.exists() else None)
+        )
     parts.append(MARK_END)
     return "\n".join(parts)
 

@@ -120,3 +120,45 @@ def test_a_tiny_protocol_end_to_end_then_reused_and_rendered(tmp_path: Path) -> 
     assert text.startswith("intro\n") and text.endswith("\nrest\n") and "\nold\n" not in text
     assert "| cavia | 1 |" in text and "gap closed" in text
     assert (tmp_path / "protocol-cartpole.png").stat().st_size > 10_000
+
+
+def _experts(record: dict, returns: dict[int, float], compare: dict | None = None) -> dict:
+    out = {
+        "family": record["family"],
+        "task_file": "configs/tasks/cartpole/heldout/id.yaml",
+        "method": "dr",
+        "steps": 40000,
+        "robots": {str(i): {"expert_return": v} for i, v in returns.items()},
+    }
+    if compare is not None:
+        out["compare"] = compare
+    return out
+
+
+def test_experts_beside_the_bound_on_every_robot_or_through_compare() -> None:
+    protocol = _protocol()
+    record = json.loads((ROOT / "benchmarks/results/protocol-cartpole.json").read_text())
+    n = record["suites"]["heldout"]["n_tasks"]["id"]
+    index = protocol.row_index(protocol.rows_of(record["suites"]["heldout"]))
+    ks = record["suites"]["heldout"]["analysis"]["shipped_steps"]
+    oracle = index[("oracle", "id", protocol.AT_SUPPORT, 0)]["return"]
+    # every robot: the methods' means are the committed rows' (same robots)
+    check = protocol.expert_check(record, _experts(record, {i: oracle + 1.0 for i in range(n)}))
+    assert check["robots"] == check["of"] == n
+    assert check["mean_expert"] == pytest.approx(oracle + 1.0)
+    assert check["means"]["oracle"] == oracle
+    above = {
+        m for m, k in ks.items() if index[(m, "id", protocol.AT_SUPPORT, k)]["return"] > oracle + 1
+    }
+    assert set(check["above_experts"]) == above and "oracle" not in above
+    text = protocol.render_family(record, _experts(record, {i: oracle + 1.0 for i in range(n)}))
+    assert f"on {n} of the {n} `heldout` `id` robots: mean return {oracle + 1:.1f}" in text
+    # a subset without per-robot means cannot be compared: nothing rendered
+    assert protocol.expert_check(record, _experts(record, {0: 200.0, 3: 190.0})) is None
+    assert "Per-robot experts" not in protocol.render_family(
+        record, _experts(record, {0: 200.0, 3: 190.0})
+    )
+    # a subset with experts.py's compare block: its means
+    compare = {"mean": {"oracle": 150.0, "recurrent": 199.0}}
+    check = protocol.expert_check(record, _experts(record, {0: 200.0, 3: 190.0}, compare))
+    assert check["mean_expert"] == 195.0 and check["above_experts"] == ["recurrent"]
