@@ -584,6 +584,12 @@ def expert_check(record: dict, experts: dict) -> dict | None:
         return None
     mean_expert = float(np.mean(returns))
     bound = suite["analysis"]["groups"][group].get("bound", {}).get("method")
+    dr = means.get(DR)
+    gap = {
+        m: (v - dr) / (mean_expert - dr)
+        for m, v in means.items()
+        if dr is not None and m != DR and mean_expert - dr > 1e-6
+    }
     return {
         "group": group,
         "robots": len(robots),
@@ -594,6 +600,7 @@ def expert_check(record: dict, experts: dict) -> dict | None:
         "bound_return": means.get(bound),
         "means": means,
         "above_experts": sorted(m for m, v in means.items() if v > mean_expert),
+        "gap_closed_to_experts": gap,
         "budget": experts.get("steps"),
         "method": experts.get("method", "dr"),
     }
@@ -703,6 +710,19 @@ def render_family(record: dict, experts: dict | None = None) -> str:
                 f"Above the experts' mean: {', '.join(check['above_experts'])}."
                 if check["above_experts"]
                 else "No method is above the experts' mean."
+            )
+            + (
+                " Fraction of the DR -> experts gap closed on these robots (point estimates; the "
+                "experts are one training seed): "
+                + ", ".join(
+                    f"{m} {g:.2f}"
+                    for m, g in sorted(
+                        check["gap_closed_to_experts"].items(), key=lambda kv: -kv[1]
+                    )
+                )
+                + "."
+                if check["gap_closed_to_experts"]
+                else ""
             )
         )
         lines.append("")

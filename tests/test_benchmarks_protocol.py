@@ -162,3 +162,7 @@ def test_experts_beside_the_bound_on_every_robot_or_through_compare() -> None:
     compare = {"mean": {"oracle": 150.0, "recurrent": 199.0}}
     check = protocol.expert_check(record, _experts(record, {0: 200.0, 3: 190.0}, compare))
     assert check["mean_expert"] == 195.0 and check["above_experts"] == ["recurrent"]
+    # the DR -> experts gap each method closes, from the same means
+    compare["mean"]["dr"] = 95.0
+    check = protocol.expert_check(record, _experts(record, {0: 200.0, 3: 190.0}, compare))
+    assert check["gap_closed_to_experts"] == {"oracle": 0.55, "recurrent": 1.04}
