@@ -72,12 +72,21 @@ COST = {  # seconds per run on CartPole at the shipped budgets (measured, one co
 #: a family's wall time per env step relative to CartPole's, for the methods of
 #: :data:`MEASURED_S_PER_KSTEP` that lack an entry (DQN, ``*_dr.yaml`` 20k steps each, one
 #: after another on this 2-core machine with two other runs busy: CartPole 35.6 s, Reacher
-#: 36.9 s, ArmReach 62.1 s; DiffDrive from :data:`MEASURED_S_PER_KSTEP`'s DR)
-FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.5, "reacher": 1.05, "armreach": 1.75}
+#: 36.9 s, ArmReach 62.1 s; DiffDrive: its protocol DR runs, 2.15 s per 1k steps against
+#: CartPole's 0.75)
+FAMILY_COST = {"cartpole": 1.0, "diffdrive": 2.9, "reacher": 1.05, "armreach": 1.75}
 #: measured seconds per 1,000 env steps of (family, method) at its shipped config, two runs
 #: sharing the two cores (the ``[trained] RUN in N s`` lines of benchmarks/protocol.py, or
 #: a smoke run where said); they override the scaled CartPole cost
 MEASURED_S_PER_KSTEP: dict[tuple[str, str], float] = {
+    # the DiffDrive protocol's 5 seeds each (median run; 2026-12)
+    ("diffdrive", "dr"): 2.15,
+    ("diffdrive", "dr-history"): 2.65,
+    ("diffdrive", "oracle"): 1.87,
+    ("diffdrive", "cavia"): 13.7,
+    ("diffdrive", "context"): 3.5,
+    ("diffdrive", "hyper"): 3.6,
+    ("diffdrive", "recurrent"): 12.9,
     ("armreach", "cavia"): 20.3,  # 6k-step smoke run beside two protocol runs
 }
 #: --backend ray: how many times a job whose worker process died is run again
