@@ -350,7 +350,12 @@ def analyze_suite(report: dict, best: str | None = None) -> dict:
     metas = [m for m in scores if bench.is_meta_learner(m) and "gap_closed" in scores[m]]
     out["best_chosen_here"] = best is None
     if best is None and metas:
-        best = max(metas, key=lambda m: scores[m]["gap_closed"][0])
+        # the most gap closed; where there is no gap (the bound not above DR), the highest return
+        finite = [m for m in metas if not math.isnan(scores[m]["gap_closed"][0])]
+        if finite:
+            best = max(finite, key=lambda m: scores[m]["gap_closed"][0])
+        else:
+            best = max(metas, key=lambda m: scores[m]["return"])
     out["best_meta_learner"] = best
     out["best_chosen_on"] = id_group if out["best_chosen_here"] else None
     out["targets"] = targets(out, best, id_group, fixed)
@@ -648,7 +653,9 @@ def render_family(record: dict, experts: dict | None = None) -> str:
             a = at.get(m, {})
             gap = a.get("gap_closed")
             gap_text = (
-                "-" if gap is None else f"{gap[0]:.2f} [{_fmt(gap[1], 2)}, {_fmt(gap[2], 2)}]"
+                "-"
+                if gap is None or math.isnan(gap[0])
+                else f"{gap[0]:.2f} [{_fmt(gap[1], 2)}, {_fmt(gap[2], 2)}]"
             )
             seeds = "-" if "seeds_above_dr" not in a else f"{a['seeds_above_dr']}/{a['seeds']}"
             harmed = "-" if "harmed_fraction" not in a else f"{a['harmed_fraction']:.2f}"
@@ -666,7 +673,15 @@ def render_family(record: dict, experts: dict | None = None) -> str:
             )
         lines.append("")
         bound = analysis["groups"][id_group].get("bound")
-        if bound:
+        dr_row = at.get(DR)
+        if bound and dr_row is not None and bound["return"] <= dr_row["return"]:
+            lines.append(
+                f"**There is no bound here**: {bound['method']} ({bound['return']:.1f}) is not "
+                f"above DR ({dr_row['return']:.1f}) on `{id_group}`, so there is no DR -> bound "
+                "gap to close (the gap column is empty)."
+            )
+            lines.append("")
+        elif bound:
             if bound["holds"]:
                 lines.append(
                     f"The bound ({bound['method']}, {bound['return']:.1f}) holds on `{id_group}`: no method's interval lies above it."
