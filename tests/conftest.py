@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 
-import gymnasium as gym
 import pytest
-import robometa.envs
-import torch
+
+# A Python without the project installed: one clear line, not an ImportError per module.
+_MISSING = [m for m in ("gymnasium", "pybullet", "torch", "robometa") if not importlib.util.find_spec(m)]
+if _MISSING:
+    pytest.exit(
+        f"robometa's tests need {', '.join(_MISSING)}, not installed in {sys.executable}: run the "
+        "README's test command, pip install torch==2.13.0 && pip install -e \".[test,bench]\" && pytest",
+        returncode=4,
+    )
+
+import gymnasium as gym  # noqa: E402
+import robometa.envs  # noqa: E402
+import torch  # noqa: E402
 
 ENV_IDS = list(robometa.envs.FAMILIES)
 
