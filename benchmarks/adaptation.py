@@ -69,8 +69,8 @@ COST = {  # seconds per run on CartPole at the shipped budgets (measured, one co
     "dr-history": 35,
     "oracle-history": 90,
 }
-#: a family's wall time per env step relative to CartPole's, for the methods of
-#: :data:`MEASURED_S_PER_KSTEP` that lack an entry (DQN, ``*_dr.yaml`` 20k steps each, one
+#: a family's wall time per env step relative to CartPole's, for the (family, method) pairs
+#: :data:`MEASURED_S_PER_KSTEP` lacks (DQN, ``*_dr.yaml`` 20k steps each, one
 #: after another on this 2-core machine with two other runs busy: CartPole 35.6 s, Reacher
 #: 36.9 s, ArmReach 62.1 s; DiffDrive: its protocol DR runs, 2.15 s per 1k steps against
 #: CartPole's 0.75)
