@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.func import functional_call
 
 from robometa.networks import ACTIVATIONS, Params, QNetwork, q_and_delta, q_values
 
@@ -80,22 +81,40 @@ def td_loss(
     batch: Batch,
     gamma: float | Tensor,
     huber_delta: float = 1.0,
+    model_weight: float | None = None,
 ) -> Tensor:
-    """Huber loss of Q(s, a) against the Double-DQN target (targets carry no gradient)."""
-    q = q_values(net, params, batch.obs)
-    q_sa = q.gather(1, batch.action.unsqueeze(1)).squeeze(1)
+    """Huber loss of Q(s, a) against the Double-DQN target (targets carry no gradient); with
+    ``model_weight``, plus that times :func:`model_loss`, whose prediction comes from the same
+    forward pass of the body (one pass over ``batch.obs`` for both terms)."""
+    q, delta = functional_call(net, params, (batch.obs, model_weight is not None))
     with torch.no_grad():
-        online_next = q_and_delta(net, params, batch.next_obs)[0]
-        target_next = q_and_delta(net, target_params, batch.next_obs)[0]
-    target = double_dqn_target(
-        online_next.detach(), target_next.detach(), batch.reward, batch.terminated, gamma
-    )
-    return torch.nn.functional.huber_loss(q_sa, target.detach(), delta=huber_delta)
+        online_next = q_values(net, params, batch.next_obs)
+        target_next = q_values(net, target_params, batch.next_obs)
+    loss = _huber_td(q, online_next.detach(), target_next.detach(), batch, gamma, huber_delta)
+    if model_weight is not None:
+        loss = loss + model_weight * _model_mse(net, delta, batch)
+    return loss
 
 
 def model_loss(net: QNetwork, params: Params, batch: Batch) -> Tensor:
     """MSE of the predicted normalized state change for the taken action."""
-    delta = q_and_delta(net, params, batch.obs)[1]
+    return _model_mse(net, q_and_delta(net, params, batch.obs)[1], batch)
+
+
+def _huber_td(
+    q: Tensor,
+    q_next_online: Tensor,
+    q_next_target: Tensor,
+    batch: Batch,
+    gamma: float | Tensor,
+    huber_delta: float,
+) -> Tensor:
+    q_sa = q.gather(1, batch.action.unsqueeze(1)).squeeze(1)
+    target = double_dqn_target(q_next_online, q_next_target, batch.reward, batch.terminated, gamma)
+    return torch.nn.functional.huber_loss(q_sa, target.detach(), delta=huber_delta)
+
+
+def _model_mse(net: QNetwork, delta: Tensor, batch: Batch) -> Tensor:
     idx = batch.action.view(-1, 1, 1).expand(-1, 1, delta.shape[-1])
     pred = delta.gather(1, idx).squeeze(1)
     target = (batch.next_obs - batch.obs) / net.delta_std
@@ -109,31 +128,21 @@ def inner_loss(
     inner: InnerLoss,
     gamma: float | Tensor | None = None,
 ) -> Tensor:
-    """The configured inner loss; TD targets use ``params`` with gradients stopped."""
+    """The configured inner loss; TD targets use ``params`` with gradients stopped. The TD and
+    model terms share one forward pass of the body over ``batch.obs``."""
     g = inner.gamma if gamma is None else gamma
-    loss = torch.zeros(())
-    if inner.kind in ("td", "td+model"):
-        frozen = {k: v.detach() for k, v in params.items()}
-        loss = loss + _td_with_stopped_target(net, params, frozen, batch, g, inner.huber_delta)
-    if inner.kind in ("model", "td+model"):
-        loss = loss + inner.model_weight * model_loss(net, params, batch)
-    return loss
-
-
-def _td_with_stopped_target(
-    net: QNetwork,
-    params: Params,
-    frozen: Params,
-    batch: Batch,
-    gamma: float | Tensor,
-    huber_delta: float,
-) -> Tensor:
+    with_td = inner.kind in ("td", "td+model")
+    with_model = inner.kind in ("model", "td+model")
     # Written without torch.no_grad() so that make_fx traces one graph; detach stops gradients.
-    q = q_values(net, params, batch.obs)
-    q_sa = q.gather(1, batch.action.unsqueeze(1)).squeeze(1)
-    q_next = q_and_delta(net, frozen, batch.next_obs)[0].detach()
-    target = double_dqn_target(q_next, q_next, batch.reward, batch.terminated, gamma)
-    return torch.nn.functional.huber_loss(q_sa, target.detach(), delta=huber_delta)
+    q, delta = functional_call(net, params, (batch.obs, with_model))
+    loss = torch.zeros(())
+    if with_td:
+        frozen = {k: v.detach() for k, v in params.items()}
+        q_next = q_values(net, frozen, batch.next_obs).detach()
+        loss = loss + _huber_td(q, q_next, q_next, batch, g, inner.huber_delta)
+    if with_model:
+        loss = loss + inner.model_weight * _model_mse(net, delta, batch)
+    return loss
 
 
 def adapt_step(
@@ -196,10 +205,10 @@ def adapt(
 # leading T axis), and each layer runs the kernels vmap runs for that case (one ``mm`` over the
 # T * N rows of a shared weight, ``bmm`` of per-task weights), differentiated in the same
 # layout. The inner losses and adapted parameters are bit-identical to vmapping
-# :func:`adapt_step`, and so are the outer gradients of FO-MAML, Reptile and ANIL (second order
-# through its heads); where the outer gradient differentiates through the inner gradient of
-# the body or the context (second-order MAML, Meta-SGD, CAVIA), autograd sums some of its
-# contributions in another order: float rounding, about 1e-7 relative per outer step.
+# :func:`adapt_step`, and so are the outer gradients of FO-MAML and Reptile; where the outer
+# gradient differentiates through the inner gradient (second-order MAML, Meta-SGD, CAVIA, ANIL
+# through its heads), autograd sums some of its contributions in another order: float
+# rounding, about 1e-7 relative per outer step. Every variant trains on this path.
 # :func:`adapt_step` stays the single-task reference that evaluation runs and ONNX exports.
 
 
@@ -327,16 +336,21 @@ def batched_td_loss(
     batch: Batch,
     gamma: float | Tensor,
     huber_delta: float = 1.0,
+    model_weight: float | None = None,
 ) -> Tensor:
-    """:func:`td_loss` of each task, (T,)."""
-    q = batched_q_and_delta(net, params, batch.obs, with_model=False)[0]
+    """:func:`td_loss` of each task, (T,) (with ``model_weight``, plus the model term from the
+    same forward pass)."""
+    q, delta = batched_q_and_delta(net, params, batch.obs, with_model=model_weight is not None)
     with torch.no_grad():
         online_next = batched_q_and_delta(net, params, batch.next_obs, with_model=False)[0]
         target_next = batched_q_and_delta(net, target_params, batch.next_obs, False)[0]
     target = double_dqn_target(
         online_next.detach(), target_next.detach(), batch.reward, batch.terminated, gamma
     )
-    return _batched_huber(q, batch, target.detach(), huber_delta)
+    loss = _batched_huber(q, batch, target.detach(), huber_delta)
+    if model_weight is not None:
+        loss = loss + model_weight * _batched_model_mse(net, delta, batch)
+    return loss
 
 
 def batched_model_loss(
@@ -344,6 +358,10 @@ def batched_model_loss(
 ) -> Tensor:
     """:func:`model_loss` of each task, (T,)."""
     delta = batched_q_and_delta(net, params, batch.obs, probes=probes)[1]
+    return _batched_model_mse(net, delta, batch)
+
+
+def _batched_model_mse(net: QNetwork, delta: Tensor, batch: Batch) -> Tensor:
     t, n = batch.action.shape
     idx = batch.action.view(t, n, 1, 1).expand(-1, -1, 1, delta.shape[-1])
     pred = delta.gather(2, idx).squeeze(2)
@@ -354,16 +372,18 @@ def batched_model_loss(
 def batched_inner_loss(
     net: QNetwork, params: Params, batch: Batch, inner: InnerLoss, probes: Params | None = None
 ) -> Tensor:
-    """:func:`inner_loss` of each task, (T,)."""
+    """:func:`inner_loss` of each task, (T,): one forward pass of the body over ``batch.obs``
+    for the TD and model terms."""
+    with_model = inner.kind in ("model", "td+model")
+    q, delta = batched_q_and_delta(net, params, batch.obs, with_model, probes)
     loss = torch.zeros(())
     if inner.kind in ("td", "td+model"):
         frozen = {k: v.detach() for k, v in params.items()}
-        q = batched_q_and_delta(net, params, batch.obs, False, probes)[0]
         q_next = batched_q_and_delta(net, frozen, batch.next_obs, with_model=False)[0].detach()
         target = double_dqn_target(q_next, q_next, batch.reward, batch.terminated, inner.gamma)
         loss = loss + _batched_huber(q, batch, target.detach(), inner.huber_delta)
-    if inner.kind in ("model", "td+model"):
-        loss = loss + inner.model_weight * batched_model_loss(net, params, batch, probes)
+    if with_model:
+        loss = loss + inner.model_weight * _batched_model_mse(net, delta, batch)
     return loss
 
 

@@ -42,10 +42,8 @@ from robometa.adaptation import (
     InnerLoss,
     adapt_step,
     batched_adapt_step,
-    batched_model_loss,
     batched_supported,
     batched_td_loss,
-    model_loss,
     td_loss,
 )
 from robometa.config import Config
@@ -420,15 +418,15 @@ class MetaLearner(Method):
         """Outer loss of one task (vmapped over the meta-batch) and its adaptation delta; with
         ``batched``, of every task at once (batches and parameters with a task axis)."""
         d = self.cfg.dqn
-        td, model = (batched_td_loss, batched_model_loss) if batched else (td_loss, model_loss)
+        td = batched_td_loss if batched else td_loss
         meta = dict(self.meta_params)
         adapted = self._adapt(meta, support, self.first_order)
         delta = {k: adapted[k] - meta[k] for k in self.lrs}
         # The target network takes the same adaptation displacement as the online one.
         target = {k: v + delta[k].detach() if k in delta else v for k, v in self.target.items()}
-        loss = td(self.net, adapted, target, query, d.gamma, d.huber_delta)
-        if self.inner.kind != "td":
-            loss = loss + self.inner.model_weight * model(self.net, adapted, query)
+        # The model term (all but a TD-only inner loss) shares the TD term's forward pass.
+        weight = None if self.inner.kind == "td" else self.inner.model_weight
+        loss = td(self.net, adapted, target, query, d.gamma, d.huber_delta, model_weight=weight)
         return loss, delta
 
     def outer_scale(self) -> float:
@@ -494,16 +492,13 @@ class MetaLearner(Method):
         return support, query
 
     def _task_losses(self, support: Batch, query: Batch) -> tuple[torch.Tensor, Params]:
-        """:meth:`_task_loss` of every task at once: batched over the task axis
-        (:func:`robometa.adaptation.batched_adapt_step`) where that gives vmap's numbers to
-        the bit (first-order outer gradients, and ANIL's, whose second-order terms stay in
-        the heads), else vmapped: the batched second-order gradient through the body or the
-        context sums its terms in another order (differences of ~1e-7 after 120 outer steps),
-        which would change what MAML, Meta-SGD and CAVIA learn; kept off until that is shown
-        to leave their results unchanged. A network the batched forward does not cover is
-        vmapped too."""
-        exact = self.first_order or self.variant.adapts == "heads"
-        if exact and batched_supported(self.net):
+        """:meth:`_task_loss` of every task at once, batched over the task axis
+        (:func:`robometa.adaptation.batched_adapt_step`): the inner losses, adapted parameters
+        and outer losses of vmapping it to the bit; the meta-gradients too for first-order
+        variants, and to float rounding where the outer gradient differentiates through the
+        inner gradient (MAML, Meta-SGD, CAVIA, ANIL's heads: autograd sums some terms in
+        another order). A network the batched forward does not cover is vmapped."""
+        if batched_supported(self.net):
             return self._batched_task_losses(support, query)
         return self._vmapped_task_losses(support, query)
 
