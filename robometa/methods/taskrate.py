@@ -23,6 +23,12 @@ constant and the rates still get ``-g`` as their gradient, as Meta-SGD's do.
 Layers: ``body.<i>`` for each hidden layer, then ``q_head`` and ``model_head``; a layer's
 weight and bias share its rate. ``k`` steps beyond the trained ``adaptation.steps`` reuse the
 last step's rates (in torch and on the device alike).
+
+A short run does not adapt reliably. At 10k env steps (adaptation.lr 0.03, meta.outer_lr 3e-3,
+40 outer steps per round, first order) the mean gain of 5 steps over no adaptation on 20
+training-split robots was +21.1, -47.3 and +5.3 return for seeds 0, 1 and 2 (and +4.6, -42.0
+and 0.0 once the gradient family's TD and model terms shared one forward pass, a change at
+float-rounding level): a test that asserted a gain passed on seed 0 alone and was removed.
 """
 
 from __future__ import annotations
