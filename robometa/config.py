@@ -287,9 +287,9 @@ class Config:
     threads: int = _f(
         1,
         "torch threads of the training process; 2 lets a meta-learner's matrix products use a "
-        "second core (measured 1.1-1.4x faster per env step on the CartPole meta-learner "
-        "configs, and the same policies as 1 thread for the four compared: dr, fomaml, cavia, "
-        "maml); a seeded run repeats exactly at the same thread count",
+        "second core (measured 1.2-1.4x faster per outer step on the CartPole meta-learner "
+        "configs); a seeded run repeats exactly at the same thread count, and 1 and 2 threads "
+        "may differ by float rounding (a kernel may split a sum across the threads)",
         lo=1,
         hi=MAX_THREADS,
     )
