@@ -108,18 +108,22 @@ def compare(
             raise SystemExit(f"method {method!r} is not in every side (before: {source}, after)")
         rows = before_rows[before.index(source)]
         k = shipped[method]
+        steps = after_report["suites"][suite]["steps"]
+        # support 0 = before adapting (the rows at steps 0); then each support at the shipped
+        # k; then the step curve at ``support``
+        points = [(0, 0), *((n, k) for n in supports[1:])]
+        points += [(support, j) for j in steps if j not in (0, k)]
         for group in groups:
-            for n in supports:
-                # support 0 is each method before adapting, stored at steps 0
-                key = (method, group, n, 0 if n == 0 else k)
+            for n, j in points:
+                key = (method, group, supports[1] if n == 0 else n, j)
                 if key not in rows or key not in after_rows:
                     continue
                 b, a = rows[key], after_rows[key]
                 entry = {
-                    "method": method, "group": group, "support": n, "steps": key[3],
+                    "method": method, "group": group, "support": n, "steps": j,
                     "before": _side(b), "after": _side(a), "before_file": str(source),
                 }
-                if n == support:
+                if n == support and j == k:
                     overlap = b["return_lo"] <= a["return_hi"] and a["return_lo"] <= b["return_hi"]
                     p = permutation_p(b["per_seed_return"], a["per_seed_return"])
                     entry.update(p=p, overlap=overlap,
@@ -162,7 +166,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     differs = sum(r["verdict"] == "differs" for r in at)
     lines += ["", f"{len(at) - differs} of {len(at)} rows unchanged, {differs} differ.", ""]
-    lines += ["## Every support size", "", "| method | group | support | k | before | after |",
+    lines += ["## Every support size (0: before adapting) and step count", "",
+              "| method | group | support | k | before | after |",
               "|---|---|---:|---:|---|---|"]
     for r in result["rows"]:
         lines.append(

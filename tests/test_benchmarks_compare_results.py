@@ -20,11 +20,12 @@ FIELDS = ["method", "group", "support", "steps", "seeds", "return", "return_lo",
 
 
 def protocol(path: Path, per_seed: dict[str, list[float]], episodes: int = 1) -> Path:
-    """A protocol JSON with one group ('id'), supports 10 and 200, each method at k = 5."""
+    """A protocol JSON with one group ('id'), supports 10 and 200, steps 0, 1 and 5, each
+    method shipped at k = 5 (steps 0 is the unadapted return, stored at every support)."""
     rows = []
     for method, seeds in per_seed.items():
         mean = sum(seeds) / len(seeds)
-        for support, steps in ((0, 0), (10, 5), (200, 5)):
+        for support, steps in ((10, 0), (200, 0), (10, 5), (200, 1), (200, 5)):
             lo, hi = min(seeds), max(seeds)
             rows.append([method, "id", support, steps, len(seeds), mean, lo, hi, seeds, 0.1])
     report = {
@@ -35,7 +36,7 @@ def protocol(path: Path, per_seed: dict[str, list[float]], episodes: int = 1) ->
             "heldout": {
                 "task_files": {"id": {"path": "configs/tasks/x.yaml", "sha256": "abc"}},
                 "supports": [10, 200],
-                "steps": [0, 5],
+                "steps": [0, 1, 5],
                 "episodes": episodes,
                 "analysis": {"shipped_steps": dict.fromkeys(per_seed, 5)},
                 "rows": rows,
@@ -71,8 +72,10 @@ def test_verdicts_and_the_first_before_file_wins(tmp_path: Path) -> None:
     assert at["cavia"]["verdict"] == "unchanged" and at["cavia"]["before_file"] == str(committed)
     assert at["cavia"]["p"] > 0.5
     assert at["maml"]["verdict"] == "differs" and at["maml"]["p"] == pytest.approx(2 / 252)
-    # every support size (0 = before adapting) is in the table, the tests only at 200
-    assert sorted(r["support"] for r in result["rows"] if r["method"] == "maml") == [0, 10, 200]
+    # before adapting (support 0), every support size at k, the step curve at 200; the tests
+    # only at (200, k)
+    points = [(r["support"], r["steps"]) for r in result["rows"] if r["method"] == "maml"]
+    assert points == [(0, 0), (10, 5), (200, 5), (200, 1)]
     out = tmp_path / "cmp.md"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--before", str(committed), "--before", str(fresh),
