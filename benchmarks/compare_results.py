@@ -44,8 +44,12 @@ def load(path: Path, suite: str) -> dict[str, Any]:
 def settings(report: dict[str, Any], suite: str) -> dict[str, Any]:
     s = report["suites"][suite]
     files = {g: f["sha256"] for g, f in s["task_files"].items()}
-    return {"task_files": files, "supports": s["supports"], "steps": s["steps"],
-            "episodes": s["episodes"]}
+    return {
+        "task_files": files,
+        "supports": s["supports"],
+        "steps": s["steps"],
+        "episodes": s["episodes"],
+    }
 
 
 def check_same(reports: dict[Path, dict[str, Any]], suite: str) -> None:
@@ -120,17 +124,31 @@ def compare(
                     continue
                 b, a = rows[key], after_rows[key]
                 entry = {
-                    "method": method, "group": group, "support": n, "steps": j,
-                    "before": _side(b), "after": _side(a), "before_file": str(source),
+                    "method": method,
+                    "group": group,
+                    "support": n,
+                    "steps": j,
+                    "before": _side(b),
+                    "after": _side(a),
+                    "before_file": str(source),
                 }
                 if n == support and j == k:
                     overlap = b["return_lo"] <= a["return_hi"] and a["return_lo"] <= b["return_hi"]
                     p = permutation_p(b["per_seed_return"], a["per_seed_return"])
-                    entry.update(p=p, overlap=overlap,
-                                 verdict="unchanged" if overlap and p >= 0.05 else "differs")
+                    entry.update(
+                        p=p,
+                        overlap=overlap,
+                        verdict="unchanged" if overlap and p >= 0.05 else "differs",
+                    )
                 table.append(entry)
-    return {"suite": suite, "support": support, "family": after_report["family"],
-            "before": [str(p) for p in before], "after": str(after), "rows": table}
+    return {
+        "suite": suite,
+        "support": support,
+        "family": after_report["family"],
+        "before": [str(p) for p in before],
+        "after": str(after),
+        "rows": table,
+    }
 
 
 def _side(row: dict[str, Any]) -> dict[str, Any]:
@@ -166,9 +184,12 @@ def markdown(result: dict[str, Any]) -> str:
         )
     differs = sum(r["verdict"] == "differs" for r in at)
     lines += ["", f"{len(at) - differs} of {len(at)} rows unchanged, {differs} differ.", ""]
-    lines += ["## Every support size (0: before adapting) and step count", "",
-              "| method | group | support | k | before | after |",
-              "|---|---|---:|---:|---|---|"]
+    lines += [
+        "## Every support size (0: before adapting) and step count",
+        "",
+        "| method | group | support | k | before | after |",
+        "|---|---|---:|---:|---|---|",
+    ]
     for r in result["rows"]:
         lines.append(
             f"| {r['method']} | {r['group']} | {r['support']} | {r['steps']} | "
@@ -179,8 +200,13 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", type=Path, action="append", required=True,
-                    help="protocol JSON before the change (repeatable; first file wins)")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        required=True,
+        help="protocol JSON before the change (repeatable; first file wins)",
+    )
     ap.add_argument("--after", type=Path, required=True, help="protocol JSON after the change")
     ap.add_argument("--suite", default="heldout")
     ap.add_argument("--support", type=int, default=200, help="support size of the tests")

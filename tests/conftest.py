@@ -9,11 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 # A Python without the project installed: one clear line, not an ImportError per module.
-_MISSING = [m for m in ("gymnasium", "pybullet", "torch", "robometa") if not importlib.util.find_spec(m)]
+_MISSING = [
+    m for m in ("gymnasium", "pybullet", "torch", "robometa") if not importlib.util.find_spec(m)
+]
 if _MISSING:
     pytest.exit(
         f"robometa's tests need {', '.join(_MISSING)}, not installed in {sys.executable}: run the "
-        "README's test command, pip install torch==2.13.0 && pip install -e \".[test,bench]\" && pytest",
+        'README\'s test command, pip install torch==2.13.0 && pip install -e ".[test,bench]" && pytest',
         returncode=4,
     )
 

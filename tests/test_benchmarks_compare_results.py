@@ -15,8 +15,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compare_results  # noqa: E402
 
-FIELDS = ["method", "group", "support", "steps", "seeds", "return", "return_lo", "return_hi",
-          "per_seed_return", "harmed_fraction"]
+FIELDS = [
+    "method",
+    "group",
+    "support",
+    "steps",
+    "seeds",
+    "return",
+    "return_lo",
+    "return_hi",
+    "per_seed_return",
+    "harmed_fraction",
+]
 
 
 def protocol(path: Path, per_seed: dict[str, list[float]], episodes: int = 1) -> Path:
@@ -78,9 +88,20 @@ def test_verdicts_and_the_first_before_file_wins(tmp_path: Path) -> None:
     assert points == [(0, 0), (10, 5), (200, 5), (200, 1)]
     out = tmp_path / "cmp.md"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--before", str(committed), "--before", str(fresh),
-         "--after", str(after), "--out", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--before",
+            str(committed),
+            "--before",
+            str(fresh),
+            "--after",
+            str(after),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     text = out.read_text()

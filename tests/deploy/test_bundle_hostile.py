@@ -545,9 +545,7 @@ def test_the_good_bundle_is_verified_with_its_digest(
     assert "verified    files and hashes, manifest, arrays; graphs load" in out
 
 
-def test_files_beside_the_bundle_are_never_read_and_do_not_change_it(
-    cavia, tmp_path: Path
-) -> None:
+def test_files_beside_the_bundle_are_never_read_and_do_not_change_it(cavia, tmp_path: Path) -> None:
     """A user's notes or saved adapter state may sit in the bundle directory: not part of it."""
     copy = Path(shutil.copytree(cavia.path, tmp_path / "bundle"))
     before = Bundle.load(copy)
@@ -579,5 +577,7 @@ def test_a_graph_of_another_onnx_version_is_refused(cavia, tmp_path: Path) -> No
     model.ir_version = 11
     onnx.save(model, str(copy / POLICY_GRAPH))
     rehash(copy)
-    with pytest.raises(BundleError, match=r"policy\.onnx: ONNX IR 11, opsets .*IR 10 with opset 20"):
+    with pytest.raises(
+        BundleError, match=r"policy\.onnx: ONNX IR 11, opsets .*IR 10 with opset 20"
+    ):
         Bundle.load(copy)

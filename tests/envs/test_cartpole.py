@@ -76,4 +76,3 @@ def test_observation_noise_perturbs_observations_only():
     clean = run({"obs_noise": 0.0}, NONE, 10)
     noisy = run({"obs_noise": 0.05}, NONE, 10)
     assert 0.005 < np.abs(noisy - clean)[:, 0].mean() < 0.2
-

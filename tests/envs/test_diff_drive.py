@@ -167,7 +167,6 @@ def test_goal_observation_matches_the_world():
         env.close()
 
 
-
 def greedy_action(obs: np.ndarray) -> int:
     """Turn on the spot toward the goal, drive forward once it is roughly ahead."""
     bearing = math.atan2(obs[SIN_B], obs[COS_B])
