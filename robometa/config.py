@@ -262,7 +262,8 @@ class LoggingConfig:
     eval_every: int = _f(
         0,
         "environment steps between model-selection evaluations on training tasks; policy.pt "
-        "keeps the best (0: keep the final policy)",
+        "keeps the best (0: keep the final policy; rma selects among its student-phase "
+        "policies only)",
         lo=0,
         hi=MAX_ENV_STEPS,
     )

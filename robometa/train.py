@@ -666,7 +666,7 @@ class _Run:
         if self.log.last_step != self.alg.env_steps:
             self.write_row()  # the stretch since the last periodic row
         if self.cfg.logging.eval_every:
-            self.select()
+            self.select(final=True)
             policy = Policy.load(self.run_dir)
         else:
             policy = self.alg.policy()
@@ -763,8 +763,12 @@ class _Run:
             self.postfix["skipped"] = skipped
         self._show()
 
-    def select(self) -> None:
-        """Evaluate on training tasks; ``policy.pt`` keeps the best policy so far."""
+    def select(self, final: bool = False) -> None:
+        """Evaluate on training tasks; ``policy.pt`` keeps the best policy so far. Before the
+        end, nothing while the trainer says its policy is not
+        :attr:`~robometa.methods.base.Method.selectable`; the final policy always competes."""
+        if not (final or self.alg.selectable):
+            return
         policy = self.alg.policy()
         score = selection_return(policy, self.cfg)
         path = self.run_dir / "selection.csv"

@@ -79,6 +79,13 @@ class Method:
     def close(self) -> None:
         """Release the envs."""
 
+    @property
+    def selectable(self) -> bool:
+        """Whether :meth:`policy` is now a candidate for model selection (``logging.eval_every``):
+        a family whose deployed policy is not trained yet in an early phase says ``False``
+        there, and the run selects among later policies only."""
+        return True
+
     # -------------------------------------------------------------- what the family owns
 
     @classmethod

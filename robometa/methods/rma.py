@@ -456,6 +456,14 @@ class RMALearner(DQN):
         """Past the teacher's share of the budget: the adaptation module trains and acts."""
         return self.env_steps >= self.teacher_steps
 
+    @property
+    def selectable(self) -> bool:
+        """Model selection ranks the deployed (student) policy only once its adaptation module
+        has trained: a teacher-phase checkpoint acts with an untrained module, and its
+        empty-window return could otherwise win the selection (seen: a CartPole seed kept its
+        20k-step policy, whose module had never trained)."""
+        return self.env_steps > self.teacher_steps
+
     def learning_rate(self) -> float:
         """Linear decay to ``lr_end_fraction`` of ``learning_rate`` within each phase."""
         d = self.cfg.dqn
