@@ -14,19 +14,9 @@ SCRIPT = ROOT / "benchmarks" / "compare_results.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compare_results  # noqa: E402
+from protocol import ROW_FIELDS  # noqa: E402
 
-FIELDS = [
-    "method",
-    "group",
-    "support",
-    "steps",
-    "seeds",
-    "return",
-    "return_lo",
-    "return_hi",
-    "per_seed_return",
-    "harmed_fraction",
-]
+FIELDS = ROW_FIELDS  # the rows protocol.py writes
 
 
 def protocol(path: Path, per_seed: dict[str, list[float]], episodes: int = 1) -> Path:
