@@ -9,8 +9,12 @@ CPU time (the benchmark and every training process it starts), the speed-up, and
 two reach the same claim-check outcome (the per-group pass/fail of ``check_claim``). Target:
 this tree's wall-clock at most 0.5x the baseline's, with the same outcome.
 
-Each tree runs its own ``benchmarks/adaptation.py`` with its own ``configs/``: the comparison is
-"what a user of that commit waited for", defaults and all.
+Each tree runs its own ``benchmarks/adaptation.py`` with its own ``configs/``. Unless ARGS name
+``--methods``, both get the baseline's default method list (read from the baseline's
+``benchmarks/adaptation.py``): the benchmark's defaults have grown since (today they train every
+registered method, 0964d52 trained eight), and timing different amounts of work would not be a
+speed-up. ``--own-defaults`` times each tree with its own defaults instead ("what a user of
+that commit waited for", more methods and all); the report records which was run.
 """
 
 from __future__ import annotations
@@ -91,6 +95,36 @@ def check_import(tree: Any, cwd: Path) -> str:
     return where
 
 
+_DEFAULT_METHODS = """\
+import importlib.util
+spec = importlib.util.spec_from_file_location("adaptation_bench", {path!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(",".join(module.DEFAULT_METHODS))
+"""
+
+
+def default_methods(tree: Any, cwd: Path) -> str:
+    """``tree``'s ``benchmarks/adaptation.py`` default ``--methods`` (a comma list), read in
+    ``tree``'s own environment (its module imports that tree's robometa)."""
+    path = str(tree.root / "benchmarks" / "adaptation.py")
+    done = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_METHODS.format(path=path)],
+        env=tree.env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    methods = done.stdout.strip()
+    if done.returncode != 0 or not methods:
+        raise SystemExit(
+            f"{tree.name}: could not read DEFAULT_METHODS from {path}: "
+            f"{done.stderr.strip()[-500:] or 'empty output'}"
+        )
+    return methods
+
+
 def run_benchmark(tree: Any, args: list[str], work: Path) -> dict[str, Any]:
     """``tree``'s ``benchmarks/adaptation.py ARGS`` in a fresh runs directory: wall and CPU
     time (children included), exit code, and its report."""
@@ -156,7 +190,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{claim or r.get('error', '')[:80]} |"
         )
     ratio = report["ratio"]
+    if report.get("own_defaults"):
+        work = "each tree ran its own defaults (different method lists)"
+    else:
+        work = f"both trees ran `{' '.join(report['arguments']) or '(no arguments)'}`"
     lines += [
+        "",
+        work,
         "",
         f"wall-clock ratio current / baseline: {ratio:.2f} (target <= {TARGET_RATIO}: "
         f"{'PASS' if report['pass']['ratio'] else 'MISS'}); same claim-check outcome: "
@@ -198,16 +238,29 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON file to write (.md and .png beside it)")
     p.add_argument("--baseline-ref", required=True, help="the earlier commit, e.g. 0964d52")
+    p.add_argument(
+        "--own-defaults",
+        action="store_true",
+        help="time each tree with its own default arguments; default: unless ARGS name "
+        "--methods, both trees train the baseline's default method list",
+    )
     args = p.parse_args(argv)
+    if args.own_defaults and passthrough:
+        p.error("--own-defaults times each tree's defaults: pass no ARGS after --")
     tt = _throughput_module()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"arguments": passthrough, "target_ratio": TARGET_RATIO}
+    report: dict[str, Any] = {"target_ratio": TARGET_RATIO, "own_defaults": args.own_defaults}
     with tt.terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="adapt-speed-") as tmp:
         with tt.baseline_tree(args.baseline_ref) as base:
             work = Path(tmp) / "baseline"
             work.mkdir()
             check_import(base, work)
+            if not args.own_defaults and not any(
+                a == "--methods" or a.startswith("--methods=") for a in passthrough
+            ):
+                passthrough = [*passthrough, "--methods", default_methods(base, work)]
+            report["arguments"] = passthrough
             report["baseline"] = run_benchmark(base, passthrough, work) | {"label": "baseline"}
         current = tt.current_tree()
         work = Path(tmp) / "current"

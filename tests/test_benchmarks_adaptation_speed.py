@@ -79,3 +79,33 @@ def test_the_baseline_site_drops_the_editable_hook(tmp_path: Path) -> None:
             timeout=120,
         )
     assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr, os.linesep + done.stderr
+
+
+def test_both_trees_get_the_baselines_default_methods(tmp_path: Path) -> None:
+    """The baseline commit's own method list, read in its own environment, not today's longer
+    one (timing different work would not be a speed-up)."""
+    bench = _load()
+    tt = bench._throughput_module()
+    with tt.baseline_tree("0964d52") as base:
+        methods = bench.default_methods(base, tmp_path)
+    assert methods == "dr,oracle,cavia,maml,fomaml,metasgd,anil,reptile"
+    current = bench.default_methods(tt.current_tree(), tmp_path).split(",")
+    assert set(methods.split(",")) < set(current)
+
+
+def test_own_defaults_takes_no_arguments(tmp_path: Path) -> None:
+    bench = _load()
+    with pytest.raises(SystemExit):
+        bench.main(
+            [
+                "--baseline-ref",
+                OLDER,
+                "--out",
+                str(tmp_path / "x.json"),
+                "--own-defaults",
+                "--",
+                "--seeds",
+                "0",
+            ]
+        )
+    assert not (tmp_path / "x.json").exists()
