@@ -2,8 +2,10 @@
 
 Each algorithm trains at its shipped config (``configs/<family>_<method>.yaml``: CartPole
 for every method, DiffDrive for the ones that have a config) for a fixed budget
-(``dqn.total_steps`` = ``--steps``, progress bar off, model selection and checkpoints as
-shipped: that is what a user runs), through :func:`robometa.train.train`, each measurement
+(``dqn.total_steps`` = ``--steps``, default 40,000: the shipped budget of every DR and
+gradient meta-learner config; progress bar off, model selection and checkpoints as shipped:
+that is what a user runs; a smaller ``--steps`` weighs the fixed costs, setup and the final
+selection, more, and DQN's cheaper steps before ``dqn.learning_starts`` too), through :func:`robometa.train.train`, each measurement
 in a fresh Python process and one at a time (two at once would share the cores). Beside
 them, in the same run: the bare env stepping with random actions (the physics bound) and
 DQN (the ``dr`` config, the reference every ratio divides by).
@@ -71,7 +73,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_FLAG = "--_child"
-DEFAULT_STEPS = 10_000
+#: the shipped dqn.total_steps of every CartPole and DiffDrive DR and gradient meta-learner
+#: config: the targets are per env step at the shipped config, budget included
+DEFAULT_STEPS = 40_000
 PER = 10_000  # the per-env-steps unit of every "per 10k" number
 REFERENCE = "dr"  # DQN over the training robots: the ratio's denominator
 DEFAULT_FAMILIES = ("cartpole", "diffdrive")

@@ -375,3 +375,23 @@ def test_timers_count_flops_per_call_path_and_since_a_snapshot() -> None:
     plain = bench.Timers()  # no counter: no FLOPs in its rows
     plain.wrap("f", work)(2)
     assert "flops" not in plain.rows()[0]
+
+
+def test_the_default_budget_is_the_shipped_one_of_dr_and_every_gradient_meta_learner() -> None:
+    """The targets are per env step at the shipped config: the default --steps is the shipped
+    dqn.total_steps of DR and of each gradient meta-learner (a shorter run weighs setup more)."""
+    import robometa.algorithms
+    from robometa.config import load_config
+
+    bench = _bench()
+    gradient = [
+        n for n in robometa.algorithms.names() if robometa.algorithms.get(n).family == "gradient"
+    ]
+    checked = 0
+    for family in bench.DEFAULT_FAMILIES:
+        for method in ["dr", *gradient]:
+            path = REPO / "configs" / f"{family}_{method}.yaml"
+            if path.exists():
+                assert load_config(path).dqn.total_steps == bench.DEFAULT_STEPS, path.name
+                checked += 1
+    assert checked >= 10
