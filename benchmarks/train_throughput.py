@@ -5,10 +5,11 @@ for every method, DiffDrive for the ones that have a config) for a fixed budget
 (``dqn.total_steps`` = ``--steps``, default 40,000: the shipped budget of every DR and
 gradient meta-learner config; progress bar off, model selection and checkpoints as shipped:
 that is what a user runs; a smaller ``--steps`` weighs the fixed costs, setup and the final
-selection, more, and DQN's cheaper steps before ``dqn.learning_starts`` too), through :func:`robometa.train.train`, each measurement
-in a fresh Python process and one at a time (two at once would share the cores). Beside
-them, in the same run: the bare env stepping with random actions (the physics bound) and
-DQN (the ``dr`` config, the reference every ratio divides by).
+selection, more, and DQN's cheaper steps before ``dqn.learning_starts`` too), through
+:func:`robometa.train.train`, each measurement in a fresh Python process and one at a time
+(two at once would share the cores). Beside them, in the same run: the bare env stepping
+with random actions (the physics bound) and DQN (the ``dr`` config, the reference every ratio
+divides by).
 
 Per measurement: wall-clock and CPU time (user + sys of the whole process, every thread) of
 the ``train()`` call, the env steps it trained (a meta-learner ends at a whole round), both
