@@ -73,20 +73,25 @@ print("\\n".join(outside))
 """
 
 
+def _python(tree: Any, script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -c script`` in ``tree``'s environment, output captured. ``cwd``: not this
+    checkout ("-c" puts the working directory first on sys.path)."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env=tree.env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def check_import(tree: Any, cwd: Path) -> str:
     """Where ``robometa`` and the modules the benchmark uses resolve for ``tree``'s processes;
     an error when any is not inside ``tree`` (the measurement would time the wrong code)."""
     if tree.site is not None and not (tree.site / "sitecustomize.py").exists():
         (tree.site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    script = _CHECK.format(modules=CHECKED_MODULES, tree=str(tree.root))
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=tree.env(),
-        cwd=cwd,  # not this checkout: "-c" puts the working directory first on sys.path
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _python(tree, _CHECK.format(modules=CHECKED_MODULES, tree=str(tree.root)), cwd)
     where, *outside = done.stdout.strip().splitlines() or [""]
     outside = [line for line in outside if line]
     if done.returncode != 0 or not Path(where).is_relative_to(tree.root) or outside:
@@ -108,14 +113,7 @@ def default_methods(tree: Any, cwd: Path) -> str:
     """``tree``'s ``benchmarks/adaptation.py`` default ``--methods`` (a comma list), read in
     ``tree``'s own environment (its module imports that tree's robometa)."""
     path = str(tree.root / "benchmarks" / "adaptation.py")
-    done = subprocess.run(
-        [sys.executable, "-c", _DEFAULT_METHODS.format(path=path)],
-        env=tree.env(),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _python(tree, _DEFAULT_METHODS.format(path=path), cwd)
     methods = done.stdout.strip()
     if done.returncode != 0 or not methods:
         raise SystemExit(

@@ -93,9 +93,11 @@ def test_both_trees_get_the_baselines_default_methods(tmp_path: Path) -> None:
     assert set(methods.split(",")) < set(current)
 
 
-def test_own_defaults_takes_no_arguments(tmp_path: Path) -> None:
+def test_own_defaults_takes_no_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bench = _load()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         bench.main(
             [
                 "--baseline-ref",
@@ -108,4 +110,6 @@ def test_own_defaults_takes_no_arguments(tmp_path: Path) -> None:
                 "0",
             ]
         )
+    assert exit_info.value.code == 2
+    assert "--own-defaults times each tree's defaults" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
