@@ -411,7 +411,8 @@ def batched_adapt_step(
             continue
         if not v.requires_grad:  # adapting under no_grad (Reptile): a leaf to differentiate
             v = v.detach().requires_grad_()
-        params[k] = v.expand(t, *v.shape) if shared else v
+        with torch.enable_grad():  # a no-grad expand would be cut from the graph: no gradient
+            params[k] = v.expand(t, *v.shape) if shared else v
         wrt.append(params[k])
     with torch.enable_grad():
         loss = batched_inner_loss(net, params, batch, inner, probes)

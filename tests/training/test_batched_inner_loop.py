@@ -142,11 +142,16 @@ def test_batched_inner_steps_equal_vmapped_adapt_step(
     assert_outer_grads(algorithm, grads(ref), grads(new))
 
 
-def test_batched_adapt_step_under_no_grad_equals_vmapped() -> None:
-    """Reptile adapts under ``torch.no_grad``; the steps take their gradients anyway."""
-    net = network(0)
+@pytest.mark.parametrize("algorithm", list(VARIANTS))
+def test_batched_adapt_step_under_no_grad_equals_vmapped(algorithm: str) -> None:
+    """Reptile adapts under ``torch.no_grad`` (and so may a collection's adaptation, of any
+    variant); the steps take their gradients anyway: the shared context too, which once
+    came out of a no-grad ``expand`` cut from the graph and was never moved."""
+    net = network(4 if VARIANTS[algorithm].adapts == "context" else 0)
     meta = {k: v.detach() for k, v in net.named_parameters()}
-    lrs = learning_rates("reptile", meta)
+    if "context" in meta:
+        meta["context"] = torch.zeros_like(meta["context"])
+    lrs = {k: v.detach() for k, v in learning_rates(algorithm, meta).items()}
     inner = InnerLoss("td+model", 0.99, 1.0, 0.1)
     support = tasks_batch(3, 50, seed=4)
     with torch.no_grad():
@@ -155,6 +160,7 @@ def test_batched_adapt_step_under_no_grad_equals_vmapped() -> None:
     for k in lrs:
         assert not new[k].requires_grad
         assert torch.equal(ref[k], new[k])
+        assert float((new[k] - meta[k]).abs().max()) > 1e-4  # the steps moved it
 
 
 @pytest.mark.parametrize("algorithm", list(VARIANTS))
