@@ -26,6 +26,8 @@ import dataclasses
 import functools
 import json
 import math
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,7 +363,8 @@ def evaluate_method_supports(
 def _relative_displacement(method: Method, support: Batch, steps: Sequence[int]) -> list[float]:
     """How far ``steps[i]`` fine-tuning steps on ``support`` move the parameters, as
     ``||theta_k - theta_0|| / ||theta_0||`` (NaN for a method without a parameter dict and
-    rates: a plug-in family's own fine-tuning is measured by its returns only)."""
+    rates: a plug-in family's own fine-tuning is measured by its returns only; infinite or
+    NaN, too, where the steps diverged: see :func:`tune_fine_tune`)."""
     from robometa.adaptation import adapt_step
 
     lrs = getattr(method, "lrs", None)
@@ -400,8 +403,11 @@ def tune_fine_tune(
     robots while helping others loses to a steadier one. Returns ``({k: rate}, record)``;
     ``record["grid"][rate][k]``: mean gain, its standard error, the mean return and the
     relative parameter displacement ``||theta_k - theta_0|| / ||theta_0||`` on the first
-    robot's support (what shows that the grid moves the weights). ``progress`` is called
-    once per (rate, task)."""
+    robot's support (what shows that the grid moves the weights; None where it is not
+    measured, a plug-in family's own fine-tuning, or not finite). ``record["diverged"]``:
+    the rates whose fine-tuning left non-finite parameters (first robot) or Q-values (any
+    tuning episode) behind: their returns are those of a broken network, and one line on
+    stderr says so (:func:`plan_methods`) instead of numpy's warnings. ``progress`` is called once per (rate, task)."""
     ks = sorted({k for k in steps if k > 0})
     first = make_method(grid[0])
     env = make_env(policy.env_id, policy.dynamics)
@@ -418,13 +424,17 @@ def tune_fine_tune(
     record: dict[str, Any] = {"n_tasks": n_tasks, "episodes": episodes, "grid": {}}
     picked: dict[int, float] = {}
     best: dict[int, float] = {}
+    diverged: list[float] = []
+    measured = bool(getattr(first, "lrs", None)) and getattr(first, "policy", None) is not None
     for lr in grid:
         m = make_method(lr)
-        res = evaluate_method(
-            m, [TaskSet("tune", tasks)], [0, *ks], episodes, policy.dynamics, progress
+        moved = _relative_displacement(m, support, ks)
+        res, overflowed = _numeric_overflows(
+            lambda m=m: evaluate_method(
+                m, [TaskSet("tune", tasks)], [0, *ks], episodes, policy.dynamics, progress
+            )
         )
         r = np.asarray(res["tune"], dtype=np.float64)  # (tasks, 1 + len(ks))
-        moved = _relative_displacement(m, support, ks)
         entry = {}
         for i, k in enumerate(ks):
             gain = r[:, i + 1] - r[:, 0]
@@ -434,13 +444,35 @@ def tune_fine_tune(
                 "gain": float(gain.mean()),
                 "gain_se": se,
                 "return": float(r[:, i + 1].mean()),
-                "displacement": moved[i],
+                "displacement": moved[i] if math.isfinite(moved[i]) else None,
             }
             if k not in best or lcb > best[k]:
                 best[k], picked[k] = lcb, float(lr)
+        if overflowed or (measured and not all(math.isfinite(x) for x in moved)):
+            diverged.append(float(lr))
         record["grid"][str(lr)] = entry
     record["picked"] = {str(k): v for k, v in picked.items()}
+    record["diverged"] = diverged
     return picked, record
+
+
+def _numeric_overflows(run: Callable[[], Any]) -> tuple[Any, bool]:
+    """``run()``'s result, and whether numpy warned of an overflow or an invalid value
+    during it (a diverged network's forward passes; those warnings are folded into the
+    caller's ``diverged`` record, every other warning is passed on)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run()
+    numeric = False
+    for w in caught:
+        text = str(w.message)
+        if issubclass(w.category, RuntimeWarning) and (
+            "overflow" in text or "invalid value" in text
+        ):
+            numeric = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out, numeric
 
 
 @dataclass
@@ -893,6 +925,14 @@ def plan_methods(
                 progress=tune_bar.update if tune_bar is not None else None,
             )
             tuned[str(run.run_dir)] = record
+            if record["diverged"]:
+                rates_text = ", ".join(f"{x:g}" for x in record["diverged"])
+                print(
+                    f"robometa eval: {run.run_dir}: fine-tuning at rate(s) {rates_text} "
+                    "diverged on training robots (non-finite weights or Q-values; `diverged` "
+                    "under fine_tune in results.json); those rates keep the returns they got",
+                    file=sys.stderr,
+                )
             add(name, True, False, PerStepMethod(name, {k: at(rates[k]) for k in ks}))
     if tune_bar is not None:
         tune_bar.close()

@@ -531,7 +531,7 @@ def test_statistics_import_without_torch() -> None:
 
 
 def test_an_explicit_curve_goes_past_the_configured_steps_with_seed_level_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import robometa.evaluate as evaluate
 
@@ -551,6 +551,18 @@ def test_an_explicit_curve_goes_past_the_configured_steps_with_seed_level_rows(
     assert ft["return"] == pytest.approx(np.mean(ft["per_seed_return"]))
     assert 0.0 <= ft["harmed_fraction"] <= 1.0 and ft["change_worst"] <= ft["change_mean"]
     assert "harmed_fraction" not in rows[("dr+finetune", "id", 0)]
+    # The grid's top rates blow up an untrained network in 7 TD steps: flagged, and the
+    # saved record holds no NaN/Infinity (which strict JSON parsers refuse)
+    tuned = json.loads((tmp_path / "eval" / "results.json").read_text())["fine_tune"]
+    diverged = {lr for run in runs[:2] for lr in tuned[str(run)]["diverged"]}
+    assert diverged and diverged < set(FINE_TUNE_GRID), tuned
+    assert min(FINE_TUNE_GRID) not in diverged  # the lowest rate stays finite
+    err = capsys.readouterr().err
+    assert "diverged on training robots" in err and "overflow" not in err
+    json.dumps(tuned, allow_nan=False)  # raises on a non-finite number
+    for run in runs[:2]:
+        lowest = tuned[str(run)]["grid"][str(min(FINE_TUNE_GRID))]
+        assert all(e["displacement"] > 0 for e in lowest.values())
     with pytest.raises(ValueError, match=r"integers in \[0, 1000\]"):
         run_evaluation(runs, steps=[0, 1001], out=tmp_path / "bad", show_progress=False)
     assert not (tmp_path / "bad").exists()
