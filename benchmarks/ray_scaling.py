@@ -66,6 +66,8 @@ BANDWIDTHS = {"1 Gbit/s": 125e6, "10 Gbit/s": 1.25e9}
 #: network round trip added per call between machines in the model (seconds)
 RTT_S = 0.2e-3
 MODEL_N = (1, 2, 4, 8, 16)
+#: outer steps of a several-worker row rerun with its workers called one at a time
+ALONE_STEPS = 20
 
 
 def log(msg: str) -> None:
@@ -104,6 +106,8 @@ class Traffic:
         self.pool, self.ray, self.sizes = pool, ray, sizes
         self.calls: dict[str, dict[str, int]] = {}
         self.shared: list[int] = []
+        #: per outer call, each worker's seconds on its share (``compute_s`` of its reply)
+        self.shares: list[list[float]] = []
         self.mark = 0
         self._orig = {name: getattr(pool, name) for name in ("_share", "_run")}
         pool._share = self._share
@@ -118,6 +122,8 @@ class Traffic:
         shared, self.mark = self.mark, len(self.shared)  # what was shared since the last call
         results = self._orig["_run"](calls, again)
         method = next(iter(calls.values()))[0] if calls else "none"
+        if method == "outer":
+            self.shares.append([float(r["compute_s"]) for r in results.values()])
         entry = self.calls.setdefault(
             method, {"calls": 0, "broadcast": 0, "args": 0, "replies": 0, "workers": 0}
         )
@@ -244,6 +250,11 @@ def measure(
         if traffic is not None:
             row["collect_calls_per_round"] = traffic.total("collect")["calls"] / rounds
             row["outer_calls_per_round"] = traffic.total("outer")["calls"] / rounds
+            row["worker_share_s"] = _mean([max(x) for x in traffic.shares])
+            if workers > 1:
+                timed = len(tasks)
+                row["worker_share_alone_s"] = shares_one_at_a_time(learner, step, ray)
+                del tasks[timed:]  # its outer steps are not the timed rounds' tasks
     finally:
         learner.close()
     n_tasks = sum(tasks)
@@ -272,6 +283,36 @@ def measure(
         }
     )
     return row
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def shares_one_at_a_time(learner: Any, step: Any, ray: Any, steps: int = ALONE_STEPS) -> float:
+    """The slowest worker's seconds on its share of an outer step when the workers are
+    called one after another (each waits for the one before), over ``steps`` outer steps
+    (``step``: the learner's own ``_outer_step``): the same calls, the same processes and
+    shares as the timed rounds, without the workers running at once. Set beside
+    ``worker_share_s`` (the timed rounds, at once), it shows what running together costs a
+    worker on this machine's cores."""
+    pool = learner.pool
+    run = pool._run
+
+    def in_turn(calls: dict[int, tuple], again: Any = None) -> dict[int, Any]:
+        out: dict[int, Any] = {}
+        for w, call in calls.items():
+            out.update(run({w: call}, again))
+        return out
+
+    pool._run = in_turn
+    traffic = Traffic(pool, ray, sizes=False)
+    try:
+        for _ in range(steps):
+            step()
+    finally:
+        traffic.remove()  # takes in_turn away with it: the class's method again
+    return _mean([max(x) for x in traffic.shares])
 
 
 def ratios(results: dict[str, dict[str, dict]], workers: list[int]) -> dict[str, dict]:
@@ -441,6 +482,29 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "Where a Ray outer step's time goes: the slowest worker's seconds on its share (from "
+        "the call's start on the worker to its reply: batches, inner loops, outer gradient), "
+        "in the timed rounds (workers at once) and, for several workers, in "
+        f"{ALONE_STEPS} more outer steps with the same workers called one at a time; the rest "
+        "of the step is the learner's (drawing the batch indices, the broadcast, summing the "
+        "shares, Adam) and Ray's (submitting, waking the workers, returning the replies).",
+        "",
+        "| method | backend | ms / outer step | slowest worker's share, at once (ms) | "
+        "same, one at a time (ms) | at once / one at a time | rest of the step (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        if "error" in r or "worker_share_s" not in r:
+            continue
+        step_ms, share_ms = 1e3 * r["wall_per_outer_step_s"], 1e3 * r["worker_share_s"]
+        alone = r.get("worker_share_alone_s")
+        lines.append(
+            f"| {r['method']} | {r['label']} | {step_ms:.1f} | {share_ms:.1f} | "
+            + (f"{1e3 * alone:.1f} | {r['worker_share_s'] / alone:.2f}x" if alone else "- | -")
+            + f" | {step_ms - share_ms:.1f} |"
+        )
+    lines += [
+        "",
         f"Ratios (target: 2 workers >= {TARGET_TWO_VS_ONE:g}x 1 worker):",
         "",
         "| method | 2 vs 1 worker, outer | 2 vs 1 worker, round | ray-1 vs local, outer | "
@@ -562,6 +626,17 @@ def reading(report: dict[str, Any]) -> str:
         )
     if not parts:
         return "No 2-vs-1-worker ratio was measured."
+    slowed = [
+        f"{r['method']} {1e3 * r['worker_share_s']:.1f} ms at once against "
+        f"{1e3 * r['worker_share_alone_s']:.1f} one at a time"
+        for r in report["rows"]
+        if r.get("worker_share_alone_s") and r.get("workers") == 2
+    ]
+    if slowed:
+        parts.append(
+            "each of 2 workers' shares took " + ", ".join(slowed) + " (the same calls and "
+            "processes): what the workers lose to running together on these cores"
+        )
     cores = report["machine"]["cpu_count"]
     return (
         "; ".join(parts)

@@ -40,6 +40,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -255,7 +256,10 @@ class TaskWorker:
         ``total`` tasks, their batches at ``indices`` (the learner drew them), with the
         meta-parameters and inner rates in ``shared`` and the target network ``target`` (None:
         the one it was last sent): their losses and the gradient of their share of the mean
-        outer loss (Reptile: their share of the mean adaptation displacement), flat."""
+        outer loss (Reptile: their share of the mean adaptation displacement), flat; and
+        ``compute_s``, the seconds this call took here (what the benchmarks set beside the
+        learner's wall time per outer step)."""
+        start = time.perf_counter()
         lrn = self.learner
         _unflatten(shared["meta"], lrn.meta_params)
         _unflatten(shared["lrs"], lrn.lrs)
@@ -278,7 +282,11 @@ class TaskWorker:
             share = _flatten(
                 {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in named.items()}
             )
-        return {"losses": losses.detach(), "share": share}
+        return {
+            "losses": losses.detach(),
+            "share": share,
+            "compute_s": time.perf_counter() - start,
+        }
 
 
 def _flatten(tensors: dict[str, torch.Tensor]) -> np.ndarray:
