@@ -253,7 +253,8 @@ def measure(
             row["worker_share_s"] = _mean([max(x) for x in traffic.shares])
             if workers > 1:
                 timed = len(tasks)
-                row["worker_share_alone_s"] = shares_one_at_a_time(learner, step, ray)
+                together, alone = shares_at_once_and_in_turn(learner, step, ray)
+                row["worker_share_together_s"], row["worker_share_alone_s"] = together, alone
                 del tasks[timed:]  # its outer steps are not the timed rounds' tasks
     finally:
         learner.close()
@@ -289,13 +290,15 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def shares_one_at_a_time(learner: Any, step: Any, ray: Any, steps: int = ALONE_STEPS) -> float:
-    """The slowest worker's seconds on its share of an outer step when the workers are
-    called one after another (each waits for the one before), over ``steps`` outer steps
-    (``step``: the learner's own ``_outer_step``): the same calls, the same processes and
-    shares as the timed rounds, without the workers running at once. Set beside
-    ``worker_share_s`` (the timed rounds, at once), it shows what running together costs a
-    worker on this machine's cores."""
+def shares_at_once_and_in_turn(
+    learner: Any, step: Any, ray: Any, steps: int = ALONE_STEPS
+) -> tuple[float, float]:
+    """The slowest worker's mean seconds on its share of an outer step over ``steps``
+    back-to-back outer steps (``step``: the learner's own ``_outer_step``, no collection in
+    between) with the workers called at once, then over as many with them called one after
+    another (each waits for the one before): the same processes and share sizes under the
+    same conditions, so the ratio of the two is what running together costs a worker on this
+    machine's cores."""
     pool = learner.pool
     run = pool._run
 
@@ -305,14 +308,18 @@ def shares_one_at_a_time(learner: Any, step: Any, ray: Any, steps: int = ALONE_S
             out.update(run({w: call}, again))
         return out
 
-    pool._run = in_turn
-    traffic = Traffic(pool, ray, sizes=False)
-    try:
-        for _ in range(steps):
-            step()
-    finally:
-        traffic.remove()  # takes in_turn away with it: the class's method again
-    return _mean([max(x) for x in traffic.shares])
+    means = []
+    for turn in (False, True):
+        if turn:
+            pool._run = in_turn
+        traffic = Traffic(pool, ray, sizes=False)
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            traffic.remove()  # takes in_turn away with it: the class's method again
+        means.append(_mean([max(x) for x in traffic.shares]))
+    return means[0], means[1]
 
 
 def ratios(results: dict[str, dict[str, dict]], workers: list[int]) -> dict[str, dict]:
@@ -482,26 +489,31 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Where a Ray outer step's time goes: the slowest worker's seconds on its share (from "
-        "the call's start on the worker to its reply: batches, inner loops, outer gradient), "
-        "in the timed rounds (workers at once) and, for several workers, in "
-        f"{ALONE_STEPS} more outer steps with the same workers called one at a time; the rest "
-        "of the step is the learner's (drawing the batch indices, the broadcast, summing the "
-        "shares, Adam) and Ray's (submitting, waking the workers, returning the replies).",
+        "Where a Ray outer step's time goes: the slowest worker's seconds on its share of an "
+        "outer step (from the call's start on the worker to its reply: batches, inner loops, "
+        "outer gradient), averaged over the timed rounds' outer steps; the rest of the step is "
+        "the learner's (drawing the batch indices, the broadcast, summing the shares, Adam) "
+        "and Ray's (submitting, waking the workers, returning the replies). For several "
+        f"workers, {ALONE_STEPS} more back-to-back outer steps with the workers called at once, "
+        f"then {ALONE_STEPS} with them called one at a time: what running together costs.",
         "",
-        "| method | backend | ms / outer step | slowest worker's share, at once (ms) | "
-        "same, one at a time (ms) | at once / one at a time | rest of the step (ms) |",
+        "| method | backend | ms / outer step | slowest worker's share (ms) | rest of the step "
+        f"(ms) | {ALONE_STEPS} steps at once / one at a time (ms) | ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         if "error" in r or "worker_share_s" not in r:
             continue
         step_ms, share_ms = 1e3 * r["wall_per_outer_step_s"], 1e3 * r["worker_share_s"]
-        alone = r.get("worker_share_alone_s")
+        together, alone = r.get("worker_share_together_s"), r.get("worker_share_alone_s")
+        paired = (
+            f"{1e3 * together:.1f} / {1e3 * alone:.1f} | {together / alone:.2f}x"
+            if together is not None and alone and math.isfinite(together / alone)
+            else "- | -"
+        )
         lines.append(
             f"| {r['method']} | {r['label']} | {step_ms:.1f} | {share_ms:.1f} | "
-            + (f"{1e3 * alone:.1f} | {r['worker_share_s'] / alone:.2f}x" if alone else "- | -")
-            + f" | {step_ms - share_ms:.1f} |"
+            f"{step_ms - share_ms:.1f} | {paired} |"
         )
     lines += [
         "",
@@ -602,8 +614,9 @@ MODEL_TEXT = (
     "step, and doubling N gains at most 1.33x. The bandwidth term grows with N (each machine "
     "adds S, about 100 KB here, to the learner's link per outer step: 0.8 ms at 1 Gbit/s), "
     "which is why at 1 Gbit/s the model's throughput falls again past a few machines; at 10 "
-    "Gbit/s it costs a tenth of that. Measured on this machine, 2 workers also share its cores with the learner process, "
-    "Ray's own processes and whatever else runs, so they can fall below the model's N = 2."
+    "Gbit/s it costs a tenth of that. Measured on one machine, 2 workers also share its "
+    "cores with the learner process, Ray's own processes and whatever else runs (the "
+    "at-once / one-at-a-time columns above measure what that costs them)."
 )
 
 
@@ -627,23 +640,26 @@ def reading(report: dict[str, Any]) -> str:
     if not parts:
         return "No 2-vs-1-worker ratio was measured."
     slowed = [
-        f"{r['method']} {1e3 * r['worker_share_s']:.1f} ms at once against "
+        f"{r['method']} {1e3 * r['worker_share_together_s']:.1f} ms at once against "
         f"{1e3 * r['worker_share_alone_s']:.1f} one at a time"
         for r in report["rows"]
-        if r.get("worker_share_alone_s") and r.get("workers") == 2
+        if r.get("workers") == 2
+        and math.isfinite(r.get("worker_share_together_s", math.nan))
+        and math.isfinite(r.get("worker_share_alone_s", math.nan))
     ]
     if slowed:
         parts.append(
-            "each of 2 workers' shares took " + ", ".join(slowed) + " (the same calls and "
-            "processes): what the workers lose to running together on these cores"
+            f"over {ALONE_STEPS} back-to-back outer steps the slower of 2 workers took "
+            + ", ".join(slowed)
+            + " per share: what running together on these cores costs a worker"
         )
     cores = report["machine"]["cpu_count"]
     return (
         "; ".join(parts)
         + f". On this {cores}-core machine the learner process, Ray's processes and the "
-        "workers share the cores (and other processes were running: see the load average), "
-        "so the 2-worker numbers measure the overhead of splitting more than the speed-up "
-        "two machines would give; the model below estimates that."
+        "workers share the cores (and other processes may run: see the load average); "
+        "the table above separates the workers' shares from the rest of an outer step, "
+        "and the model below estimates what separate machines would give."
     )
 
 

@@ -27,7 +27,6 @@ import functools
 import json
 import math
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,9 +404,11 @@ def tune_fine_tune(
     relative parameter displacement ``||theta_k - theta_0|| / ||theta_0||`` on the first
     robot's support (what shows that the grid moves the weights; None where it is not
     measured, a plug-in family's own fine-tuning, or not finite). ``record["diverged"]``:
-    the rates whose fine-tuning left non-finite parameters (first robot) or Q-values (any
-    tuning episode) behind: their returns are those of a broken network, and one line on
-    stderr says so (:func:`plan_methods`) instead of numpy's warnings. ``progress`` is called once per (rate, task)."""
+    the rates whose fine-tuning left non-finite parameters (on the first robot's support) or
+    overflowed in the numpy greedy actor's forward pass (in any tuning episode; a method
+    acting through torch is checked on its parameters only); they are not picked unless every
+    rate diverged, and :func:`plan_methods` says so in one line instead of numpy's warnings.
+    ``progress`` is called once per (rate, task)."""
     ks = sorted({k for k in steps if k > 0})
     first = make_method(grid[0])
     env = make_env(policy.env_id, policy.dynamics)
@@ -423,7 +424,7 @@ def tune_fine_tune(
     env.close()
     record: dict[str, Any] = {"n_tasks": n_tasks, "episodes": episodes, "grid": {}}
     picked: dict[int, float] = {}
-    best: dict[int, float] = {}
+    scores: dict[int, list[tuple[float, float]]] = {}  # k -> (gain - se, rate), grid order
     diverged: list[float] = []
     measured = bool(getattr(first, "lrs", None)) and getattr(first, "policy", None) is not None
     for lr in grid:
@@ -446,33 +447,28 @@ def tune_fine_tune(
                 "return": float(r[:, i + 1].mean()),
                 "displacement": moved[i] if math.isfinite(moved[i]) else None,
             }
-            if k not in best or lcb > best[k]:
-                best[k], picked[k] = lcb, float(lr)
+            scores.setdefault(k, []).append((lcb, float(lr)))
         if overflowed or (measured and not all(math.isfinite(x) for x in moved)):
             diverged.append(float(lr))
         record["grid"][str(lr)] = entry
+    for k, options in scores.items():
+        # a diverged rate is a broken network, whatever its returns: picked only if all are
+        usable = [o for o in options if o[1] not in diverged] or options
+        picked[k] = max(usable, key=lambda o: o[0])[1]
     record["picked"] = {str(k): v for k, v in picked.items()}
     record["diverged"] = diverged
     return picked, record
 
 
 def _numeric_overflows(run: Callable[[], Any]) -> tuple[Any, bool]:
-    """``run()``'s result, and whether numpy warned of an overflow or an invalid value
-    during it (a diverged network's forward passes; those warnings are folded into the
-    caller's ``diverged`` record, every other warning is passed on)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """``run()``'s result, and whether a numpy floating-point overflow or invalid operation
+    happened during it (a diverged network's forward passes in the numpy greedy actor): those
+    set the flag instead of warning (the caller records them as ``diverged``); nothing else
+    is touched, other warnings included."""
+    seen: list[str] = []
+    with np.errstate(over="call", invalid="call", call=lambda kind, _flag: seen.append(kind)):
         out = run()
-    numeric = False
-    for w in caught:
-        text = str(w.message)
-        if issubclass(w.category, RuntimeWarning) and (
-            "overflow" in text or "invalid value" in text
-        ):
-            numeric = True
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return out, numeric
+    return out, bool(seen)
 
 
 @dataclass
@@ -872,6 +868,14 @@ def _progress_bar(show: bool, total: int, desc: str) -> Any:
     return tqdm(total=total, unit="task", desc=desc, mininterval=1.0)
 
 
+def _say(bar: Any, line: str) -> None:
+    """``line`` on stderr, above a live progress bar when there is one."""
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+
+
 def _fine_tuned(family: Any, policy: Policy, name: str, eps: float, lr: float) -> Method:
     """``policy`` evaluated by its family with every parameter fine-tuned at rate ``lr``."""
     lrs = {k: torch.tensor(lr) for k in policy.params}
@@ -927,11 +931,18 @@ def plan_methods(
             tuned[str(run.run_dir)] = record
             if record["diverged"]:
                 rates_text = ", ".join(f"{x:g}" for x in record["diverged"])
-                print(
-                    f"robometa eval: {run.run_dir}: fine-tuning at rate(s) {rates_text} "
-                    "diverged on training robots (non-finite weights or Q-values; `diverged` "
-                    "under fine_tune in results.json); those rates keep the returns they got",
-                    file=sys.stderr,
+                chosen = sorted({v for v in rates.values() if v in record["diverged"]})
+                _say(
+                    tune_bar,
+                    f"robometa eval: {run.run_dir}: fine-tuning at rate(s) {rates_text} diverged "
+                    "on training robots (non-finite weights or Q-values; `diverged` under "
+                    "fine_tune in results.json): "
+                    + (
+                        f"every rate diverged, so {', '.join(f'{x:g}' for x in chosen)} is "
+                        "still used"
+                        if chosen
+                        else "not picked"
+                    ),
                 )
             add(name, True, False, PerStepMethod(name, {k: at(rates[k]) for k in ks}))
     if tune_bar is not None:
