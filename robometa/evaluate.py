@@ -359,17 +359,19 @@ def evaluate_method_supports(
     return out
 
 
-def _relative_displacement(method: Method, support: Batch, steps: Sequence[int]) -> list[float]:
+def _relative_displacement(
+    method: Method, support: Batch, steps: Sequence[int]
+) -> list[float] | None:
     """How far ``steps[i]`` fine-tuning steps on ``support`` move the parameters, as
-    ``||theta_k - theta_0|| / ||theta_0||`` (NaN for a method without a parameter dict and
-    rates: a plug-in family's own fine-tuning is measured by its returns only; infinite or
-    NaN, too, where the steps diverged: see :func:`tune_fine_tune`)."""
+    ``||theta_k - theta_0|| / ||theta_0||`` (infinite or NaN where the steps diverged: see
+    :func:`tune_fine_tune`); None for a method without a parameter dict and rates (a plug-in
+    family's own fine-tuning is measured by its returns only)."""
     from robometa.adaptation import adapt_step
 
     lrs = getattr(method, "lrs", None)
     policy = getattr(method, "policy", None)
     if not lrs or policy is None:
-        return [math.nan for _ in steps]
+        return None
     theta0 = policy.params
     norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in theta0.values())))
     params, done, out = theta0, 0, []
@@ -423,10 +425,8 @@ def tune_fine_tune(
     ).all()
     env.close()
     record: dict[str, Any] = {"n_tasks": n_tasks, "episodes": episodes, "grid": {}}
-    picked: dict[int, float] = {}
     scores: dict[int, list[tuple[float, float]]] = {}  # k -> (gain - se, rate), grid order
     diverged: list[float] = []
-    measured = bool(getattr(first, "lrs", None)) and getattr(first, "policy", None) is not None
     for lr in grid:
         m = make_method(lr)
         moved = _relative_displacement(m, support, ks)
@@ -445,19 +445,29 @@ def tune_fine_tune(
                 "gain": float(gain.mean()),
                 "gain_se": se,
                 "return": float(r[:, i + 1].mean()),
-                "displacement": moved[i] if math.isfinite(moved[i]) else None,
+                "displacement": moved[i] if moved and math.isfinite(moved[i]) else None,
             }
             scores.setdefault(k, []).append((lcb, float(lr)))
-        if overflowed or (measured and not all(math.isfinite(x) for x in moved)):
+        if overflowed or (moved and not all(math.isfinite(x) for x in moved)):
             diverged.append(float(lr))
         record["grid"][str(lr)] = entry
-    for k, options in scores.items():
-        # a diverged rate is a broken network, whatever its returns: picked only if all are
-        usable = [o for o in options if o[1] not in diverged] or options
-        picked[k] = max(usable, key=lambda o: o[0])[1]
+    picked = _pick_rates(scores, diverged)
     record["picked"] = {str(k): v for k, v in picked.items()}
     record["diverged"] = diverged
     return picked, record
+
+
+def _pick_rates(
+    scores: dict[int, list[tuple[float, float]]], diverged: list[float]
+) -> dict[int, float]:
+    """Per step count, the rate of the highest score (``(gain - se, rate)`` in grid order:
+    the first of equal ones). A diverged rate is a broken network whatever its returns: it
+    is picked only where every rate diverged."""
+    picked = {}
+    for k, options in scores.items():
+        usable = [o for o in options if o[1] not in diverged] or options
+        picked[k] = max(usable, key=lambda o: o[0])[1]
+    return picked
 
 
 def _numeric_overflows(run: Callable[[], Any]) -> tuple[Any, bool]:

@@ -589,3 +589,14 @@ def test_numeric_overflows_flags_numpy_float_errors_and_leaves_other_warnings_al
     assert [str(w.message) for w in recwarn] == ["a gym deprecation"]
     out, flagged = _numeric_overflows(lambda: float(np.ones(3) @ np.ones(3)))
     assert out == 3.0 and not flagged
+
+
+def test_a_diverged_rate_is_not_picked_even_with_the_best_score() -> None:
+    """A broken network can score well (one constant action may balance a while): the rate
+    search passes it over, unless no rate is left; ties go to the first rate of the grid."""
+    from robometa.evaluate import _pick_rates
+
+    scores = {5: [(-3.0, 1e-3), (1.0, 1e-2), (9.0, 0.3)], 20: [(2.0, 1e-3), (2.0, 1e-2)]}
+    assert _pick_rates(scores, diverged=[0.3]) == {5: 1e-2, 20: 1e-3}
+    assert _pick_rates(scores, diverged=[]) == {5: 0.3, 20: 1e-3}
+    assert _pick_rates({5: [(1.0, 0.1), (4.0, 0.3)]}, diverged=[0.1, 0.3]) == {5: 0.3}
