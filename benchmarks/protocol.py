@@ -127,7 +127,8 @@ def estimate(
                 continue
             evaluations += 1
             eval_s += EVAL_S.get(family, 0.15) * robots * pairs * settings["episodes"]
-    return {"train_s": train_s, "eval_s": eval_s / max(1, min(jobs, evaluations))}
+    parallel = min(jobs, evaluations * eval_jobs(jobs, evaluations))
+    return {"train_s": train_s, "eval_s": eval_s / max(1, parallel)}
 
 
 def _cached(family_runs: list[Path], out_dir: Path, suite: str, settings: dict) -> bool:
@@ -163,9 +164,12 @@ def eval_key(family_runs: list[Path], suite: str, settings: dict) -> dict:
     }
 
 
-def evaluate_suite(family_runs: list[Path], out_dir: Path, suite: str, settings: dict) -> dict:
-    """``robometa eval`` of the runs on one suite, reused from ``out_dir`` when its key
-    matches (the key is written last: an interrupted evaluation is done again)."""
+def evaluate_suite(
+    family_runs: list[Path], out_dir: Path, suite: str, settings: dict, jobs: int = 1
+) -> dict:
+    """``robometa eval`` of the runs on one suite (``jobs`` runs at a time: the same returns),
+    reused from ``out_dir`` when its key matches (the key is written last: an interrupted
+    evaluation is done again)."""
     from robometa.evaluate import run_evaluation
 
     key = eval_key(family_runs, suite, settings)
@@ -182,6 +186,7 @@ def evaluate_suite(family_runs: list[Path], out_dir: Path, suite: str, settings:
         out=out_dir,
         supports=settings["supports"],
         by_motor_sign=True,
+        jobs=jobs,
     )
     report["eval_s"] = time.perf_counter() - t
     result_file.write_text(json.dumps(report))
@@ -189,21 +194,38 @@ def evaluate_suite(family_runs: list[Path], out_dir: Path, suite: str, settings:
     return report
 
 
-def _evaluate_job(log: str, family_runs: list[Path], out_dir: Path, suite: str, settings: dict):
+def _evaluate_job(
+    log: str, family_runs: list[Path], out_dir: Path, suite: str, settings: dict, jobs: int
+):
     from robometa.train import run_logged
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    return run_logged(log, evaluate_suite, family_runs, out_dir, suite, settings)
+    return run_logged(log, evaluate_suite, family_runs, out_dir, suite, settings, jobs)
+
+
+def eval_jobs(jobs: int, evaluations: int) -> int:
+    """Runs one evaluation takes at a time when ``evaluations`` share ``jobs`` processes: the
+    processes left over when there are fewer evaluations than processes (one family's one
+    suite gets them all)."""
+    return max(1, jobs // max(1, evaluations))
 
 
 def evaluate_all(
     runs: dict[str, list[Path]], runs_dir: Path, suites: list[str], settings: dict, jobs: int
 ) -> dict:
     """Every (family, suite) evaluation, ``jobs`` at a time in worker processes (output in
-    ``<runs_dir>/<family>/protocol-<suite>.log``): ``{family: {suite: report}}``."""
+    ``<runs_dir>/<family>/protocol-<suite>.log``), each evaluating :func:`eval_jobs` runs at a
+    time: ``{family: {suite: report}}``."""
     from concurrent.futures import as_completed
 
     futures, out = {}, {f: {} for f in runs}
+    to_run = sum(  # the evaluations not reused: the others return at once
+        not _cached(fr, runs_dir / f / f"protocol-{suite_label(s)}", s, settings)
+        for f, fr in runs.items()
+        if fr
+        for s in suites
+    )
+    inner = eval_jobs(jobs, to_run)
     with bench._pool(jobs) as pool:
         for family, family_runs in runs.items():
             if not family_runs:
@@ -216,7 +238,9 @@ def evaluate_all(
                     f"[eval] {family} {suite}: {len(family_runs)} runs (progress in {log})",
                     flush=True,
                 )
-                future = pool.submit(_evaluate_job, str(log), family_runs, out_dir, suite, settings)
+                future = pool.submit(
+                    _evaluate_job, str(log), family_runs, out_dir, suite, settings, inner
+                )
                 futures[future] = (family, suite, log)
         for future in as_completed(futures):
             family, suite, log = futures[future]

@@ -194,6 +194,10 @@ class Task(Mapping[str, float]):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Task is immutable; build a new one with Task({**task, key: value})")
 
+    def __reduce__(self) -> tuple[type[Task], tuple[dict[str, float]]]:
+        # pickled as its items (to a worker process), rebuilt through __init__
+        return (Task, (dict(self._items),))
+
     def __getitem__(self, key: str) -> float:
         for k, v in self._items:
             if k == key:

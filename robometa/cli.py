@@ -192,6 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fine_tune=not args.no_fine_tune,
         supports=args.support,
         by_motor_sign=args.by_motor_sign,
+        jobs=args.jobs,
     )
     support = f", {out / 'support.png'}" if args.support else ""
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'adaptation.png'}{support}")
@@ -440,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
         "same sizes; its rates are tuned once, at the configured size",
     )
     p.add_argument("--no-fine-tune", action="store_true", help="skip the DR + fine-tuning baseline")
+    p.add_argument(
+        "--jobs",
+        type=_int_in(1, 256),
+        default=1,
+        help="runs evaluated at a time, each in a worker process (default 1); the returns are "
+        "the same as with 1",
+    )
     p.add_argument("--out", default="eval", help="report directory (default: eval)")
     p.set_defaults(func=cmd_eval)
 

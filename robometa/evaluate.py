@@ -967,20 +967,14 @@ def evaluate_methods(
     episodes: int,
     dynamics: dict | None,
     show_progress: bool,
+    jobs: int = 1,
 ) -> dict[str, list[dict[str, list[list[float]]]]]:
-    """Every method's returns, one result per run: ``{name: [{group: [[R_k], ...]}]}``."""
-    total = sum(len(m.methods) for m in methods.values()) * sum(len(s.tasks) for s in sets)
-    bar = _progress_bar(show_progress, total, "eval")
-    tick = bar.update if bar is not None else None
+    """Every method's returns, one result per run: ``{name: [{group: [[R_k], ...]}]}``;
+    ``jobs`` runs at a time (:func:`_evaluate_runs`)."""
+    per_run = _evaluate_runs(methods, sets, steps, episodes, dynamics, None, show_progress, jobs)
     results: dict[str, list[dict[str, list[list[float]]]]] = {}
-    for name, entry in methods.items():
-        k_list = list(steps) if entry.adapts else [0]
-        for m in entry.methods:
-            results.setdefault(name, []).append(
-                evaluate_method(m, sets, k_list, episodes, dynamics, tick)
-            )
-    if bar is not None:
-        bar.close()
+    for name, res in per_run:
+        results.setdefault(name, []).append(res)
     return results
 
 
@@ -992,24 +986,120 @@ def evaluate_methods_supports(
     dynamics: dict | None,
     supports: Sequence[int],
     show_progress: bool,
+    jobs: int = 1,
 ) -> dict[int, dict[str, list[dict[str, list[list[float]]]]]]:
     """:func:`evaluate_methods` at every support size of ``supports`` (one collection of the
     largest per run and task, :func:`evaluate_method_supports`): ``{size: {name: [...]}}``."""
-    total = sum(len(m.methods) for m in methods.values()) * sum(len(s.tasks) for s in sets)
-    bar = _progress_bar(show_progress, total, "eval")
-    tick = bar.update if bar is not None else None
+    per_run = _evaluate_runs(
+        methods, sets, steps, episodes, dynamics, list(supports), show_progress, jobs
+    )
     results: dict[int, dict[str, list[dict[str, list[list[float]]]]]] = {k: {} for k in supports}
-    for name, entry in methods.items():
-        k_list = list(steps) if entry.adapts else [0]
-        for m in entry.methods:
-            sized = {k: with_support(m, k) for k in supports}
-            for k, res in evaluate_method_supports(
-                sized, sets, k_list, episodes, dynamics, tick
-            ).items():
-                results[k].setdefault(name, []).append(res)
-    if bar is not None:
-        bar.close()
+    for name, by_size in per_run:
+        for k, res in by_size.items():
+            results[k].setdefault(name, []).append(res)
     return results
+
+
+def _evaluate_run(
+    method: Method,
+    sets: list[TaskSet],
+    steps: list[int],
+    episodes: int,
+    dynamics: dict | None,
+    supports: list[int] | None,
+    progress: Callable[[], None] | None = None,
+) -> Any:
+    """One run's evaluation: :func:`evaluate_method`, or with ``supports``
+    :func:`evaluate_method_supports` at those sizes."""
+    if supports is None:
+        return evaluate_method(method, sets, steps, episodes, dynamics, progress)
+    sized = {k: with_support(method, k) for k in supports}
+    return evaluate_method_supports(sized, sets, steps, episodes, dynamics, progress)
+
+
+def _evaluate_runs(
+    methods: dict[str, MethodRuns],
+    sets: list[TaskSet],
+    steps: Sequence[int],
+    episodes: int,
+    dynamics: dict | None,
+    supports: list[int] | None,
+    show_progress: bool,
+    jobs: int,
+) -> list[tuple[str, Any]]:
+    """``(name, result)`` of every run of every method, in the methods' and runs' order.
+
+    ``jobs`` > 1 evaluates that many runs at a time, each in a worker process (spawned, with
+    ``torch.get_num_threads() // jobs`` threads, at least one); the returns are the same as
+    one at a time, because every task's episodes are seeded by the task's index alone
+    (:data:`EVAL_SEED`), never by what was evaluated before. The evaluation objects travel to
+    the workers pickled; one that cannot be pickled is an error naming its method, before any
+    worker starts. The progress bar then advances a run's tasks when the run finishes."""
+    todo = [
+        (name, m, list(steps) if entry.adapts else [0])
+        for name, entry in methods.items()
+        for m in entry.methods
+    ]
+    n_tasks = sum(len(s.tasks) for s in sets)
+    bar = _progress_bar(show_progress, len(todo) * n_tasks, "eval")
+    try:
+        if jobs <= 1 or len(todo) <= 1:
+            tick = bar.update if bar is not None else None
+            return [
+                (name, _evaluate_run(m, sets, ks, episodes, dynamics, supports, tick))
+                for name, m, ks in todo
+            ]
+        return _evaluate_runs_in_workers(todo, sets, episodes, dynamics, supports, jobs, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _evaluate_runs_in_workers(
+    todo: list[tuple[str, Method, list[int]]],
+    sets: list[TaskSet],
+    episodes: int,
+    dynamics: dict | None,
+    supports: list[int] | None,
+    jobs: int,
+    bar: Any,
+) -> list[tuple[str, Any]]:
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    for name, m, _ in todo:
+        try:
+            pickle.dumps(m)
+        except Exception as err:
+            raise ValueError(
+                f"method {name!r}: its evaluation object ({type(m).__name__}) cannot be sent "
+                f"to a worker process ({type(err).__name__}: {err}); evaluate with jobs=1 "
+                "(robometa eval --jobs 1)"
+            ) from err
+    n_tasks = sum(len(s.tasks) for s in sets)
+    threads = max(1, torch.get_num_threads() // jobs)
+    out: list[Any] = [None] * len(todo)
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(todo)),
+        mp_context=get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(threads,),
+    ) as pool:
+        futures = {
+            pool.submit(_evaluate_run, m, sets, ks, episodes, dynamics, supports): i
+            for i, (_, m, ks) in enumerate(todo)
+        }
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                out[i] = future.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+            if bar is not None:
+                bar.update(n_tasks)
+    return [(name, res) for (name, _, _), res in zip(todo, out, strict=True)]
 
 
 def check_supports(runs: Sequence[Run], supports: Sequence[int]) -> list[int]:
@@ -1099,6 +1189,7 @@ def run_evaluation(
     show_progress: bool = True,
     supports: Sequence[int] | None = None,
     by_motor_sign: bool = False,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Evaluate trained runs (grouped by method over training seeds); write the reports.
 
@@ -1115,6 +1206,10 @@ def run_evaluation(
     the table a column, and ``support.png`` is written); the fine-tuning rate is still tuned
     once, at the run's configured size.
 
+    ``jobs``: how many runs are evaluated at a time, each in a worker process; the returns
+    are the same as with one (:func:`_evaluate_runs`). The fine-tuning rate search runs
+    here, before them.
+
     Every input (the runs, the task file, the curve) is checked before ``out`` is created, so
     a mistake leaves no empty report directory behind. ``show_progress``: a header line at
     once, then progress bars for the fine-tuning rate search and for the evaluation.
@@ -1122,6 +1217,8 @@ def run_evaluation(
     out = Path(out)
     if episodes < 1 or n_tasks < 1:
         raise ValueError(f"episodes and n_tasks must be >= 1, got {episodes} and {n_tasks}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1 (runs evaluated at a time), got {jobs!r}")
     if steps is not None and any(k < 0 for k in steps):
         raise ValueError(f"adaptation steps must be >= 0, got {list(steps)}")
     runs = load_runs(run_dirs)
@@ -1145,13 +1242,13 @@ def run_evaluation(
     methods, tuned = plan_methods(runs, steps, fine_tune, show_progress)
     results: dict[str, Any]
     if sizes is None:
-        results = evaluate_methods(methods, sets, steps, episodes, dynamics, show_progress)
+        results = evaluate_methods(methods, sets, steps, episodes, dynamics, show_progress, jobs)
         rand = random_returns(env_id, sets, episodes, dynamics)
         oracle = oracle_returns(methods, results, list(rand))
         rows = summarize(results, steps, rand, oracle, signs=signs)
     else:
         by_size = evaluate_methods_supports(
-            methods, sets, steps, episodes, dynamics, sizes, show_progress
+            methods, sets, steps, episodes, dynamics, sizes, show_progress, jobs
         )
         rand = random_returns(env_id, sets, episodes, dynamics)
         # the oracle is unadapted (k = 0): the same at every size; taken at the largest

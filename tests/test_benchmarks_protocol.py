@@ -39,6 +39,13 @@ def test_quick_plan_states_its_cost_and_runs_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("policy.pt"))
 
 
+def test_an_evaluation_takes_the_processes_the_others_leave() -> None:
+    eval_jobs = _protocol().eval_jobs
+    # one family's one suite: both processes evaluate its runs; two suites: one each
+    assert [eval_jobs(2, n) for n in (0, 1, 2, 3)] == [2, 2, 1, 1]
+    assert [eval_jobs(4, n) for n in (1, 2, 3)] == [4, 2, 1]
+
+
 def test_bad_arguments_name_the_value(tmp_path: Path) -> None:
     done = _run("--support", "10,50", "--plan")
     assert done.returncode == 2 and "--support must include 200" in done.stderr

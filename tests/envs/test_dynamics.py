@@ -17,6 +17,16 @@ def test_task_is_immutable_and_hashable():
     assert {task: 1}[SPACE.nominal()] == 1
 
 
+def test_task_pickles_to_an_equal_immutable_task():
+    import pickle
+
+    task = SPACE.nominal()
+    back = pickle.loads(pickle.dumps(task))  # what a worker process of the evaluation gets
+    assert back == task and hash(back) == hash(task) and type(back) is type(task)
+    with pytest.raises(AttributeError):
+        back.x = 1  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_task_file_round_trips_exactly(tmp_path, suffix):
     tasks = SPACE.sample(6, seed=0, split="test")

@@ -15,7 +15,10 @@ from robometa.adaptation import Batch
 from robometa.cli import main as cli_main
 from robometa.config import load_config
 from robometa.evaluate import (
+    MethodRuns,
     PolicyMethod,
+    TaskSet,
+    _evaluate_runs,
     collect_prefixes,
     run_evaluation,
     with_support,
@@ -106,6 +109,29 @@ def test_support_at_the_configured_size_gives_the_default_returns(
         rows = [r for r in default["summary"] if r["method"] == name]
         assert [{k: v for k, v in r.items() if k != "support"} for r in sized["summary"]] == rows
         assert all(r["support"] == size for r in sized["summary"])
+
+
+def test_support_sizes_evaluated_in_worker_processes_give_the_same_returns(
+    tiny_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    runs = [tiny_runs["cavia"], tiny_runs["context"]]
+    kw = {"n_tasks": 2, "episodes": 1, "steps": [0, 1], "show_progress": False}
+    one = run_evaluation(runs, out=tmp_path / "one", supports=[5, 20], **kw)
+    two = run_evaluation(runs, out=tmp_path / "two", supports=[5, 20], jobs=2, **kw)
+    assert two["returns"] == one["returns"] and two["summary"] == one["summary"]
+    assert [e["support"] for e in two["returns"]["cavia"]] == [5, 20]
+
+
+def test_an_evaluation_object_that_cannot_be_pickled_is_named_before_any_worker() -> None:
+    class Local:  # defined in a function: pickle cannot find it by name
+        name, env_id, privileged, support_size, support_epsilon = "toy", CARTPOLE, False, 5, 0.3
+
+    methods = {
+        "toy": MethodRuns("toy", adapts=False, reference=False, methods=[Local(), Local()])
+    }
+    sets = [TaskSet("t", [])]
+    with pytest.raises(ValueError, match=r"method 'toy': its evaluation object \(Local\)"):
+        _evaluate_runs(methods, sets, [0], 1, None, None, show_progress=False, jobs=2)
 
 
 def test_eval_cli_support_sizes(

@@ -341,6 +341,7 @@ def test_eval_cli_errors_are_clear_and_create_no_report_dir(
         ("--curve", "1,x", "argument --curve: '1,x': expected adaptation step counts >= 0"),
         ("--episodes", "0", "argument --episodes: '0' is not an integer >= 1"),
         ("--n-tasks", "0", "argument --n-tasks: '0' is not an integer >= 1"),
+        ("--jobs", "0", "argument --jobs: '0' is not an integer >= 1"),
     ],
 )
 def test_eval_flag_values_are_checked(
@@ -352,6 +353,24 @@ def test_eval_flag_values_are_checked(
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_runs_evaluated_in_worker_processes_give_the_same_report(
+    tiny_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``jobs=2``: DR, its fine-tuned rows (a rate per step count, tuned here first) and the
+    oracle, each run in a worker process, return what one process returns, to the bit."""
+    dqn, oracle = tiny_runs
+    kw = {"n_tasks": 2, "episodes": 1, "steps": [0, 2]}
+    one = run_evaluation([dqn, oracle], out=tmp_path / "one", show_progress=False, **kw)
+    two = run_evaluation([dqn, oracle], out=tmp_path / "two", jobs=2, **kw)
+    assert set(two["returns"]) == {"dr", "dr+finetune", "oracle"}
+    for key in ("returns", "summary", "fine_tune", "random_returns", "oracle_returns"):
+        assert two[key] == one[key], key
+    assert "eval: 100%" in capsys.readouterr().err  # the bar counts every run's tasks
+    with pytest.raises(ValueError, match=r"jobs must be an integer >= 1 .* got 0"):
+        run_evaluation([dqn], out=tmp_path / "zero", jobs=0, **kw)
+    assert not (tmp_path / "zero").exists()
 
 
 def test_non_adapting_rows_are_labelled_zero_steps(
