@@ -126,9 +126,7 @@ def test_an_evaluation_object_that_cannot_be_pickled_is_named_before_any_worker(
     class Local:  # defined in a function: pickle cannot find it by name
         name, env_id, privileged, support_size, support_epsilon = "toy", CARTPOLE, False, 5, 0.3
 
-    methods = {
-        "toy": MethodRuns("toy", adapts=False, reference=False, methods=[Local(), Local()])
-    }
+    methods = {"toy": MethodRuns("toy", adapts=False, reference=False, methods=[Local(), Local()])}
     sets = [TaskSet("t", [])]
     with pytest.raises(ValueError, match=r"method 'toy': its evaluation object \(Local\)"):
         _evaluate_runs(methods, sets, [0], 1, None, None, show_progress=False, jobs=2)
