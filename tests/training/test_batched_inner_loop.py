@@ -207,6 +207,35 @@ def test_meta_learner_batched_task_losses_equal_the_vmapped_ones(
     assert_outer_grads(algorithm, ref[2], new[2])
 
 
+@pytest.mark.parametrize("algorithm", list(VARIANTS))
+def test_the_adaptation_before_a_query_collection_equals_adapt_step(algorithm: str) -> None:
+    """The one-task adaptation a meta-learner acts with on its query collection goes through
+    the batched path (a task axis of one): the parameters :func:`adapt_step` gives, to the
+    bit, at the shipped step count."""
+    overrides = ["meta.task_pool=2", "meta.meta_batch=2", "meta.collect_steps=30"]
+    cfg = load_config(CONFIGS / f"cartpole_{algorithm}.yaml", overrides, steps=240)
+    learner = MetaLearner(cfg)
+    try:
+        learner.iterate()  # the slots hold supports now
+        meta = {k: v.detach() for k, v in learner.meta_params.items()}
+        support = learner.slots[0].support.all()
+        assert batched_supported(learner.net) and len(support.obs) == 30
+        with torch.no_grad():
+            new = learner._adapt_one(dict(meta), support)
+            ref = dict(meta)
+            for _ in range(cfg.adaptation.steps):
+                ref, _ = adapt_step(
+                    learner.net, ref, learner.lrs, support, learner.inner, first_order=True
+                )
+    finally:
+        learner.close()
+    assert new.keys() == ref.keys()
+    for k in ref:
+        assert new[k].shape == meta[k].shape and torch.equal(new[k], ref[k]), k
+    moved = max(float((new[k] - meta[k]).abs().max()) for k in learner.lrs)
+    assert moved > 1e-5
+
+
 def test_batched_outer_losses_equal_the_vmapped_ones() -> None:
     net = network(0)
     params = {
