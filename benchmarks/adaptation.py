@@ -87,6 +87,14 @@ MEASURED_S_PER_KSTEP: dict[tuple[str, str], float] = {
     ("diffdrive", "context"): 3.5,
     ("diffdrive", "hyper"): 3.6,
     ("diffdrive", "recurrent"): 12.9,
+    # the Reacher protocol's 5 seeds each (median run of those trained start to end; 2026-12)
+    ("reacher", "dr"): 0.93,
+    ("reacher", "dr-history"): 1.37,
+    ("reacher", "oracle"): 0.99,
+    ("reacher", "oracle-history"): 1.50,
+    ("reacher", "cavia"): 9.3,
+    ("reacher", "context"): 2.1,
+    ("reacher", "recurrent"): 15.8,  # its first 49k of 200k steps, two seeds at once
     ("armreach", "cavia"): 20.3,  # 6k-step smoke run beside two protocol runs
 }
 #: --backend ray: how many times a job whose worker process died is run again

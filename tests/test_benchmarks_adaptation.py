@@ -165,9 +165,11 @@ def test_a_runs_cost_scales_with_its_budget_and_family() -> None:
     bench = _bench()
     cartpole = bench.run_cost("cartpole", "dr", 40_000)
     assert cartpole == pytest.approx(bench.COST["dr"])  # COST is at the shipped budget
-    # Reacher's DR trains 200k steps: five times the env steps at Reacher's per-step factor
-    reacher = bench.run_cost("reacher", "dr", 200_000)
-    assert reacher == pytest.approx(5 * bench.COST["dr"] * bench.FAMILY_COST["reacher"])
+    # ArmReach's DR (not measured there) at 200k steps: five times CartPole's env steps at
+    # ArmReach's per-step factor
+    assert ("armreach", "dr") not in bench.MEASURED_S_PER_KSTEP
+    armreach = bench.run_cost("armreach", "dr", 200_000)
+    assert armreach == pytest.approx(5 * bench.COST["dr"] * bench.FAMILY_COST["armreach"])
     # a measured (family, method) pair wins over the scaled CartPole cost
     measured = bench.MEASURED_S_PER_KSTEP[("armreach", "cavia")]
     assert bench.run_cost("armreach", "cavia", 10_000) == pytest.approx(10 * measured)

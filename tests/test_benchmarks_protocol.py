@@ -107,6 +107,8 @@ def test_a_tiny_protocol_end_to_end_then_reused_and_rendered(tmp_path: Path) -> 
     assert 0 <= at["cavia"]["seeds_above_dr"] <= 2
     assert set(analysis["targets"]) >= {"gap_closed", "above_dr_finetune", "fixed_sign_above_dr"}
     assert record["cost"]["train_s"] > 0 and record["cost"]["eval_s"] > 0
+    # one suite: its evaluation takes both processes (--jobs 2, the default)
+    assert list(record["cost"]["eval_jobs_by_suite"].values()) == [2]
     rows = {tuple(r[:4]) for r in suite["rows"]}
     assert ("cavia", "id", 10, 1) in rows and ("cavia", "id/motor-", 200, 1) in rows
     assert ("cavia", "id/motor-", 10, 1) not in rows  # motor split at 200 only
@@ -126,6 +128,7 @@ def test_a_tiny_protocol_end_to_end_then_reused_and_rendered(tmp_path: Path) -> 
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\nrest\n") and "\nold\n" not in text
     assert "| cavia | 1 |" in text and "gap closed" in text
+    assert "min (wall time, up to 2 runs at a time)." in text
     assert (tmp_path / "protocol-cartpole.png").stat().st_size > 10_000
 
 
